@@ -1,0 +1,21 @@
+//! What the shutoff API, worker and admin share.
+//!
+//! - [`state`]: Nova's vm_state / task_state / power_state and our job states,
+//!   each documenting who moves a record out of it.
+//! - [`ids`]: identifiers parsed once at the edge (`ProjectId`, `ServerId`, `RequestId`).
+//! - [`message`]: the job message that travels through RabbitMQ.
+//! - [`store`]: every SQL statement, grouped by who runs it (accept, jobs, admin, reads).
+//! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
+//! - [`telemetry`]: tracing set-up.
+//!
+//! The database is the source of truth; the broker only carries wake-ups for
+//! jobs that are already committed, so losing a message never loses a stop.
+
+pub mod backoff;
+pub mod broker;
+pub mod ids;
+pub mod message;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod token;

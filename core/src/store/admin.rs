@@ -1,0 +1,110 @@
+//! What `shutoff-admin` (and tests) create: projects, tokens, servers.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::ids::ProjectId;
+
+pub async fn create_project(pool: &PgPool, id: &ProjectId, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO projects (id, name) VALUES ($1, $2)")
+        .bind(id.as_str())
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn project_exists(pool: &PgPool, id: &ProjectId) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM projects WHERE id = $1)")
+        .bind(id.as_str())
+        .fetch_one(pool)
+        .await
+}
+
+pub async fn set_project_enabled(
+    pool: &PgPool,
+    id: &ProjectId,
+    enabled: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projects SET enabled = $2 WHERE id = $1")
+        .bind(id.as_str())
+        .bind(enabled)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Stores the hash of a fresh token and returns the token (shown once).
+pub async fn create_token(
+    pool: &PgPool,
+    project: &ProjectId,
+    user_id: &str,
+    roles: &[String],
+    expires_at: DateTime<Utc>,
+) -> Result<String, sqlx::Error> {
+    let token = crate::token::generate();
+    sqlx::query("INSERT INTO tokens (sha256, project_id, user_id, roles, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(crate::token::hash(&token))
+        .bind(project.as_str())
+        .bind(user_id)
+        .bind(roles)
+        .bind(expires_at)
+        .execute(pool)
+        .await?;
+    Ok(token)
+}
+
+/// A server to create; defaults make an active, launched VM on the simulator.
+#[derive(Debug, Clone)]
+pub struct NewServer {
+    pub project: ProjectId,
+    pub user_id: String,
+    pub name: String,
+    pub vm_state: String,
+    pub task_state: Option<String>,
+    pub launched: bool,
+    pub locked: bool,
+    pub hypervisor: String,
+    pub host: String,
+}
+
+impl NewServer {
+    pub fn new(project: &ProjectId, name: &str) -> Self {
+        NewServer {
+            project: project.clone(),
+            user_id: "admin".into(),
+            name: name.into(),
+            vm_state: "active".into(),
+            task_state: None,
+            launched: true,
+            locked: false,
+            hypervisor: "fake://".into(),
+            host: "sim-1".into(),
+        }
+    }
+}
+
+pub async fn create_server(pool: &PgPool, s: &NewServer) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::new_v4();
+    let power_state: i16 = if s.vm_state == "stopped" { 4 } else { 1 };
+    sqlx::query(
+        "INSERT INTO instances (uuid, project_id, user_id, name, host, vm_state, task_state,
+                                power_state, launched_at, locked, hypervisor)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN now() END, $10, $11)",
+    )
+    .bind(id)
+    .bind(s.project.as_str())
+    .bind(&s.user_id)
+    .bind(&s.name)
+    .bind(&s.host)
+    .bind(&s.vm_state)
+    .bind(&s.task_state)
+    .bind(power_state)
+    .bind(s.launched)
+    .bind(s.locked)
+    .bind(&s.hypervisor)
+    .execute(pool)
+    .await?;
+    Ok(id)
+}

@@ -1,0 +1,411 @@
+//! The job state machine. Every move is a conditional UPDATE on the job's
+//! current state (and, for a running job, on the lease holder and attempt
+//! number, our fencing token), so duplicate deliveries and racing workers
+//! reach exactly one decision, made here in PostgreSQL.
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
+
+use crate::message::StopJob;
+use crate::state::JobState;
+
+/// A job this worker holds a lease on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: Uuid,
+    pub instance_uuid: Uuid,
+    pub request_id: String,
+    pub action_id: i64,
+    /// This attempt's number (1-based); with `worker` it fences our writes.
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub hypervisor: String,
+    pub host: String,
+    #[sqlx(skip)]
+    pub worker: String,
+}
+
+impl ClaimedJob {
+    pub fn message(&self) -> StopJob {
+        StopJob {
+            job_id: self.id,
+            instance_uuid: self.instance_uuid,
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    pub fn attempts_left(&self) -> bool {
+        self.attempts < self.max_attempts
+    }
+}
+
+/// What a worker learns when it tries to take a job.
+#[derive(Debug)]
+pub enum Claim {
+    /// Ours: do the work.
+    Claimed(ClaimedJob),
+    /// Already succeeded or failed: ack the message, do nothing.
+    Finished(JobState),
+    /// Another worker holds a live lease: it (or the rescuer, if it dies)
+    /// finishes the job.
+    HeldElsewhere { worker: Option<String> },
+    /// Every attempt is used up but the job never ended: fail it.
+    Exhausted { attempts: i32 },
+    /// No such job: a poison message.
+    Unknown,
+}
+
+const CLAIM_SQL: &str = "
+WITH j AS (
+    UPDATE jobs
+       SET state = 'running', attempts = attempts + 1, worker = $2,
+           lease_expires_at = now() + make_interval(secs => $3),
+           started_at = coalesce(started_at, now()), updated_at = now()
+     WHERE id = $1
+       AND attempts < max_attempts
+       AND (state IN ('queued', 'published', 'retrying')
+            OR (state = 'running' AND lease_expires_at < now()))
+    RETURNING id, instance_uuid, request_id, action_id, attempts, max_attempts
+), ev AS (
+    INSERT INTO instance_actions_events (action_id, event, host)
+    SELECT action_id, 'compute_stop_instance', $2 FROM j
+    ON CONFLICT (action_id, event) DO NOTHING
+)
+SELECT j.id, j.instance_uuid, j.request_id, j.action_id, j.attempts, j.max_attempts,
+       i.hypervisor, i.host
+  FROM j JOIN instances i ON i.uuid = j.instance_uuid";
+
+/// Tries to take job `id` for `worker` with a lease of `lease`.
+pub async fn claim(
+    pool: &PgPool,
+    id: Uuid,
+    worker: &str,
+    lease: Duration,
+) -> Result<Claim, sqlx::Error> {
+    let claimed: Option<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
+        .bind(id)
+        .bind(worker)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(pool)
+        .await?;
+    if let Some(mut job) = claimed {
+        job.worker = worker.to_string();
+        return Ok(Claim::Claimed(job));
+    }
+    let row: Option<(String, i32, i32, Option<String>, bool)> = sqlx::query_as(
+        "SELECT state, attempts, max_attempts, worker,
+                coalesce(lease_expires_at > now(), false)
+           FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => Claim::Unknown,
+        Some((state, attempts, max_attempts, worker, lease_live)) => {
+            let state = JobState::parse(&state).unwrap_or(JobState::Failed);
+            if state.is_terminal() {
+                Claim::Finished(state)
+            } else if state == JobState::Running && lease_live {
+                Claim::HeldElsewhere { worker }
+            } else if attempts >= max_attempts {
+                Claim::Exhausted { attempts }
+            } else {
+                // Lost a race with a claim that has since moved on; the
+                // holder will finish it.
+                Claim::HeldElsewhere { worker }
+            }
+        }
+    })
+}
+
+/// Extends our lease while a slow power-off runs. False if we lost it.
+pub async fn heartbeat(
+    pool: &PgPool,
+    job: &ClaimedJob,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
+          WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3",
+    )
+    .bind(job.id)
+    .bind(&job.worker)
+    .bind(job.attempts)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+const SUCCEED_SQL: &str = "
+WITH j AS (
+    UPDATE jobs
+       SET state = 'succeeded', finished_at = now(), updated_at = now(),
+           lease_expires_at = NULL, last_error = NULL
+     WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3
+    RETURNING instance_uuid, action_id
+), i AS (
+    UPDATE instances
+       SET vm_state = 'stopped', power_state = $4, task_state = NULL, updated_at = now()
+     WHERE uuid IN (SELECT instance_uuid FROM j) AND task_state = 'powering-off'
+    RETURNING uuid
+), e AS (
+    UPDATE instance_actions_events
+       SET finish_time = now(), result = 'Success'
+     WHERE action_id IN (SELECT action_id FROM j) AND event = 'compute_stop_instance'
+    RETURNING id
+), a AS (
+    UPDATE instance_actions SET finish_time = now()
+     WHERE id IN (SELECT action_id FROM j)
+    RETURNING id
+)
+SELECT count(*) FROM j";
+
+/// Records a successful power-off: instance stopped, event Success, job
+/// succeeded, in one statement. False if our lease was taken over meanwhile
+/// (then the new holder decides, and we must not).
+pub async fn succeed(
+    pool: &PgPool,
+    job: &ClaimedJob,
+    power_state: i16,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(SUCCEED_SQL)
+        .bind(job.id)
+        .bind(&job.worker)
+        .bind(job.attempts)
+        .bind(power_state)
+        .fetch_one(pool)
+        .await?;
+    Ok(n == 1)
+}
+
+/// The failure statement, for a condition on the job row. $1 job, $2 message,
+/// $3 details, $4 event host; the condition may use $5 and $6.
+fn fail_sql(condition: &'static str) -> AssertSqlSafe<String> {
+    // Built only from constants: the condition is always a literal.
+    AssertSqlSafe(format!(
+        "
+WITH j AS (
+    UPDATE jobs
+       SET state = 'failed', finished_at = now(), updated_at = now(),
+           lease_expires_at = NULL, last_error = $2
+     WHERE id = $1 AND {condition}
+    RETURNING instance_uuid, action_id, request_id
+), i AS (
+    UPDATE instances SET task_state = NULL, updated_at = now()
+     WHERE uuid IN (SELECT instance_uuid FROM j) AND task_state = 'powering-off'
+    RETURNING uuid
+), e AS (
+    INSERT INTO instance_actions_events (action_id, event, host, finish_time, result, details)
+    SELECT action_id, 'compute_stop_instance', $4, now(), 'Error', $3 FROM j
+    ON CONFLICT (action_id, event)
+    DO UPDATE SET finish_time = now(), result = 'Error', details = EXCLUDED.details
+    RETURNING id
+), a AS (
+    UPDATE instance_actions SET finish_time = now()
+     WHERE id IN (SELECT action_id FROM j)
+    RETURNING id
+), f AS (
+    INSERT INTO instance_faults (instance_uuid, request_id, code, message, details, host)
+    SELECT j.instance_uuid, j.request_id, 500, $2, $3, inst.host
+      FROM j JOIN instances inst ON inst.uuid = j.instance_uuid
+    RETURNING id
+)
+SELECT count(*) FROM j"
+    ))
+}
+
+/// Records a failed stop we hold the lease for: job failed, event Error,
+/// an instance fault, task_state back to NULL (vm_state unchanged, as Nova).
+pub async fn fail(
+    pool: &PgPool,
+    job: &ClaimedJob,
+    message: &str,
+    details: &str,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(fail_sql(
+        "state = 'running' AND worker = $5 AND attempts = $6",
+    ))
+    .bind(job.id)
+    .bind(message)
+    .bind(details)
+    .bind(&job.worker)
+    .bind(&job.worker)
+    .bind(job.attempts)
+    .fetch_one(pool)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Fails a job nobody holds whose attempts are all used (a message that kept
+/// killing its worker, or a job the rescuer found stale on its last attempt).
+pub async fn fail_exhausted(
+    pool: &PgPool,
+    id: Uuid,
+    message: &str,
+    host: &str,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(fail_sql(
+        "state NOT IN ('succeeded', 'failed') AND attempts >= max_attempts
+         AND (state <> 'running' OR lease_expires_at < now())",
+    ))
+    .bind(id)
+    .bind(message)
+    .bind(message)
+    .bind(host)
+    .fetch_one(pool)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Moves a job we hold to `retrying` before its message goes to a delay
+/// queue. False if our lease was taken over.
+pub async fn schedule_retry(
+    pool: &PgPool,
+    job: &ClaimedJob,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET state = 'retrying', last_error = $4, lease_expires_at = NULL, updated_at = now()
+          WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3",
+    )
+    .bind(job.id)
+    .bind(&job.worker)
+    .bind(job.attempts)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Gives a job we hold back without using up an attempt (graceful shutdown
+/// before the power-off started).
+pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET state = 'published', attempts = attempts - 1, lease_expires_at = NULL,
+                worker = NULL, updated_at = now()
+          WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3",
+    )
+    .bind(job.id)
+    .bind(&job.worker)
+    .bind(job.attempts)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Marks a job published once the broker confirmed its message. Only from
+/// `queued`: a worker may already have moved it further.
+pub async fn mark_published(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET state = 'published', published_at = now(), updated_at = now()
+          WHERE id = ANY($1) AND state = 'queued'",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Committed jobs whose message was never confirmed, oldest first. `min_age`
+/// leaves the request path time to publish its own job first.
+pub async fn unpublished(
+    pool: &PgPool,
+    min_age: Duration,
+    limit: i64,
+) -> Result<Vec<StopJob>, sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT id, instance_uuid, request_id FROM jobs
+          WHERE state = 'queued' AND created_at < now() - make_interval(secs => $1)
+          ORDER BY created_at LIMIT $2",
+    )
+    .bind(min_age.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(job_id, instance_uuid, request_id)| StopJob {
+            job_id,
+            instance_uuid,
+            request_id,
+        })
+        .collect())
+}
+
+/// What the rescuer decided for one stale job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rescue {
+    /// Handed back to the queue: publish this message again.
+    Republish(StopJob),
+    /// Out of attempts: recorded as failed.
+    Failed(Uuid),
+}
+
+/// Finds unfinished jobs that nobody is moving — a running job whose lease
+/// expired, a published/retrying job untouched for `stale_after`, a queued
+/// job the relay never got out — and either hands them back (state
+/// `published`, touched so other rescuers skip them) or fails them when no
+/// attempts are left. Safe to run in every process at once: rows are taken
+/// with `FOR UPDATE SKIP LOCKED` and moved by compare-and-swap.
+pub async fn rescue(
+    pool: &PgPool,
+    stale_after: Duration,
+    host: &str,
+    limit: i64,
+) -> Result<Vec<Rescue>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, Uuid, String, i32, i32)> = sqlx::query_as(
+        "SELECT id, instance_uuid, request_id, attempts, max_attempts FROM jobs
+          WHERE state NOT IN ('succeeded', 'failed')
+            AND ((state = 'running' AND lease_expires_at < now())
+                 OR (state <> 'running' AND updated_at < now() - make_interval(secs => $1)))
+          ORDER BY updated_at
+          LIMIT $2
+          FOR UPDATE SKIP LOCKED",
+    )
+    .bind(stale_after.as_secs_f64())
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut republish = Vec::new();
+    for (id, instance_uuid, request_id, attempts, max_attempts) in rows {
+        if attempts >= max_attempts {
+            let n: i64 = sqlx::query_scalar(fail_sql(
+                "state NOT IN ('succeeded', 'failed')",
+            ))
+            .bind(id)
+            .bind(format!("gave up after {attempts} attempts: the job stalled (worker lost or message lost)"))
+            .bind("rescued by shutoff after its deadline passed")
+            .bind(host)
+            .fetch_one(&mut *tx)
+            .await?;
+            if n == 1 {
+                out.push(Rescue::Failed(id));
+            }
+        } else {
+            republish.push(id);
+            out.push(Rescue::Republish(StopJob {
+                job_id: id,
+                instance_uuid,
+                request_id,
+            }));
+        }
+    }
+    if !republish.is_empty() {
+        sqlx::query(
+            "UPDATE jobs SET state = 'published', worker = NULL, lease_expires_at = NULL,
+                    updated_at = now(), published_at = coalesce(published_at, now())
+              WHERE id = ANY($1)",
+        )
+        .bind(&republish)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(out)
+}

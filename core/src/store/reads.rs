@@ -1,0 +1,163 @@
+//! What the GET endpoints show: servers and instance actions.
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
+
+use super::auth::Caller;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ServerRow {
+    pub uuid: Uuid,
+    pub project_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub host: String,
+    pub vm_state: String,
+    pub task_state: Option<String>,
+    pub power_state: i16,
+    pub launched_at: Option<DateTime<Utc>>,
+    pub locked: bool,
+    pub flavor: String,
+    pub image: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+// Column lists are constants, so the formatted queries below are safe.
+const SERVER_COLUMNS: &str =
+    "uuid, project_id, user_id, name, host, vm_state, task_state, power_state,
+    launched_at, locked, flavor, image, created_at, updated_at";
+
+/// A server the caller may see (its own project's, or any for an admin).
+pub async fn server(
+    pool: &PgPool,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Option<ServerRow>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {SERVER_COLUMNS} FROM instances
+          WHERE uuid = $1 AND vm_state <> 'deleted' AND ($2 OR project_id = $3)"
+    )))
+    .bind(id)
+    .bind(caller.is_admin())
+    .bind(caller.project_id.as_str())
+    .fetch_optional(pool)
+    .await
+}
+
+/// The project's servers, optionally filtered by name. Nova treats `name` as
+/// a regular expression; clients then match exactly, so a substring match
+/// (case-sensitive) gives them what they need without regex injection.
+pub async fn servers(
+    pool: &PgPool,
+    caller: &Caller,
+    name: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ServerRow>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {SERVER_COLUMNS} FROM instances
+          WHERE project_id = $1 AND vm_state <> 'deleted'
+            AND ($2::text IS NULL OR strpos(name, $2) > 0)
+          ORDER BY created_at DESC, uuid LIMIT $3"
+    )))
+    .bind(caller.project_id.as_str())
+    .bind(name)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ActionRow {
+    pub id: i64,
+    pub action: String,
+    pub instance_uuid: Uuid,
+    pub request_id: String,
+    pub user_id: String,
+    pub project_id: String,
+    pub start_time: DateTime<Utc>,
+    pub finish_time: Option<DateTime<Utc>>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub event: String,
+    pub start_time: DateTime<Utc>,
+    pub finish_time: Option<DateTime<Utc>>,
+    pub result: Option<String>,
+    pub traceback: Option<String>,
+    pub details: Option<String>,
+    pub host: Option<String>,
+}
+
+const ACTION_COLUMNS: &str =
+    "id, action, instance_uuid, request_id, user_id, project_id, start_time, finish_time, message";
+
+pub async fn actions(pool: &PgPool, instance: Uuid) -> Result<Vec<ActionRow>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {ACTION_COLUMNS} FROM instance_actions WHERE instance_uuid = $1
+          ORDER BY start_time DESC, id DESC"
+    )))
+    .bind(instance)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn action(
+    pool: &PgPool,
+    instance: Uuid,
+    request_id: &str,
+) -> Result<Option<(ActionRow, Vec<EventRow>)>, sqlx::Error> {
+    let action: Option<ActionRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {ACTION_COLUMNS} FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2"
+    )))
+    .bind(instance)
+    .bind(request_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(action) = action else {
+        return Ok(None);
+    };
+    let events = sqlx::query_as(
+        "SELECT event, start_time, finish_time, result, traceback, details, host
+           FROM instance_actions_events WHERE action_id = $1 ORDER BY start_time",
+    )
+    .bind(action.id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some((action, events)))
+}
+
+/// One job as `shutoff-admin jobs` lists it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub instance_uuid: Uuid,
+    pub request_id: String,
+    pub state: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    pub worker: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pub async fn jobs(
+    pool: &PgPool,
+    instance: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, instance_uuid, request_id, state, attempts, max_attempts, last_error, worker,
+                created_at, finished_at
+           FROM jobs WHERE ($1::uuid IS NULL OR instance_uuid = $1)
+          ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(instance)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
