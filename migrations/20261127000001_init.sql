@@ -143,3 +143,16 @@ CREATE TABLE tokens (
     expires_at  timestamptz NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Messages a worker could not act on (unparseable, unknown job, wrong
+-- instance). The message itself goes to the dead-letter queue; this row says
+-- why, so an operator finds it with SQL.
+CREATE TABLE dead_letters (
+    id          bigserial PRIMARY KEY,
+    queue       text NOT NULL,
+    reason      text NOT NULL,
+    message_id  text,
+    payload     text NOT NULL,
+    worker      text NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now()
+);

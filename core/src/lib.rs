@@ -13,8 +13,11 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod config;
 pub mod ids;
 pub mod message;
+pub mod rescuer;
+pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -63,7 +63,7 @@ WITH j AS (
        SET state = 'running', attempts = attempts + 1, worker = $2,
            lease_expires_at = now() + make_interval(secs => $3),
            started_at = coalesce(started_at, now()), updated_at = now()
-     WHERE id = $1
+     WHERE id = $1 AND instance_uuid = $4
        AND attempts < max_attempts
        AND (state IN ('queued', 'published', 'retrying')
             OR (state = 'running' AND lease_expires_at < now()))
@@ -77,17 +77,21 @@ SELECT j.id, j.instance_uuid, j.request_id, j.action_id, j.attempts, j.max_attem
        i.hypervisor, i.host
   FROM j JOIN instances i ON i.uuid = j.instance_uuid";
 
-/// Tries to take job `id` for `worker` with a lease of `lease`.
+/// Tries to take the job a message names for `worker` with a lease of
+/// `lease`. The message's instance must match the job's, or the job is
+/// treated as unknown.
 pub async fn claim(
     pool: &PgPool,
-    id: Uuid,
+    message: &StopJob,
     worker: &str,
     lease: Duration,
 ) -> Result<Claim, sqlx::Error> {
+    let id = message.job_id;
     let claimed: Option<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
         .bind(id)
         .bind(worker)
         .bind(lease.as_secs_f64())
+        .bind(message.instance_uuid)
         .fetch_optional(pool)
         .await?;
     if let Some(mut job) = claimed {
@@ -97,9 +101,10 @@ pub async fn claim(
     let row: Option<(String, i32, i32, Option<String>, bool)> = sqlx::query_as(
         "SELECT state, attempts, max_attempts, worker,
                 coalesce(lease_expires_at > now(), false)
-           FROM jobs WHERE id = $1",
+           FROM jobs WHERE id = $1 AND instance_uuid = $2",
     )
     .bind(id)
+    .bind(message.instance_uuid)
     .fetch_optional(pool)
     .await?;
     Ok(match row {
@@ -408,4 +413,30 @@ pub async fn rescue(
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// Records a poison message (its payload, shortened, and why).
+pub async fn record_dead_letter(
+    pool: &PgPool,
+    queue: &str,
+    reason: &str,
+    message_id: Option<&str>,
+    payload: &[u8],
+    worker: &str,
+) -> Result<(), sqlx::Error> {
+    let shown: String = String::from_utf8_lossy(payload)
+        .chars()
+        .take(4096)
+        .collect();
+    sqlx::query(
+        "INSERT INTO dead_letters (queue, reason, message_id, payload, worker) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(queue)
+    .bind(reason)
+    .bind(message_id)
+    .bind(shown)
+    .bind(worker)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -1,0 +1,257 @@
+//! `shutoff-admin`: what an operator (or the demo script) needs to set up and
+//! inspect shutoff. Every argument is checked before anything is written.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use shutoff_core::ids::ProjectId;
+use shutoff_core::state::VM_STATES;
+use shutoff_core::store::{self, admin, reads};
+
+#[derive(Debug, Parser)]
+#[command(name = "shutoff-admin", version, about = "Set up and inspect shutoff")]
+struct Cli {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shutoff",
+        global = true
+    )]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database if needed and apply migrations (idempotent).
+    Migrate,
+    /// Projects.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// Tokens (printed once; only their SHA-256 is stored).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Servers (instances).
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        instance: Option<uuid::Uuid>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectCommand {
+    /// Create a project and print its id.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// 32 hex characters (default: random).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Role {
+    Member,
+    Admin,
+    Reader,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[arg(long, value_enum, default_value = "member")]
+        role: Role,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(1..=315_360_000))]
+        ttl: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Create a server and print its uuid.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[arg(long, default_value = "active")]
+        vm_state: String,
+        #[arg(long)]
+        task_state: Option<String>,
+        /// Leave launched_at NULL.
+        #[arg(long)]
+        not_launched: bool,
+        #[arg(long)]
+        locked: bool,
+        /// Hypervisor address, e.g. fake://?delay_ms=200 or fake://?fail=always.
+        #[arg(long, default_value = "fake://")]
+        hypervisor: String,
+        #[arg(long, default_value = "sim-1")]
+        host: String,
+    },
+}
+
+fn parse_project(s: &str) -> anyhow::Result<ProjectId> {
+    ProjectId::parse(s).with_context(|| format!("project id {s:?} is not 32 hex characters"))
+}
+
+async fn existing_project(pool: &sqlx::PgPool, s: &str) -> anyhow::Result<ProjectId> {
+    let id = parse_project(s)?;
+    if !admin::project_exists(pool, &id).await? {
+        bail!("project {id} does not exist");
+    }
+    Ok(id)
+}
+
+/// The worker's own driver lookup decides what a valid address is.
+fn check_hypervisor(address: &str) -> anyhow::Result<()> {
+    shutoff_worker::hypervisor::driver_for(address)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Migrate = cli.command {
+        store::create_and_migrate(&cli.database_url).await?;
+        println!("migrated");
+        return Ok(());
+    }
+    let pool = store::pool(
+        &cli.database_url,
+        &store::PoolSettings::default(),
+        "shutoff-admin",
+    )?;
+    match cli.command {
+        Command::Migrate => unreachable!(),
+        Command::Project {
+            command: ProjectCommand::Create { name, id },
+        } => {
+            let name = name.trim();
+            if name.is_empty() || name.len() > 255 {
+                bail!("project name must be 1 to 255 characters");
+            }
+            let id = match id {
+                Some(s) => parse_project(&s)?,
+                None => ProjectId::random(),
+            };
+            admin::create_project(&pool, &id, name).await.map_err(|e| {
+                match e.as_database_error() {
+                    Some(d) if d.is_unique_violation() => {
+                        anyhow::anyhow!("a project with this id or name already exists")
+                    }
+                    _ => e.into(),
+                }
+            })?;
+            println!("{id}");
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    project,
+                    user,
+                    role,
+                    ttl,
+                },
+        } => {
+            let project = existing_project(&pool, &project).await?;
+            let roles: Vec<String> = match role {
+                Role::Admin => vec!["admin".into(), "member".into(), "reader".into()],
+                Role::Member => vec!["member".into(), "reader".into()],
+                Role::Reader => vec!["reader".into()],
+            };
+            let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl);
+            let token = admin::create_token(&pool, &project, &user, &roles, expires).await?;
+            println!("{token}");
+        }
+        Command::Server {
+            command:
+                ServerCommand::Create {
+                    project,
+                    name,
+                    user,
+                    vm_state,
+                    task_state,
+                    not_launched,
+                    locked,
+                    hypervisor,
+                    host,
+                },
+        } => {
+            if !VM_STATES.contains(&vm_state.as_str()) {
+                bail!(
+                    "vm_state {vm_state:?} is not one of {}",
+                    VM_STATES.join(", ")
+                );
+            }
+            if name.trim().is_empty() || name.len() > 255 {
+                bail!("server name must be 1 to 255 characters");
+            }
+            check_hypervisor(&hypervisor)?;
+            let project = existing_project(&pool, &project).await?;
+            let mut s = admin::NewServer::new(&project, &name);
+            s.user_id = user;
+            s.vm_state = vm_state;
+            s.task_state = task_state;
+            s.launched = !not_launched;
+            s.locked = locked;
+            s.hypervisor = hypervisor;
+            s.host = host;
+            println!("{}", admin::create_server(&pool, &s).await?);
+        }
+        Command::Jobs { instance, limit } => {
+            println!(
+                "{:<36}  {:<36}  {:<44}  {:<9}  {:>8}  {:<20}  error",
+                "job", "instance", "request", "state", "attempts", "worker"
+            );
+            for j in reads::jobs(&pool, instance, limit.clamp(1, 10_000)).await? {
+                println!(
+                    "{:<36}  {:<36}  {:<44}  {:<9}  {:>4}/{:<3}  {:<20}  {}",
+                    j.id,
+                    j.instance_uuid,
+                    j.request_id,
+                    j.state,
+                    j.attempts,
+                    j.max_attempts,
+                    j.worker.unwrap_or_default(),
+                    j.last_error.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The API's one error type and its one mapping to OpenStack fault bodies:
+//! `{"<faultName>": {"code": N, "message": "..."}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shutoff_core::store::accept::{AcceptError, Refusal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no token, or an unknown or expired one.
+    #[error("The request you have made requires authentication.")]
+    Unauthorized,
+    /// 400: malformed body or URL, or a task/launch state that forbids the action.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403: the token's roles do not allow the action.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such instance, project or resource (for this caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: a known path with a method it does not serve.
+    #[error("The method is not allowed for the requested URL.")]
+    MethodNotAllowed,
+    /// 409: vm_state forbids the action, or the instance is locked.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: body larger than the limit; it is not read.
+    #[error("Request is too large.")]
+    PayloadTooLarge,
+    /// 503: PostgreSQL is unreachable; nothing was accepted.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or an unexpected database error. Details are logged, not sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    fn status_and_name(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "badRequest"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "itemNotFound"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "badMethod"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflictingRequest"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "overLimit"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "serviceUnavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "computeFault"),
+        }
+    }
+
+    pub fn malformed_body() -> Self {
+        ApiError::BadRequest("Malformed request body".into())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if shutoff_core::store::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Unavailable("The database is unavailable; please retry later.".into())
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let msg = r.to_string();
+        match r {
+            Refusal::NotFound(_) => ApiError::NotFound(msg),
+            Refusal::Forbidden => ApiError::Forbidden(msg),
+            Refusal::Locked(_) | Refusal::VmState(..) => ApiError::Conflict(msg),
+            // Nova answers 409 here; our spec says 400.
+            Refusal::TaskState(..) | Refusal::NotLaunched(_) => ApiError::BadRequest(msg),
+        }
+    }
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> Self {
+        match e {
+            AcceptError::Refused(r) => r.into(),
+            AcceptError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, name) = self.status_and_name();
+        let message = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                "The server has either erred or is incapable of performing the requested operation."
+                    .to_string()
+            }
+            other => other.to_string(),
+        };
+        let body = serde_json::json!({ name: { "code": status.as_u16(), "message": message } });
+        let mut resp = (status, body.to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=UTF-8"),
+        );
+        resp
+    }
+}

@@ -1,0 +1,21 @@
+//! `shutoff-api`: the HTTP front of shutoff.
+//!
+//! - [`settings`]: flags and environment.
+//! - [`startup`]: builds the app (pool, publisher, relay, rescuer) and serves it.
+//! - [`routes`]: one module per endpoint group; [`routes::stop`] is where a stop
+//!   request is checked, accepted and published.
+//! - [`auth`]: the `X-Auth-Token` extractor.
+//! - [`request_id`]: the `req-<uuid>` every response carries and every log line shows.
+//! - [`relay`]: publishes jobs that were committed but never confirmed by RabbitMQ.
+//! - [`error`]: the one mapping from errors to OpenStack fault bodies.
+
+pub mod auth;
+pub mod error;
+pub mod relay;
+pub mod request_id;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+
+pub use settings::Settings;
+pub use startup::{AppState, Application};

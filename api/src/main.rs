@@ -1,0 +1,11 @@
+use clap::Parser;
+use shutoff_api::{Application, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    shutoff_core::telemetry::init();
+    let app = Application::build(settings).await?;
+    let shutdown = shutoff_core::shutdown::on_signal();
+    app.run_until_stopped(shutdown).await
+}

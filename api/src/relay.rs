@@ -1,0 +1,125 @@
+//! Publishing accepted jobs, and the relay that makes publishing reliable.
+//!
+//! The request path publishes right after commit. When that fails (broker
+//! down, confirm timed out) the job stays `queued` in PostgreSQL and the relay
+//! publishes it once the broker is back — it runs at start-up, on a timer and
+//! whenever the request path reports a failure. Marking jobs `published` is
+//! batched off the request path; a lost mark only means a duplicate message,
+//! which workers already treat as normal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shutoff_core::broker::Publisher;
+use shutoff_core::message::StopJob;
+use shutoff_core::store::jobs;
+use sqlx::PgPool;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Jobs younger than this are left to the request path that created them.
+const MIN_AGE: Duration = Duration::from_secs(2);
+const BATCH: i64 = 500;
+
+pub struct Relay {
+    pool: PgPool,
+    publisher: Arc<Publisher>,
+    /// Woken by the request path when its own publish failed.
+    wake: Notify,
+    /// Confirmed job ids, waiting to be marked `published` in one UPDATE.
+    confirmed: mpsc::UnboundedSender<Uuid>,
+}
+
+impl Relay {
+    pub fn new(
+        pool: PgPool,
+        publisher: Arc<Publisher>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Uuid>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let relay = Arc::new(Relay {
+            pool,
+            publisher,
+            wake: Notify::new(),
+            confirmed: tx,
+        });
+        (relay, rx)
+    }
+
+    /// The request path's publish. Never fails the request: the job is
+    /// already committed.
+    pub async fn publish_now(&self, job: StopJob) {
+        match self.publisher.publish(&job).await {
+            Ok(()) => {
+                let _ = self.confirmed.send(job.job_id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, job.id = %job.job_id, "publish failed; the relay will publish it");
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Publishes every committed-but-unconfirmed job it finds; returns how many.
+    pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
+        let mut total = 0;
+        loop {
+            let batch = jobs::unpublished(&self.pool, MIN_AGE, BATCH).await?;
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            let mut done = Vec::with_capacity(batch.len());
+            for job in &batch {
+                match self.publisher.publish(job).await {
+                    Ok(()) => done.push(job.job_id),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "relay: broker still unavailable");
+                        break;
+                    }
+                }
+            }
+            jobs::mark_published(&self.pool, &done).await?;
+            total += done.len();
+            if done.len() < batch.len() {
+                if total > 0 {
+                    tracing::info!(published = total, "relay published stranded jobs");
+                }
+                return Ok(total);
+            }
+        }
+    }
+
+    pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        loop {
+            match self.run_once().await {
+                Ok(n) if n > 0 => tracing::info!(published = n, "relay published stranded jobs"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "relay pass failed; will retry"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.wake.notified() => {
+                    // Let the young job age past MIN_AGE, and the broker recover.
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(MIN_AGE) => {}
+                    }
+                }
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+/// Marks confirmed jobs `published`, many per statement. Ends when every
+/// sender is gone (the relay is dropped at shutdown), after a last flush.
+pub async fn mark_confirmed(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Uuid>) {
+    let mut ids = Vec::with_capacity(256);
+    while rx.recv_many(&mut ids, 1024).await > 0 {
+        if let Err(e) = jobs::mark_published(&pool, &ids).await {
+            // The jobs stay `queued`; the relay republishes them later.
+            tracing::warn!(error = %e, count = ids.len(), "could not mark jobs published");
+        }
+        ids.clear();
+    }
+}

@@ -1,0 +1,43 @@
+//! Every response carries one `req-<uuid4>` in `X-Compute-Request-Id` and
+//! `X-OpenStack-Request-Id`; every log line of the request shows it, and the
+//! job message carries it on to the worker.
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use shutoff_core::ids::RequestId;
+use tracing::Instrument;
+
+pub const COMPUTE_REQUEST_ID: &str = "x-compute-request-id";
+pub const OPENSTACK_REQUEST_ID: &str = "x-openstack-request-id";
+
+pub async fn layer(mut req: Request, next: Next) -> Response {
+    let id = RequestId::new();
+    req.extensions_mut().insert(id.clone());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| tracing::info!(status = resp.status().as_u16(), "response"));
+    let value = HeaderValue::from_str(id.as_str()).expect("request ids are ASCII");
+    let h = resp.headers_mut();
+    h.insert(COMPUTE_REQUEST_ID, value.clone());
+    h.insert(OPENSTACK_REQUEST_ID, value);
+    h.insert(
+        "openstack-api-version",
+        HeaderValue::from_static("compute 2.1"),
+    );
+    h.insert(
+        "x-openstack-nova-api-version",
+        HeaderValue::from_static("2.1"),
+    );
+    h.insert(
+        "vary",
+        HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
+    );
+    resp
+}

@@ -1,0 +1,36 @@
+//! `/healthz`: the process is alive. `/readyz`: it can reach PostgreSQL and
+//! RabbitMQ right now (an orchestrator should not route to it otherwise).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::startup::AppState;
+
+pub async fn alive() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let broker = tokio::time::timeout(Duration::from_secs(2), state.publisher.channel())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let status = if db && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"database": db, "broker": broker, "ready": db && broker})),
+    )
+}

@@ -1,0 +1,58 @@
+//! The router: which path goes to which handler.
+
+pub mod actions;
+pub mod health;
+pub mod servers;
+pub mod stop;
+pub mod version;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body_bytes;
+    let not_allowed = || async { ApiError::MethodNotAllowed };
+    Router::new()
+        .route("/", get(version::root).fallback(not_allowed))
+        .route("/v2", get(version::show).fallback(not_allowed))
+        .route("/v2/", get(version::show).fallback(not_allowed))
+        .route("/v2/{project_id}", get(version::show).fallback(not_allowed))
+        .route(
+            "/v2/{project_id}/",
+            get(version::show).fallback(not_allowed),
+        )
+        .route(
+            "/v2/{project_id}/servers",
+            get(servers::list).fallback(not_allowed),
+        )
+        .route(
+            "/v2/{project_id}/servers/detail",
+            get(servers::list_detail).fallback(not_allowed),
+        )
+        .route(
+            "/v2/{project_id}/servers/{server_id}",
+            get(servers::show).fallback(not_allowed),
+        )
+        .route(
+            "/v2/{project_id}/servers/{server_id}/action",
+            post(stop::action).fallback(not_allowed),
+        )
+        .route(
+            "/v2/{project_id}/servers/{server_id}/os-instance-actions",
+            get(actions::list).fallback(not_allowed),
+        )
+        .route(
+            "/v2/{project_id}/servers/{server_id}/os-instance-actions/{request_id}",
+            get(actions::show).fallback(not_allowed),
+        )
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .fallback(|| async { ApiError::NotFound("The resource could not be found.".into()) })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(crate::request_id::layer))
+        .with_state(state)
+}

@@ -1,0 +1,128 @@
+//! `POST /v2/{project_id}/servers/{server_id}/action` with `{"os-stop": null}`:
+//! where a stop request is checked, accepted and published.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use shutoff_core::ids::{RequestId, ServerId};
+use shutoff_core::store::accept::{Refusal, accept_stop};
+
+use crate::auth::{Authenticated, check_project};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// The server actions we know. Only `os-stop` today; the parse is where the
+/// next action is added.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServerAction {
+    Stop,
+}
+
+impl ServerAction {
+    /// Nova's rules: a JSON object with exactly one key; the key names the
+    /// action; the value of `os-stop` is not checked.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| ApiError::malformed_body())?;
+        let obj = value.as_object().ok_or_else(ApiError::malformed_body)?;
+        if obj.len() != 1 {
+            return Err(ApiError::malformed_body());
+        }
+        let (key, _) = obj.iter().next().expect("one key");
+        match key.as_str() {
+            "os-stop" => Ok(ServerAction::Stop),
+            other => {
+                let shown: String = other.chars().take(255).collect();
+                Err(ApiError::BadRequest(format!(
+                    "There is no such action: {shown}"
+                )))
+            }
+        }
+    }
+}
+
+/// The body, read up to the configured limit; a larger one is refused
+/// (413) without being read, and the refusal uses our fault body.
+pub struct ActionBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ActionBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(ActionBody(b)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(_) => Err(ApiError::malformed_body()),
+        }
+    }
+}
+
+pub async fn action(
+    State(state): State<AppState>,
+    axum::Extension(request_id): axum::Extension<RequestId>,
+    Authenticated(caller): Authenticated,
+    Path((project_id, server_id)): Path<(String, String)>,
+    ActionBody(body): ActionBody,
+) -> Result<StatusCode, ApiError> {
+    let ServerAction::Stop = ServerAction::parse(&body)?;
+    check_project(&caller, &project_id)?;
+    let server = ServerId::parse(&server_id)
+        .ok_or_else(|| ApiError::from(Refusal::NotFound(server_id.clone())))?;
+    let job = accept_stop(
+        &state.pool,
+        &caller,
+        server,
+        &request_id,
+        state.max_attempts,
+    )
+    .await?;
+    tracing::info!(job.id = %job.job_id, instance.uuid = %server, user.id = %caller.user_id, "stop accepted");
+    // Committed: from here the stop cannot be lost. Publishing now is the
+    // fast path; if it fails the relay publishes it when the broker is back.
+    state.relay.publish_now(job).await;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(e: ApiError) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn os_stop_with_any_value_is_a_stop() {
+        assert_eq!(
+            ServerAction::parse(br#"{"os-stop": null}"#).unwrap(),
+            ServerAction::Stop
+        );
+        assert_eq!(
+            ServerAction::parse(br#"{ "os-stop" : {} }"#).unwrap(),
+            ServerAction::Stop
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_with_nova_wording() {
+        for body in [
+            &b""[..],
+            b"not json",
+            b"[]",
+            b"null",
+            b"{}",
+            br#"{"os-stop": null, "x": 1}"#,
+        ] {
+            assert_eq!(
+                message(ServerAction::parse(body).unwrap_err()),
+                "Malformed request body"
+            );
+        }
+        assert_eq!(
+            message(ServerAction::parse(br#"{"os-start": null}"#).unwrap_err()),
+            "There is no such action: os-start"
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! `shutoff-api` settings: flags, then environment, then defaults that work here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use shutoff_core::config::Common;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "shutoff-api",
+    version,
+    about = "shutoff's OpenStack-Compute-compatible stop API"
+)]
+pub struct Settings {
+    /// Address to listen on (Nova's port by default).
+    #[arg(long, env = "SHUTOFF_LISTEN", default_value = "0.0.0.0:8774")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Largest request body read; bigger ones are refused with 413 unread.
+    #[arg(long, env = "SHUTOFF_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How often the relay looks for committed jobs whose publish did not go through.
+    #[arg(long, env = "SHUTOFF_RELAY_INTERVAL_MS", default_value_t = 1000)]
+    pub relay_interval_ms: u64,
+
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    #[arg(long, env = "SHUTOFF_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+
+    /// Run the migrations on start-up (the admin's `migrate` does the same).
+    #[arg(long, env = "SHUTOFF_MIGRATE", default_value_t = false)]
+    pub migrate: bool,
+}
+
+impl Settings {
+    /// Settings for tests: random port, given queue prefix, defaults elsewhere.
+    pub fn for_tests(database_url: &str, queue_prefix: &str) -> Self {
+        let mut s = Settings::parse_from(["shutoff-api", "--listen", "127.0.0.1:0"]);
+        s.common.database_url = database_url.to_string();
+        s.common.queue_prefix = queue_prefix.to_string();
+        s
+    }
+
+    pub fn relay_interval(&self) -> Duration {
+        Duration::from_millis(self.relay_interval_ms)
+    }
+}

@@ -1,0 +1,137 @@
+//! Building and running the API: pool, publisher, relay, rescuer, router.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shutoff_core::broker::{BrokerTimeouts, Publisher};
+use shutoff_core::rescuer::Rescuer;
+use shutoff_core::store;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::relay::{self, Relay};
+use crate::settings::Settings;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub publisher: Arc<Publisher>,
+    pub relay: Arc<Relay>,
+    /// Recorded on each job: attempts before the stop is recorded as failed.
+    pub max_attempts: i32,
+    pub max_body_bytes: usize,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    settings: Settings,
+    confirmed: tokio::sync::mpsc::UnboundedReceiver<uuid::Uuid>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = store::pool(
+            &settings.common.database_url,
+            &settings.common.pool_settings(),
+            "shutoff-api",
+        )
+        .context("invalid DATABASE_URL")?;
+        Self::build_with_pool(settings, pool).await
+    }
+
+    /// Tests pass the pool of their own database.
+    pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        if settings.migrate {
+            store::create_and_migrate(&settings.common.database_url).await?;
+        }
+        let publisher = Publisher::new(
+            &settings.common.amqp_url,
+            "shutoff-api",
+            settings.common.topology(),
+            BrokerTimeouts::default(),
+        );
+        let (relay, confirmed) = Relay::new(pool.clone(), publisher.clone());
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let state = AppState {
+            pool,
+            publisher,
+            relay,
+            max_attempts: settings.common.max_attempts,
+            max_body_bytes: settings.max_body_bytes,
+        };
+        Ok(Application {
+            listener,
+            state,
+            settings,
+            confirmed,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight requests finish (up to the drain period), flushes the relay's
+    /// marks and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            settings,
+            confirmed,
+        } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "shutoff-api listening");
+
+        let background = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(
+            state
+                .relay
+                .clone()
+                .run(settings.relay_interval(), background.clone()),
+        );
+        tasks.spawn(relay::mark_confirmed(state.pool.clone(), confirmed));
+        let rescuer = Rescuer {
+            pool: state.pool.clone(),
+            publisher: state.publisher.clone(),
+            stale_after: settings.common.rescue_after(),
+            interval: settings.common.rescue_interval(),
+            host: format!("shutoff-api@{addr}"),
+        };
+        tasks.spawn(rescuer.run(background.clone()));
+
+        let router = crate::routes::router(state);
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        let drain = Duration::from_secs(settings.drain_secs);
+        tokio::pin!(serve);
+        tokio::select! {
+            r = &mut serve => r?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!("drain period over; closing remaining connections");
+            }
+        }
+        background.cancel();
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!("shutoff-api stopped");
+        Ok(())
+    }
+}

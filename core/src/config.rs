@@ -1,0 +1,86 @@
+//! Settings every binary shares, read from flags and environment in one place.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::broker::Topology;
+
+/// Where PostgreSQL and RabbitMQ are, and how jobs are queued and retried.
+/// Flattened into each binary's own settings.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shutoff"
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every queue name; give each deployment (or test) its own.
+    #[arg(long, env = "SHUTOFF_QUEUE_PREFIX", default_value = "shutoff")]
+    pub queue_prefix: String,
+
+    /// Deliveries of one message before RabbitMQ dead-letters it (quorum `x-delivery-limit`).
+    #[arg(long, env = "SHUTOFF_DELIVERY_LIMIT", default_value_t = 10)]
+    pub delivery_limit: u32,
+
+    /// Back-off delays between attempts, in milliseconds (one delay queue each; the last repeats).
+    #[arg(
+        long,
+        env = "SHUTOFF_RETRY_DELAYS_MS",
+        value_delimiter = ',',
+        default_value = "1000,5000,30000"
+    )]
+    pub retry_delays_ms: Vec<u64>,
+
+    /// Attempts per stop (the first one included) before it is recorded as failed.
+    #[arg(long, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub max_attempts: i32,
+
+    /// A job nobody has moved for this long (or whose worker's lease expired) is rescued.
+    #[arg(long, env = "SHUTOFF_RESCUE_AFTER_SECS", default_value_t = 120)]
+    pub rescue_after_secs: u64,
+
+    /// How often the rescuer looks for stalled jobs.
+    #[arg(long, env = "SHUTOFF_RESCUE_INTERVAL_MS", default_value_t = 2000)]
+    pub rescue_interval_ms: u64,
+
+    /// Maximum PostgreSQL connections of this process.
+    #[arg(long, env = "SHUTOFF_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    pub db_max_connections: u32,
+}
+
+impl Common {
+    pub fn topology(&self) -> Topology {
+        Topology {
+            prefix: self.queue_prefix.clone(),
+            delivery_limit: self.delivery_limit,
+            retry_delays_ms: self.retry_delays_ms.clone(),
+        }
+    }
+
+    pub fn rescue_after(&self) -> Duration {
+        Duration::from_secs(self.rescue_after_secs)
+    }
+
+    pub fn rescue_interval(&self) -> Duration {
+        Duration::from_millis(self.rescue_interval_ms)
+    }
+
+    pub fn pool_settings(&self) -> crate::store::PoolSettings {
+        crate::store::PoolSettings {
+            max_connections: self.db_max_connections,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The RabbitMQ consumer loop. It (re)connects with back-off, consumes with
+//! manual acks and a prefetch (so many jobs run at once and a slow power-off
+//! never holds up the queue), and on shutdown stops taking jobs, gives
+//! in-flight ones the grace period, and closes the channel so the broker
+//! requeues whatever is left.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use shutoff_core::backoff::Backoff;
+use shutoff_core::broker::{self, Topology};
+use shutoff_core::store::jobs;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::stop_job::{self, Disposition, JobContext};
+
+pub struct ConsumerSettings {
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub prefetch: u16,
+    pub grace: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Consumes until `shutdown`; returns after the in-flight jobs finished or
+/// the grace period ran out. `ready` is true while a consumer is attached.
+pub async fn run(
+    ctx: Arc<JobContext>,
+    settings: ConsumerSettings,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let queue = settings.topology.work_queue();
+    let mut failures = 0u32;
+    let mut open: Option<(lapin::Connection, lapin::Channel)> = None;
+    while !shutdown.is_cancelled() {
+        let (conn, channel) = match broker::connect(
+            &settings.amqp_url,
+            &format!("shutoff-worker {}", ctx.worker_id),
+            &settings.topology,
+            settings.connect_timeout,
+        )
+        .await
+        {
+            Ok(pair) => pair,
+            Err(e) => {
+                let delay = Backoff::RECONNECT.delay(failures);
+                failures += 1;
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        let tag = format!("{}-{}", ctx.worker_id, uuid::Uuid::new_v4().simple());
+        let consumer = async {
+            broker::set_prefetch(&channel, settings.prefetch).await?;
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+        .await;
+        let mut consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start consuming");
+                tokio::time::sleep(Backoff::RECONNECT.delay(failures)).await;
+                failures += 1;
+                continue;
+            }
+        };
+        if failures > 0 {
+            tracing::info!("reconnected to RabbitMQ");
+        }
+        failures = 0;
+        ready.store(true, Ordering::SeqCst);
+        tracing::info!(%queue, prefetch = settings.prefetch, "consuming");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    // Stop taking jobs; keep the channel open so in-flight
+                    // jobs can still ack.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+                    ).await;
+                    break;
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        tracker.spawn(process(ctx.clone(), delivery, queue.clone(), shutdown.clone()));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer failed; reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("consumer was cancelled by the broker; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+        ready.store(false, Ordering::SeqCst);
+        open = Some((conn, channel));
+        if !shutdown.is_cancelled() {
+            // Unacked deliveries of the old channel go back to the queue when
+            // it closes; the jobs themselves are safe in PostgreSQL.
+            if let Some((conn, _)) = open.take() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    conn.close(200, "reconnecting".into()),
+                )
+                .await;
+            }
+        }
+    }
+
+    tracker.close();
+    let in_flight = tracker.len();
+    if in_flight > 0 {
+        tracing::info!(
+            in_flight,
+            grace_secs = settings.grace.as_secs(),
+            "waiting for in-flight jobs"
+        );
+    }
+    if tokio::time::timeout(settings.grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            unfinished = tracker.len(),
+            "grace period over; returning unfinished jobs to the queue"
+        );
+    }
+    if let Some((conn, channel)) = open {
+        // Closing the channel requeues every message we did not ack.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.close(200, "shutdown".into()),
+        )
+        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into())).await;
+    }
+}
+
+async fn process(
+    ctx: Arc<JobContext>,
+    delivery: Delivery,
+    queue: String,
+    shutdown: CancellationToken,
+) {
+    let disposition = stop_job::handle(&ctx, &delivery.data, &shutdown).await;
+    let acked = match disposition {
+        Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue => {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+        Disposition::DeadLetter(reason) => {
+            tracing::warn!(%reason, "poison message; dead-lettering it");
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string());
+            let _ = stop_job::db_retry("record dead letter", || {
+                jobs::record_dead_letter(
+                    &ctx.pool,
+                    &queue,
+                    &reason,
+                    message_id.as_deref(),
+                    &delivery.data,
+                    &ctx.worker_id,
+                )
+            })
+            .await;
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
+    };
+    match acked {
+        Ok(true) => {}
+        // The channel died under us: the broker redelivers, and the job's
+        // state in PostgreSQL makes the redelivery a no-op.
+        Ok(false) | Err(_) => {
+            tracing::info!("could not ack on a closed channel; the broker will redeliver")
+        }
+    }
+}

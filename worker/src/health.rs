@@ -1,0 +1,46 @@
+//! The worker's small health port: `/healthz` (alive) and `/readyz` (consuming
+//! from RabbitMQ and able to reach PostgreSQL).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+#[derive(Clone)]
+pub struct Health {
+    pub pool: PgPool,
+    /// Set by the consumer while it is attached to the queue.
+    pub consuming: Arc<AtomicBool>,
+}
+
+pub fn router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .with_state(health)
+}
+
+async fn ready(State(h): State<Health>) -> (StatusCode, Json<Value>) {
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&h.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let broker = h.consuming.load(Ordering::SeqCst);
+    let status = if db && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"database": db, "broker": broker, "ready": db && broker})),
+    )
+}

@@ -1,0 +1,19 @@
+//! `shutoff-worker`: takes stop jobs off RabbitMQ and carries them out.
+//!
+//! - [`settings`]: flags and environment.
+//! - [`consumer`]: the RabbitMQ consumer loop: reconnects, dispatches
+//!   deliveries, stops cleanly on SIGTERM.
+//! - [`stop_job`]: one job, end to end: claim it in PostgreSQL, power the VM
+//!   off, record the result, then ack.
+//! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator).
+//! - [`health`]: `/healthz` and `/readyz` on a small port.
+
+pub mod consumer;
+pub mod health;
+pub mod hypervisor;
+pub mod settings;
+pub mod stop_job;
+pub mod worker;
+
+pub use settings::Settings;
+pub use worker::Worker;

@@ -1,0 +1,11 @@
+use clap::Parser;
+use shutoff_worker::{Settings, Worker};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    shutoff_core::telemetry::init();
+    let worker = Worker::build(settings).await?;
+    let shutdown = shutoff_core::shutdown::on_signal();
+    worker.run_until_stopped(shutdown).await
+}

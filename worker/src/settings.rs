@@ -1,0 +1,71 @@
+//! `shutoff-worker` settings: flags, then environment, then defaults that work here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use shutoff_core::config::Common;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "shutoff-worker", version, about = "shutoff's stop worker")]
+pub struct Settings {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Name recorded on the jobs this worker runs (default: host name and pid).
+    #[arg(long, env = "SHUTOFF_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Unacknowledged messages (and so jobs in progress) at once.
+    #[arg(long, env = "SHUTOFF_PREFETCH", default_value_t = 64)]
+    pub prefetch: u16,
+
+    /// Where `/healthz` and `/readyz` answer.
+    #[arg(long, env = "SHUTOFF_HEALTH_LISTEN", default_value = "0.0.0.0:8775")]
+    pub health_listen: SocketAddr,
+
+    /// A running job belongs to this worker for this long, renewed while it
+    /// works; after a crash another worker may take it over once it lapses.
+    #[arg(long, env = "SHUTOFF_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+
+    /// Longest a single power-off may take before it counts as a (transient) failure.
+    #[arg(long, env = "SHUTOFF_POWER_OFF_TIMEOUT_SECS", default_value_t = 120)]
+    pub power_off_timeout_secs: u64,
+
+    /// After SIGTERM, how long in-flight jobs may take to finish before the
+    /// rest are returned to the queue.
+    #[arg(long, env = "SHUTOFF_GRACE_SECS", default_value_t = 30)]
+    pub grace_secs: u64,
+}
+
+impl Settings {
+    pub fn for_tests(database_url: &str, queue_prefix: &str) -> Self {
+        let mut s = Settings::parse_from(["shutoff-worker", "--health-listen", "127.0.0.1:0"]);
+        s.common.database_url = database_url.to_string();
+        s.common.queue_prefix = queue_prefix.to_string();
+        s.worker_id = Some(format!("test-{}", uuid::Uuid::new_v4().simple()));
+        s
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs.max(1))
+    }
+
+    pub fn power_off_timeout(&self) -> Duration {
+        Duration::from_secs(self.power_off_timeout_secs.max(1))
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
+}

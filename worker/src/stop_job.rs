@@ -1,0 +1,258 @@
+//! One stop job, end to end: claim it in PostgreSQL, power the VM off, record
+//! the result, and only then let the consumer ack the message.
+//!
+//! Every handler run is idempotent: a duplicate or redelivered message finds
+//! the job finished (or held by a live lease) and is simply acked.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shutoff_core::backoff::Backoff;
+use shutoff_core::broker::Publisher;
+use shutoff_core::message::StopJob;
+use shutoff_core::store::jobs::{Claim, ClaimedJob};
+use shutoff_core::store::{self, jobs};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::hypervisor::{DriverError, driver_for};
+
+/// A single database call may not hang longer than this.
+const DB_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Non-connection database errors (bugs, constraint violations) are retried
+/// this often before the message is handed back to the broker.
+const DB_BUG_RETRIES: u32 = 3;
+
+/// What the consumer does with the message once the handler is done.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The outcome is committed (or someone else owns the job): ack.
+    Ack,
+    /// Not handled (shutting down, or the database kept failing): give it
+    /// back to the broker.
+    Requeue,
+    /// Poison: record why, then reject to the dead-letter queue.
+    DeadLetter(String),
+}
+
+/// What every job needs; shared by all in-flight jobs of a worker.
+pub struct JobContext {
+    pub pool: PgPool,
+    /// For putting a message on a retry (delay) queue.
+    pub publisher: Arc<Publisher>,
+    pub worker_id: String,
+    pub lease: Duration,
+    pub power_off_timeout: Duration,
+}
+
+/// Handles one message body. `shutdown` is watched only before the power-off
+/// starts: once the VM is being stopped we finish and record it.
+pub async fn handle(ctx: &JobContext, body: &[u8], shutdown: &CancellationToken) -> Disposition {
+    let message = match StopJob::from_bytes(body) {
+        Ok(m) => m,
+        Err(e) => return Disposition::DeadLetter(format!("unparseable message: {e}")),
+    };
+    let span = tracing::info_span!(
+        "job",
+        request_id = %message.request_id,
+        job.id = %message.job_id,
+        instance.uuid = %message.instance_uuid,
+        worker = %ctx.worker_id,
+    );
+    handle_message(ctx, message, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn handle_message(
+    ctx: &JobContext,
+    message: StopJob,
+    shutdown: &CancellationToken,
+) -> Disposition {
+    let claim = tokio::select! {
+        _ = shutdown.cancelled() => return Disposition::Requeue,
+        c = db_retry("claim", || jobs::claim(&ctx.pool, &message, &ctx.worker_id, ctx.lease)) => c,
+    };
+    let claim = match claim {
+        Ok(c) => c,
+        Err(_) => return Disposition::Requeue,
+    };
+    match claim {
+        Claim::Unknown => Disposition::DeadLetter(format!(
+            "no job {} for instance {}",
+            message.job_id, message.instance_uuid
+        )),
+        Claim::Finished(state) => {
+            tracing::info!(%state, "job already finished; acking the duplicate without a second power-off");
+            Disposition::Ack
+        }
+        Claim::HeldElsewhere { worker } => {
+            tracing::info!(holder = ?worker, "job is held by a live lease; its holder or the rescuer finishes it");
+            Disposition::Ack
+        }
+        Claim::Exhausted { attempts } => {
+            let msg = format!(
+                "gave up after {attempts} attempts: every attempt ended without a result (worker crashed or lost its lease)"
+            );
+            tracing::warn!("{msg}");
+            match db_retry("fail exhausted", || {
+                jobs::fail_exhausted(&ctx.pool, message.job_id, &msg, &ctx.worker_id)
+            })
+            .await
+            {
+                Ok(_) => Disposition::Ack,
+                Err(_) => Disposition::Requeue,
+            }
+        }
+        Claim::Claimed(job) => {
+            if shutdown.is_cancelled() {
+                let _ = db_retry("release", || jobs::release(&ctx.pool, &job)).await;
+                return Disposition::Requeue;
+            }
+            run(ctx, job).await
+        }
+    }
+}
+
+/// Powers the VM off under our lease and records the outcome.
+async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
+    tracing::info!(
+        attempt = job.attempts,
+        max_attempts = job.max_attempts,
+        "powering off"
+    );
+    let outcome = match driver_for(&job.hypervisor) {
+        Err(e) => Err(e),
+        Ok(driver) => {
+            let heartbeat = keep_lease(ctx, &job);
+            let result =
+                tokio::time::timeout(ctx.power_off_timeout, driver.power_off(job.instance_uuid))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(DriverError::Transient(format!(
+                            "power-off did not finish within {:?}",
+                            ctx.power_off_timeout
+                        )))
+                    });
+            heartbeat.abort();
+            result
+        }
+    };
+    let recorded = match &outcome {
+        Ok(power_state) => {
+            let ps = power_state.as_i16();
+            db_retry("record success", || jobs::succeed(&ctx.pool, &job, ps)).await
+        }
+        Err(DriverError::Transient(msg)) if job.attempts_left() => {
+            return retry_later(ctx, &job, msg).await;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let details = format!(
+                "attempt {} of {} on {}",
+                job.attempts, job.max_attempts, ctx.worker_id
+            );
+            db_retry("record failure", || {
+                jobs::fail(&ctx.pool, &job, &msg, &details)
+            })
+            .await
+        }
+    };
+    match recorded {
+        Ok(true) => {
+            match &outcome {
+                Ok(_) => tracing::info!(attempt = job.attempts, "stopped"),
+                Err(e) => tracing::warn!(error = %e, "stop failed; fault recorded"),
+            }
+            Disposition::Ack
+        }
+        Ok(false) => {
+            tracing::warn!(
+                "lease was taken over while powering off; the new holder records the outcome"
+            );
+            Disposition::Ack
+        }
+        Err(_) => Disposition::Requeue,
+    }
+}
+
+/// Moves the job to `retrying` and parks its message on the delay queue for
+/// this attempt. If the delay queue cannot take it, the message is requeued
+/// at once and the next delivery retries without delay.
+async fn retry_later(ctx: &JobContext, job: &ClaimedJob, error: &str) -> Disposition {
+    match db_retry("schedule retry", || {
+        jobs::schedule_retry(&ctx.pool, job, error)
+    })
+    .await
+    {
+        Ok(true) => {}
+        Ok(false) => return Disposition::Ack,
+        Err(_) => return Disposition::Requeue,
+    }
+    let topology = ctx.publisher.topology();
+    let Some(queue) = topology.retry_queue_for_attempt(job.attempts as u32) else {
+        return Disposition::Requeue;
+    };
+    match ctx.publisher.publish_to(&queue, &job.message()).await {
+        Ok(()) => {
+            tracing::info!(attempt = job.attempts, error, retry_queue = %queue, "transient failure; retrying after back-off");
+            Disposition::Ack
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not park the retry; requeueing for an immediate retry");
+            Disposition::Requeue
+        }
+    }
+}
+
+/// Renews our lease every third of its length until aborted.
+fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> tokio::task::JoinHandle<()> {
+    let pool = ctx.pool.clone();
+    let job = job.clone();
+    let lease = ctx.lease;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match tokio::time::timeout(DB_CALL_TIMEOUT, jobs::heartbeat(&pool, &job, lease)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    tracing::warn!(job.id = %job.id, "lost the lease while powering off");
+                    return;
+                }
+                _ => tracing::debug!(job.id = %job.id, "lease renewal failed; will retry"),
+            }
+        }
+    })
+}
+
+/// Runs a database call until it succeeds. While PostgreSQL is unreachable it
+/// keeps trying with back-off (the job completes when it returns, and nothing
+/// is acked before); other errors are given up after a few tries.
+pub async fn db_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut failures = 0u32;
+    let mut bugs = 0u32;
+    loop {
+        let err = match tokio::time::timeout(DB_CALL_TIMEOUT, op()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => sqlx::Error::PoolTimedOut,
+        };
+        if store::is_unavailable(&err) {
+            tracing::warn!(error = %err, what, "database unavailable; retrying");
+        } else {
+            bugs += 1;
+            tracing::error!(error = %err, what, "database call failed");
+            if bugs >= DB_BUG_RETRIES {
+                return Err(err);
+            }
+        }
+        tokio::time::sleep(Backoff::RECONNECT.delay(failures)).await;
+        failures += 1;
+    }
+}
