@@ -1,0 +1,184 @@
+//! Spawns the real API (and, when asked, a real worker) on random ports,
+//! against this test's own database and queues.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use reqwest::Response;
+use shutoff_api::{Application, Settings};
+use shutoff_core::ids::ProjectId;
+use shutoff_core::store::admin::NewServer;
+use shutoff_core::testing::TestEnv;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub struct TestApp {
+    pub env: TestEnv,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub project: ProjectId,
+    /// A member token of `project`.
+    pub token: String,
+    pub shutdown: CancellationToken,
+    pub api: JoinHandle<anyhow::Result<()>>,
+    pub worker: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Options {
+    pub with_worker: bool,
+    pub amqp_url: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            with_worker: true,
+            amqp_url: None,
+            database_url: None,
+        }
+    }
+}
+
+pub async fn spawn(pool: PgPool) -> TestApp {
+    spawn_with(pool, Options::default()).await
+}
+
+pub async fn spawn_api_only(pool: PgPool) -> TestApp {
+    spawn_with(
+        pool,
+        Options {
+            with_worker: false,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
+    let env = TestEnv::new(pool.clone());
+    let mut settings = Settings::for_tests(&env.database_url, &env.topology.prefix);
+    settings.common.retry_delays_ms = env.topology.retry_delays_ms.clone();
+    settings.relay_interval_ms = 200;
+    if let Some(u) = &opts.amqp_url {
+        settings.common.amqp_url = u.clone();
+    }
+    let api_pool = match &opts.database_url {
+        Some(u) => {
+            settings.common.database_url = u.clone();
+            shutoff_core::store::pool(u, &Default::default(), "test-api").unwrap()
+        }
+        None => pool.clone(),
+    };
+    let app = Application::build_with_pool(settings, api_pool).await.unwrap();
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let api = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let worker = if opts.with_worker {
+        let mut ws = shutoff_worker::Settings::for_tests(&env.database_url, &env.topology.prefix);
+        ws.common.retry_delays_ms = env.topology.retry_delays_ms.clone();
+        let w = shutoff_worker::Worker::build_with_pool(ws, pool.clone()).await.unwrap();
+        Some(tokio::spawn(w.run_until_stopped(shutdown.clone())))
+    } else {
+        None
+    };
+    let project = env.project().await;
+    let token = env.token(&project, &["member", "reader"]).await;
+    TestApp {
+        env,
+        addr,
+        client: reqwest::Client::new(),
+        project,
+        token,
+        shutdown,
+        api,
+        worker,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// An active, launched server of this app's project on the simulator.
+    pub async fn server(&self, name: &str) -> Uuid {
+        self.env.server(NewServer::new(&self.project, name)).await
+    }
+
+    pub async fn server_with(&self, f: impl FnOnce(&mut NewServer)) -> Uuid {
+        let mut s = NewServer::new(&self.project, &format!("vm-{}", Uuid::new_v4().simple()));
+        f(&mut s);
+        self.env.server(s).await
+    }
+
+    /// POSTs `body` to the action URL of `server` in `project` with `token`.
+    pub async fn action(&self, project: &str, server: &str, token: Option<&str>, body: &str) -> Response {
+        let mut req = self
+            .client
+            .post(self.url(&format!("/v2/{project}/servers/{server}/action")))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.header("x-auth-token", t);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// `{"os-stop": null}` for `server` with the member token.
+    pub async fn stop(&self, server: Uuid) -> Response {
+        self.action(self.project.as_str(), &server.to_string(), Some(&self.token), r#"{"os-stop": null}"#)
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .header("x-auth-token", &self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// (vm_state, task_state, power_state) straight from the database.
+    pub async fn instance_state(&self, id: Uuid) -> (String, Option<String>, i16) {
+        sqlx::query_as("SELECT vm_state, task_state, power_state FROM instances WHERE uuid = $1")
+            .bind(id)
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.env.pool).await.unwrap()
+    }
+
+    pub async fn stopped(&self, id: Uuid, timeout: std::time::Duration) -> bool {
+        self.env
+            .eventually(timeout, || async { self.instance_state(id).await.0 == "stopped" })
+            .await
+    }
+
+    pub async fn shut_down(self) {
+        self.shutdown.cancel();
+        self.api.await.unwrap().unwrap();
+        if let Some(w) = self.worker {
+            w.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Asserts an OpenStack fault body and returns its message.
+pub async fn fault(resp: Response, status: u16, name: &str) -> String {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let rid = resp.headers()["x-compute-request-id"].to_str().unwrap().to_string();
+    assert!(rid.starts_with("req-"), "request id {rid}");
+    assert_eq!(resp.headers()["x-openstack-request-id"].to_str().unwrap(), rid);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body[name]["code"], status, "body: {body}");
+    body[name]["message"].as_str().unwrap().to_string()
+}
