@@ -208,9 +208,14 @@ impl TcpProxy {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
 
-    /// The test database's URL, through this proxy.
-    pub fn database_url(&self, env: &TestEnv) -> String {
-        let db = env.database_url.rsplit('/').next().unwrap();
-        format!("postgres://postgres@{}/{db}", self.addr)
+    /// The URL of a test's database (the one `pool` is on), through this proxy.
+    pub fn database_url(&self, pool: &PgPool) -> String {
+        let opts = pool.connect_options();
+        format!(
+            "postgres://{}@{}/{}",
+            opts.get_username(),
+            self.addr,
+            opts.get_database().unwrap_or("postgres")
+        )
     }
 }

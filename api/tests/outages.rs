@@ -1,0 +1,65 @@
+//! Broker and database outages, made by cutting this test's own TCP proxy in
+//! front of the real services (the machine's services are never touched).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Options, fault, spawn_with};
+use shutoff_core::testing::TcpProxy;
+use sqlx::PgPool;
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn with_the_broker_down_a_stop_is_still_accepted_and_relayed_when_it_returns(pool: PgPool) {
+    let broker = TcpProxy::start("127.0.0.1:5672").await;
+    broker.cut();
+    let app = spawn_with(
+        pool,
+        Options {
+            amqp_url: Some(broker.amqp_url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = app.server("web-1").await;
+
+    assert_eq!(app.stop(id).await.status().as_u16(), 202);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(app.env.job_state(id).await.as_deref(), Some("queued"));
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503, "not ready without the broker");
+
+    broker.restore();
+    assert!(app.stopped(id, Duration::from_secs(30)).await, "relay never published the job");
+    assert_eq!(app.env.job_state(id).await.as_deref(), Some("succeeded"));
+    app.shut_down().await;
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn with_the_database_down_a_stop_is_503_and_accepted_once_it_returns(pool: PgPool) {
+    let db = TcpProxy::start("127.0.0.1:5432").await;
+    let proxied = db.database_url(&pool);
+    let app = spawn_with(
+        pool,
+        Options {
+            database_url: Some(proxied),
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = app.server("web-1").await;
+
+    db.cut();
+    let msg = fault(app.stop(id).await, 503, "serviceUnavailable").await;
+    assert!(msg.contains("database"), "{msg}");
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+
+    db.restore();
+    let accepted = app
+        .env
+        .eventually(Duration::from_secs(15), || async { app.stop(id).await.status().as_u16() == 202 })
+        .await;
+    assert!(accepted);
+    assert!(app.stopped(id, Duration::from_secs(15)).await);
+    app.shut_down().await;
+}
