@@ -18,7 +18,7 @@ use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::{self, Topology};
 use shutoff_core::store::jobs;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::task::JoinSet;
 
 use crate::stop_job::{self, Disposition, JobContext};
 
@@ -38,7 +38,9 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let tracker = TaskTracker::new();
+    // In-flight jobs; aborted if they outlive the grace period, as they would
+    // be if the process exited (their leases then lapse and they are rescued).
+    let mut in_flight = JoinSet::new();
     let queue = settings.topology.work_queue();
     let mut failures = 0u32;
     let mut open: Option<(lapin::Connection, lapin::Channel)> = None;
@@ -101,9 +103,10 @@ pub async fn run(
                     ).await;
                     break;
                 }
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        tracker.spawn(process(ctx.clone(), delivery, queue.clone(), shutdown.clone()));
+                        in_flight.spawn(process(ctx.clone(), delivery, queue.clone(), shutdown.clone()));
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "consumer failed; reconnecting");
@@ -131,23 +134,23 @@ pub async fn run(
         }
     }
 
-    tracker.close();
-    let in_flight = tracker.len();
-    if in_flight > 0 {
+    if !in_flight.is_empty() {
         tracing::info!(
-            in_flight,
+            in_flight = in_flight.len(),
             grace_secs = settings.grace.as_secs(),
             "waiting for in-flight jobs"
         );
     }
-    if tokio::time::timeout(settings.grace, tracker.wait())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(settings.grace, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(
-            unfinished = tracker.len(),
+            unfinished = in_flight.len(),
             "grace period over; returning unfinished jobs to the queue"
         );
+        in_flight.shutdown().await;
     }
     if let Some((conn, channel)) = open {
         // Closing the channel requeues every message we did not ack.

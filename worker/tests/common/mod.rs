@@ -1,0 +1,160 @@
+//! Runs real workers against this test's own database and queues, and
+//! accepts stops the way the API does (same store call, same publisher).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shutoff_core::broker::{BrokerTimeouts, Publisher};
+use shutoff_core::ids::{ProjectId, RequestId, ServerId};
+use shutoff_core::message::StopJob;
+use shutoff_core::store::accept::accept_stop;
+use shutoff_core::store::admin::NewServer;
+use shutoff_core::store::auth::Caller;
+use shutoff_core::testing::TestEnv;
+use shutoff_worker::{Settings, Worker};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub struct Ctx {
+    pub env: TestEnv,
+    pub project: ProjectId,
+    pub publisher: Arc<Publisher>,
+}
+
+pub struct RunningWorker {
+    pub id: String,
+    pub health: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// SIGTERM, in-process: returns how long the worker took to stop.
+    pub async fn terminate(self) -> Duration {
+        let t = std::time::Instant::now();
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+        t.elapsed()
+    }
+}
+
+pub async fn ctx(pool: PgPool) -> Ctx {
+    let env = TestEnv::new(pool);
+    let project = env.project().await;
+    let publisher = Publisher::new(&env.amqp_url, "test", env.topology.clone(), BrokerTimeouts::default());
+    Ctx {
+        env,
+        project,
+        publisher,
+    }
+}
+
+impl Ctx {
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::for_tests(&self.env.database_url, &self.env.topology.prefix);
+        s.common.retry_delays_ms = self.env.topology.retry_delays_ms.clone();
+        s
+    }
+
+    pub async fn worker(&self, tweak: impl FnOnce(&mut Settings)) -> RunningWorker {
+        self.worker_on(self.env.pool.clone(), tweak).await
+    }
+
+    pub async fn worker_on(&self, pool: PgPool, tweak: impl FnOnce(&mut Settings)) -> RunningWorker {
+        let mut s = self.settings();
+        tweak(&mut s);
+        let w = Worker::build_with_pool(s, pool).await.unwrap();
+        let shutdown = CancellationToken::new();
+        RunningWorker {
+            id: w.worker_id().to_string(),
+            health: w.health_addr(),
+            shutdown: shutdown.clone(),
+            handle: tokio::spawn(w.run_until_stopped(shutdown)),
+        }
+    }
+
+    pub async fn server(&self, hypervisor: &str) -> Uuid {
+        let mut s = NewServer::new(&self.project, &format!("vm-{}", Uuid::new_v4().simple()));
+        s.hypervisor = hypervisor.into();
+        self.env.server(s).await
+    }
+
+    /// Accepts a stop as the API does, without publishing it.
+    pub async fn accept(&self, server: Uuid, max_attempts: i32) -> StopJob {
+        let caller = Caller {
+            project_id: self.project.clone(),
+            user_id: "u".into(),
+            roles: vec!["member".into()],
+            project_active: true,
+        };
+        accept_stop(&self.env.pool, &caller, ServerId(server), &RequestId::new(), max_attempts)
+            .await
+            .unwrap()
+    }
+
+    /// Accepts and publishes a stop, as the API does.
+    pub async fn stop(&self, server: Uuid, max_attempts: i32) -> StopJob {
+        let job = self.accept(server, max_attempts).await;
+        self.publisher.publish(&job).await.unwrap();
+        job
+    }
+
+    pub async fn job(&self, id: Uuid) -> (String, i32) {
+        sqlx::query_as("SELECT state, attempts FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn until_job(&self, id: Uuid, state: &str, timeout: Duration) -> bool {
+        self.env
+            .eventually(timeout, || async { self.job(id).await.0 == state })
+            .await
+    }
+
+    pub async fn transitions_to(&self, id: Uuid, state: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM job_transitions WHERE job_id = $1 AND to_state = $2")
+            .bind(id)
+            .bind(state)
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn instance(&self, id: Uuid) -> (String, Option<String>, i16) {
+        sqlx::query_as("SELECT vm_state, task_state, power_state FROM instances WHERE uuid = $1")
+            .bind(id)
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn scalar(&self, sql: &'static str, id: Uuid) -> i64 {
+        sqlx::query_scalar(sql).bind(id).fetch_one(&self.env.pool).await.unwrap()
+    }
+
+    /// Ready messages in one of this test's queues.
+    pub async fn ready_messages(&self, queue: &str) -> u32 {
+        let conn = lapin::Connection::connect(&self.env.amqp_url, Default::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+        q.message_count()
+    }
+}
