@@ -30,7 +30,10 @@ async fn with_the_broker_down_a_stop_is_still_accepted_and_relayed_when_it_retur
     assert_eq!(ready.status().as_u16(), 503, "not ready without the broker");
 
     broker.restore();
-    assert!(app.stopped(id, Duration::from_secs(30)).await, "relay never published the job");
+    assert!(
+        app.stopped(id, Duration::from_secs(30)).await,
+        "relay never published the job"
+    );
     assert_eq!(app.env.job_state(id).await.as_deref(), Some("succeeded"));
     app.shut_down().await;
 }
@@ -57,7 +60,9 @@ async fn with_the_database_down_a_stop_is_503_and_accepted_once_it_returns(pool:
     db.restore();
     let accepted = app
         .env
-        .eventually(Duration::from_secs(15), || async { app.stop(id).await.status().as_u16() == 202 })
+        .eventually(Duration::from_secs(15), || async {
+            app.stop(id).await.status().as_u16() == 202
+        })
         .await;
     assert!(accepted);
     assert!(app.stopped(id, Duration::from_secs(15)).await);

@@ -252,20 +252,20 @@ impl Publisher {
     /// Returns a connected confirm channel, connecting if the back-off allows.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         let mut link = self.link.lock().await;
-        if let Some(c) = &link.channel {
-            if c.status().connected() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = &link.channel
+            && c.status().connected()
+        {
+            return Ok(c.clone());
         }
         link.channel = None;
         if let Some(conn) = link.conn.take() {
             // Best effort; the broker may be gone.
             drop(conn);
         }
-        if let Some(t) = link.retry_after {
-            if Instant::now() < t {
-                return Err(BrokerError::Unavailable("reconnect back-off".into()));
-            }
+        if let Some(t) = link.retry_after
+            && Instant::now() < t
+        {
+            return Err(BrokerError::Unavailable("reconnect back-off".into()));
         }
         let result = async {
             let (conn, channel) =

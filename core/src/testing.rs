@@ -54,14 +54,18 @@ impl TestEnv {
 
     pub async fn project(&self) -> ProjectId {
         let id = ProjectId::random();
-        admin::create_project(&self.pool, &id, &format!("p-{id}")).await.unwrap();
+        admin::create_project(&self.pool, &id, &format!("p-{id}"))
+            .await
+            .unwrap();
         id
     }
 
     pub async fn token(&self, project: &ProjectId, roles: &[&str]) -> String {
         let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
         let expires = chrono::Utc::now() + chrono::Duration::hours(1);
-        admin::create_token(&self.pool, project, "user-1", &roles, expires).await.unwrap()
+        admin::create_token(&self.pool, project, "user-1", &roles, expires)
+            .await
+            .unwrap()
     }
 
     pub async fn server(&self, s: NewServer) -> Uuid {
@@ -88,19 +92,26 @@ impl TestEnv {
 
     /// A job's state, by instance.
     pub async fn job_state(&self, instance: Uuid) -> Option<String> {
-        sqlx::query_scalar("SELECT state FROM jobs WHERE instance_uuid = $1 ORDER BY created_at DESC LIMIT 1")
-            .bind(instance)
-            .fetch_optional(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE instance_uuid = $1 ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(instance)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap()
     }
 
     /// Reads one message off a queue of this test (None if empty).
     pub async fn get_message(&self, queue: &str) -> Option<Vec<u8>> {
-        let conn = lapin::Connection::connect(&self.amqp_url, Default::default()).await.unwrap();
+        let conn = lapin::Connection::connect(&self.amqp_url, Default::default())
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         let msg = ch
-            .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true })
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
             .await
             .unwrap();
         let _ = conn.close(200, "done".into()).await;
@@ -109,7 +120,9 @@ impl TestEnv {
 
     /// Publishes raw bytes to a queue of this test.
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
-        let conn = lapin::Connection::connect(&self.amqp_url, Default::default()).await.unwrap();
+        let conn = lapin::Connection::connect(&self.amqp_url, Default::default())
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         self.topology.declare(&ch).await.unwrap();
         ch.confirm_select(Default::default()).await.unwrap();
@@ -136,7 +149,10 @@ impl Drop for TestEnv {
         let topology = self.topology.clone();
         let url = self.amqp_url.clone();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 let fut = async {
                     let conn = lapin::Connection::connect(&url, Default::default()).await?;
@@ -171,7 +187,9 @@ impl TcpProxy {
         let gen_tx = generation.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if !up2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -179,7 +197,9 @@ impl TcpProxy {
                 let target = target.clone();
                 let mut cut = gen_tx.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut.changed() => {}

@@ -17,8 +17,8 @@ use lapin::types::FieldTable;
 use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::{self, Topology};
 use shutoff_core::store::jobs;
-use tokio_util::sync::CancellationToken;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::stop_job::{self, Disposition, JobContext};
 

@@ -136,7 +136,7 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
                             ctx.power_off_timeout
                         )))
                     });
-            heartbeat.abort();
+            drop(heartbeat);
             result
         }
     };
@@ -207,12 +207,22 @@ async fn retry_later(ctx: &JobContext, job: &ClaimedJob, error: &str) -> Disposi
     }
 }
 
-/// Renews our lease every third of its length until aborted.
-fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> tokio::task::JoinHandle<()> {
+/// Stops the lease renewal when dropped — also when the job's task is
+/// aborted at the end of a grace period, so an abandoned job's lease lapses.
+struct LeaseKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews our lease every third of its length until the keeper is dropped.
+fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> LeaseKeeper {
     let pool = ctx.pool.clone();
     let job = job.clone();
     let lease = ctx.lease;
-    tokio::spawn(async move {
+    LeaseKeeper(tokio::spawn(async move {
         loop {
             tokio::time::sleep(lease / 3).await;
             match tokio::time::timeout(DB_CALL_TIMEOUT, jobs::heartbeat(&pool, &job, lease)).await {
@@ -224,7 +234,7 @@ fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> tokio::task::JoinHandle<()>
                 _ => tracing::debug!(job.id = %job.id, "lease renewal failed; will retry"),
             }
         }
-    })
+    }))
 }
 
 /// Runs a database call until it succeeds. While PostgreSQL is unreachable it

@@ -40,10 +40,18 @@ async fn a_redelivered_finished_job_is_acked_without_a_second_power_off(pool: Pg
         c.publisher.publish(&job).await.unwrap();
     }
     let queue = c.env.topology.work_queue();
-    assert!(c.env.eventually(T, || async { c.ready_messages(&queue).await == 0 }).await);
+    assert!(
+        c.env
+            .eventually(T, || async { c.ready_messages(&queue).await == 0 })
+            .await
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    assert_eq!(c.job(job.job_id).await, ("succeeded".into(), 1), "no second attempt");
+    assert_eq!(
+        c.job(job.job_id).await,
+        ("succeeded".into(), 1),
+        "no second attempt"
+    );
     assert_eq!(c.transitions_to(job.job_id, "running").await, 1);
     assert_eq!(c.transitions_to(job.job_id, "succeeded").await, 1);
     w.terminate().await;
@@ -58,8 +66,16 @@ async fn a_driver_error_records_a_fault_and_an_error_event_and_reverts_task_stat
     let job = c.stop(vm, 5).await;
 
     assert!(c.until_job(job.job_id, "failed", T).await);
-    assert_eq!(c.job(job.job_id).await.1, 1, "a permanent error is not retried");
-    assert_eq!(c.instance(vm).await, ("active".into(), None, 1), "vm_state unchanged, task_state reverted");
+    assert_eq!(
+        c.job(job.job_id).await.1,
+        1,
+        "a permanent error is not retried"
+    );
+    assert_eq!(
+        c.instance(vm).await,
+        ("active".into(), None, 1),
+        "vm_state unchanged, task_state reverted"
+    );
     let (result, details): (String, String) = sqlx::query_as(
         "SELECT e.result, e.details FROM instance_actions_events e
            JOIN jobs j ON j.action_id = e.action_id WHERE j.id = $1",
@@ -93,7 +109,12 @@ async fn transient_failures_are_retried_with_back_off_then_recorded_as_failed(po
     assert_eq!(c.job(job.job_id).await.1, 3);
     assert_eq!(c.transitions_to(job.job_id, "retrying").await, 2);
     assert_eq!(c.transitions_to(job.job_id, "failed").await, 1);
-    let faults = c.scalar("SELECT count(*) FROM instance_faults WHERE instance_uuid = $1", vm).await;
+    let faults = c
+        .scalar(
+            "SELECT count(*) FROM instance_faults WHERE instance_uuid = $1",
+            vm,
+        )
+        .await;
     assert_eq!(faults, 1, "one fault for the stop, not one per attempt");
     // The delays came from the delay queues: retries were not immediate.
     let spread: f64 = sqlx::query_scalar(
@@ -104,7 +125,10 @@ async fn transient_failures_are_retried_with_back_off_then_recorded_as_failed(po
     .fetch_one(&c.env.pool)
     .await
     .unwrap();
-    assert!(spread >= 0.25, "retries were {spread}s apart in total; back-off is 100 ms + 200 ms");
+    assert!(
+        spread >= 0.25,
+        "retries were {spread}s apart in total; back-off is 100 ms + 200 ms"
+    );
     assert_eq!(c.instance(vm).await.1, None);
     w.terminate().await;
 }
@@ -123,9 +147,17 @@ async fn two_workers_holding_one_job_reach_one_decision(pool: PgPool) {
 
     assert!(c.until_job(job.job_id, "succeeded", T).await);
     let queue = c.env.topology.work_queue();
-    assert!(c.env.eventually(T, || async { c.ready_messages(&queue).await == 0 }).await);
+    assert!(
+        c.env
+            .eventually(T, || async { c.ready_messages(&queue).await == 0 })
+            .await
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(c.transitions_to(job.job_id, "running").await, 1, "one power-off decision");
+    assert_eq!(
+        c.transitions_to(job.job_id, "running").await,
+        1,
+        "one power-off decision"
+    );
     assert_eq!(c.transitions_to(job.job_id, "succeeded").await, 1);
     let events = c
         .scalar(

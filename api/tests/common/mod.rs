@@ -73,14 +73,18 @@ pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
         }
         None => pool.clone(),
     };
-    let app = Application::build_with_pool(settings, api_pool).await.unwrap();
+    let app = Application::build_with_pool(settings, api_pool)
+        .await
+        .unwrap();
     let addr = app.local_addr();
     let shutdown = CancellationToken::new();
     let api = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let worker = if opts.with_worker {
         let mut ws = shutoff_worker::Settings::for_tests(&env.database_url, &env.topology.prefix);
         ws.common.retry_delays_ms = env.topology.retry_delays_ms.clone();
-        let w = shutoff_worker::Worker::build_with_pool(ws, pool.clone()).await.unwrap();
+        let w = shutoff_worker::Worker::build_with_pool(ws, pool.clone())
+            .await
+            .unwrap();
         Some(tokio::spawn(w.run_until_stopped(shutdown.clone())))
     } else {
         None
@@ -116,7 +120,13 @@ impl TestApp {
     }
 
     /// POSTs `body` to the action URL of `server` in `project` with `token`.
-    pub async fn action(&self, project: &str, server: &str, token: Option<&str>, body: &str) -> Response {
+    pub async fn action(
+        &self,
+        project: &str,
+        server: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Response {
         let mut req = self
             .client
             .post(self.url(&format!("/v2/{project}/servers/{server}/action")))
@@ -130,8 +140,13 @@ impl TestApp {
 
     /// `{"os-stop": null}` for `server` with the member token.
     pub async fn stop(&self, server: Uuid) -> Response {
-        self.action(self.project.as_str(), &server.to_string(), Some(&self.token), r#"{"os-stop": null}"#)
-            .await
+        self.action(
+            self.project.as_str(),
+            &server.to_string(),
+            Some(&self.token),
+            r#"{"os-stop": null}"#,
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -153,12 +168,17 @@ impl TestApp {
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.env.pool).await.unwrap()
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn stopped(&self, id: Uuid, timeout: std::time::Duration) -> bool {
         self.env
-            .eventually(timeout, || async { self.instance_state(id).await.0 == "stopped" })
+            .eventually(timeout, || async {
+                self.instance_state(id).await.0 == "stopped"
+            })
             .await
     }
 
@@ -174,10 +194,21 @@ impl TestApp {
 /// Asserts an OpenStack fault body and returns its message.
 pub async fn fault(resp: Response, status: u16, name: &str) -> String {
     assert_eq!(resp.status().as_u16(), status, "unexpected status");
-    let rid = resp.headers()["x-compute-request-id"].to_str().unwrap().to_string();
+    let rid = resp.headers()["x-compute-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(rid.starts_with("req-"), "request id {rid}");
-    assert_eq!(resp.headers()["x-openstack-request-id"].to_str().unwrap(), rid);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert_eq!(
+        resp.headers()["x-openstack-request-id"].to_str().unwrap(),
+        rid
+    );
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body[name]["code"], status, "body: {body}");
     body[name]["message"].as_str().unwrap().to_string()

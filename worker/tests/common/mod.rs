@@ -46,7 +46,12 @@ impl RunningWorker {
 pub async fn ctx(pool: PgPool) -> Ctx {
     let env = TestEnv::new(pool);
     let project = env.project().await;
-    let publisher = Publisher::new(&env.amqp_url, "test", env.topology.clone(), BrokerTimeouts::default());
+    let publisher = Publisher::new(
+        &env.amqp_url,
+        "test",
+        env.topology.clone(),
+        BrokerTimeouts::default(),
+    );
     Ctx {
         env,
         project,
@@ -65,7 +70,11 @@ impl Ctx {
         self.worker_on(self.env.pool.clone(), tweak).await
     }
 
-    pub async fn worker_on(&self, pool: PgPool, tweak: impl FnOnce(&mut Settings)) -> RunningWorker {
+    pub async fn worker_on(
+        &self,
+        pool: PgPool,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> RunningWorker {
         let mut s = self.settings();
         tweak(&mut s);
         let w = Worker::build_with_pool(s, pool).await.unwrap();
@@ -92,9 +101,15 @@ impl Ctx {
             roles: vec!["member".into()],
             project_active: true,
         };
-        accept_stop(&self.env.pool, &caller, ServerId(server), &RequestId::new(), max_attempts)
-            .await
-            .unwrap()
+        accept_stop(
+            &self.env.pool,
+            &caller,
+            ServerId(server),
+            &RequestId::new(),
+            max_attempts,
+        )
+        .await
+        .unwrap()
     }
 
     /// Accepts and publishes a stop, as the API does.
@@ -119,12 +134,14 @@ impl Ctx {
     }
 
     pub async fn transitions_to(&self, id: Uuid, state: &str) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM job_transitions WHERE job_id = $1 AND to_state = $2")
-            .bind(id)
-            .bind(state)
-            .fetch_one(&self.env.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar(
+            "SELECT count(*) FROM job_transitions WHERE job_id = $1 AND to_state = $2",
+        )
+        .bind(id)
+        .bind(state)
+        .fetch_one(&self.env.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn instance(&self, id: Uuid) -> (String, Option<String>, i16) {
@@ -136,12 +153,18 @@ impl Ctx {
     }
 
     pub async fn scalar(&self, sql: &'static str, id: Uuid) -> i64 {
-        sqlx::query_scalar(sql).bind(id).fetch_one(&self.env.pool).await.unwrap()
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
     }
 
     /// Ready messages in one of this test's queues.
     pub async fn ready_messages(&self, queue: &str) -> u32 {
-        let conn = lapin::Connection::connect(&self.env.amqp_url, Default::default()).await.unwrap();
+        let conn = lapin::Connection::connect(&self.env.amqp_url, Default::default())
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
