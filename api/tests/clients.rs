@@ -10,7 +10,10 @@ use std::process::Stdio;
 use sqlx::PgPool;
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The venv with the clients (made by `scripts/py-clients-venv`, which
@@ -34,7 +37,9 @@ async fn clients_venv() -> Option<PathBuf> {
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn openstack_cli_openstacksdk_and_novaclient_stop_servers_until_shutoff(pool: PgPool) {
-    let Some(venv) = clients_venv().await else { return };
+    let Some(venv) = clients_venv().await else {
+        return;
+    };
     let app = common::spawn(pool).await;
     for name in ["cli-vm", "sdk-vm", "nova-vm"] {
         app.server(name).await;
@@ -44,7 +49,14 @@ async fn openstack_cli_openstacksdk_and_novaclient_stop_servers_until_shutoff(po
     let out = tokio::process::Command::new(venv.join("bin/python"))
         .arg(repo_root().join("tests/clients/check_clients.py"))
         .args(["--endpoint", &endpoint, "--token", &app.token])
-        .args(["--cli-server", "cli-vm", "--sdk-server", "sdk-vm", "--novaclient-server", "nova-vm"])
+        .args([
+            "--cli-server",
+            "cli-vm",
+            "--sdk-server",
+            "sdk-vm",
+            "--novaclient-server",
+            "nova-vm",
+        ])
         .output()
         .await
         .unwrap();
@@ -52,7 +64,10 @@ async fn openstack_cli_openstacksdk_and_novaclient_stop_servers_until_shutoff(po
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "client checks failed:\n{stdout}");
-    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 4, "{stdout}");
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 4,
+        "{stdout}"
+    );
     for name in ["cli-vm", "sdk-vm", "nova-vm"] {
         let state: String = sqlx::query_scalar("SELECT vm_state FROM instances WHERE name = $1")
             .bind(name)

@@ -65,7 +65,7 @@ pub async fn run(
             }
         };
         let tag = format!("{}-{}", ctx.worker_id, uuid::Uuid::new_v4().simple());
-        let consumer = async {
+        let consumer = tokio::time::timeout(settings.connect_timeout, async {
             broker::set_prefetch(&channel, settings.prefetch).await?;
             channel
                 .basic_consume(
@@ -75,12 +75,18 @@ pub async fn run(
                     FieldTable::default(),
                 )
                 .await
-        }
+        })
         .await;
         let mut consumer = match consumer {
-            Ok(c) => c,
-            Err(e) => {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot start consuming");
+                tokio::time::sleep(Backoff::RECONNECT.delay(failures)).await;
+                failures += 1;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("broker did not answer basic.qos/basic.consume in time");
                 tokio::time::sleep(Backoff::RECONNECT.delay(failures)).await;
                 failures += 1;
                 continue;
