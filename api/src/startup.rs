@@ -117,21 +117,26 @@ impl Application {
         tasks.spawn(rescuer.run(background.clone()));
 
         let router = crate::routes::router(state);
-        let serve = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        let mut serve = Box::pin(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
         let drain = Duration::from_secs(settings.drain_secs);
-        tokio::pin!(serve);
-        tokio::select! {
-            r = &mut serve => r?,
+        let served = tokio::select! {
+            r = &mut serve => r,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
                 tracing::warn!("drain period over; closing remaining connections");
+                Ok(())
             }
-        }
+        };
+        // Dropping the server drops the router and with it the last sender
+        // of confirmed job ids, so the marker flushes and ends.
+        drop(serve);
         background.cancel();
         tasks.close();
         tasks.wait().await;
         tracing::info!("shutoff-api stopped");
-        Ok(())
+        Ok(served?)
     }
 }
