@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use shutoff_core::config::Common;
 use shutoff_core::ids::ProjectId;
 use shutoff_core::state::VM_STATES;
 use shutoff_core::store::{self, admin, reads};
@@ -12,21 +13,17 @@ use shutoff_core::store::{self, admin, reads};
 #[derive(Debug, Parser)]
 #[command(name = "shutoff-admin", version, about = "Set up and inspect shutoff")]
 struct Cli {
-    /// PostgreSQL URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/shutoff",
-        global = true
-    )]
-    database_url: String,
+    #[command(flatten)]
+    common: Common,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the database if needed and apply migrations (idempotent).
+    /// Create the database if needed, apply migrations and declare the
+    /// queues (idempotent). An unreachable broker is reported, not fatal:
+    /// the API and workers declare the queues themselves when they connect.
     Migrate,
     /// Projects.
     Project {
@@ -135,12 +132,29 @@ fn check_hypervisor(address: &str) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Migrate = cli.command {
-        store::create_and_migrate(&cli.database_url).await?;
+        store::create_and_migrate(&cli.common.database_url).await?;
         println!("migrated");
+        let topology = cli.common.topology();
+        match shutoff_core::broker::connect(
+            &cli.common.amqp_url,
+            "shutoff-admin",
+            &topology,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok((conn, _)) => {
+                let _ = conn.close(200, "done".into()).await;
+                println!("declared queues {}", topology.all_queues().join(", "));
+            }
+            Err(e) => eprintln!(
+                "warning: queues not declared ({e}); the API and workers declare them on start"
+            ),
+        }
         return Ok(());
     }
     let pool = store::pool(
-        &cli.database_url,
+        &cli.common.database_url,
         &store::PoolSettings::default(),
         "shutoff-admin",
     )?;

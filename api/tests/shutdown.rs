@@ -25,6 +25,7 @@ async fn the_api_binary_exits_0_on_sigterm_and_keeps_what_it_accepted(pool: PgPo
             "--queue-prefix",
             &env.topology.prefix,
         ])
+        .args(["--retry-delays-ms", "100,200"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -6,37 +6,56 @@ use clap::Args;
 
 use crate::broker::Topology;
 
+/// PostgreSQL on a developer machine of ours.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shutoff";
+/// RabbitMQ on a developer machine of ours.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// Where PostgreSQL and RabbitMQ are, and how jobs are queued and retried.
-/// Flattened into each binary's own settings.
+/// Flattened into each binary's own settings (global, so `shutoff-admin`'s
+/// subcommands take them after the subcommand too).
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// PostgreSQL URL.
     #[arg(
         long,
+        global = true,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/shutoff"
+        default_value = DEFAULT_DATABASE_URL
     )]
     pub database_url: String,
 
     /// RabbitMQ URL.
     #[arg(
         long,
+        global = true,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = DEFAULT_AMQP_URL
     )]
     pub amqp_url: String,
 
     /// Prefix of every queue name; give each deployment (or test) its own.
-    #[arg(long, env = "SHUTOFF_QUEUE_PREFIX", default_value = "shutoff")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTOFF_QUEUE_PREFIX",
+        default_value = "shutoff"
+    )]
     pub queue_prefix: String,
 
     /// Deliveries of one message before RabbitMQ dead-letters it (quorum `x-delivery-limit`).
-    #[arg(long, env = "SHUTOFF_DELIVERY_LIMIT", default_value_t = 10)]
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTOFF_DELIVERY_LIMIT",
+        default_value_t = 10
+    )]
     pub delivery_limit: u32,
 
     /// Back-off delays between attempts, in milliseconds (one delay queue each; the last repeats).
     #[arg(
         long,
+        global = true,
         env = "SHUTOFF_RETRY_DELAYS_MS",
         value_delimiter = ',',
         default_value = "1000,5000,30000"
@@ -44,19 +63,34 @@ pub struct Common {
     pub retry_delays_ms: Vec<u64>,
 
     /// Attempts per stop (the first one included) before it is recorded as failed.
-    #[arg(long, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
+    #[arg(long, global = true, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub max_attempts: i32,
 
     /// A job nobody has moved for this long (or whose worker's lease expired) is rescued.
-    #[arg(long, env = "SHUTOFF_RESCUE_AFTER_SECS", default_value_t = 120)]
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTOFF_RESCUE_AFTER_SECS",
+        default_value_t = 120
+    )]
     pub rescue_after_secs: u64,
 
     /// How often the rescuer looks for stalled jobs.
-    #[arg(long, env = "SHUTOFF_RESCUE_INTERVAL_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTOFF_RESCUE_INTERVAL_MS",
+        default_value_t = 2000
+    )]
     pub rescue_interval_ms: u64,
 
     /// Maximum PostgreSQL connections of this process.
-    #[arg(long, env = "SHUTOFF_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTOFF_DB_MAX_CONNECTIONS",
+        default_value_t = 32
+    )]
     pub db_max_connections: u32,
 }
 

@@ -144,9 +144,15 @@ impl TestEnv {
 }
 
 impl Drop for TestEnv {
-    /// Deletes this test's queues even when the test panicked.
+    /// Deletes this test's queues even when the test panicked — also the
+    /// default retry tiers, which a binary started without our delays declares.
     fn drop(&mut self) {
-        let topology = self.topology.clone();
+        let mut topology = self.topology.clone();
+        for d in Topology::default().retry_delays_ms {
+            if !topology.retry_delays_ms.contains(&d) {
+                topology.retry_delays_ms.push(d);
+            }
+        }
         let url = self.amqp_url.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

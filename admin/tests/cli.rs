@@ -1,0 +1,199 @@
+//! `shutoff-admin` as an operator runs it: good arguments do what they say,
+//! bad ones get a clear error and change nothing.
+
+use std::process::Output;
+
+use shutoff_core::testing::TestEnv;
+use sqlx::PgPool;
+
+fn admin(env: &TestEnv, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_shutoff-admin"))
+        .args([
+            "--database-url",
+            &env.database_url,
+            "--queue-prefix",
+            &env.topology.prefix,
+        ])
+        .args(["--retry-delays-ms", "100,200"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn refused(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(2), "should be refused: {o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+}
+
+async fn count(env: &TestEnv, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn migrate_is_idempotent_and_declares_the_queues(pool: PgPool) {
+    let env = TestEnv::new(pool);
+    for _ in 0..2 {
+        let out = stdout(&admin(&env, &["migrate"]));
+        assert!(out.contains("migrated"), "{out}");
+        assert!(out.contains(&env.topology.work_queue()), "{out}");
+    }
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn projects_tokens_and_servers_are_created_and_printed(pool: PgPool) {
+    let env = TestEnv::new(pool);
+    let project = stdout(&admin(&env, &["project", "create", "--name", "demo"]));
+    assert_eq!(project.len(), 32);
+    let token = stdout(&admin(
+        &env,
+        &[
+            "token",
+            "create",
+            "--project",
+            &project,
+            "--role",
+            "admin",
+            "--ttl",
+            "60",
+        ],
+    ));
+    assert_eq!(token.len(), 64);
+    let stored: String = sqlx::query_scalar("SELECT sha256 FROM tokens")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        shutoff_core::token::hash(&token),
+        "only the hash is stored"
+    );
+    let server = stdout(&admin(
+        &env,
+        &[
+            "server",
+            "create",
+            "--project",
+            &project,
+            "--name",
+            "vm",
+            "--vm-state",
+            "error",
+            "--not-launched",
+            "--hypervisor",
+            "fake://?delay_ms=5",
+        ],
+    ));
+    let (vm_state, launched): (String, bool) = sqlx::query_as(
+        "SELECT vm_state, launched_at IS NOT NULL FROM instances WHERE uuid = $1::uuid",
+    )
+    .bind(&server)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((vm_state.as_str(), launched), ("error", false));
+    let jobs = stdout(&admin(&env, &["jobs", "--instance", &server]));
+    assert!(jobs.starts_with("job"), "{jobs}");
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn bad_arguments_are_refused_and_change_nothing(pool: PgPool) {
+    let env = TestEnv::new(pool);
+    let project = stdout(&admin(&env, &["project", "create", "--name", "demo"]));
+
+    refused(
+        &admin(
+            &env,
+            &["project", "create", "--name", "x", "--id", "nothex"],
+        ),
+        "32 hex",
+    );
+    refused(
+        &admin(&env, &["project", "create", "--name", "demo"]),
+        "already exists",
+    );
+    refused(
+        &admin(
+            &env,
+            &[
+                "token",
+                "create",
+                "--project",
+                "0123456789abcdef0123456789abcdef",
+            ],
+        ),
+        "does not exist",
+    );
+    refused(
+        &admin(
+            &env,
+            &[
+                "server",
+                "create",
+                "--project",
+                &project,
+                "--name",
+                "vm",
+                "--vm-state",
+                "sleepy",
+            ],
+        ),
+        "vm_state",
+    );
+    refused(
+        &admin(
+            &env,
+            &[
+                "server",
+                "create",
+                "--project",
+                &project,
+                "--name",
+                "vm",
+                "--hypervisor",
+                "fake://?fail=often",
+            ],
+        ),
+        "fail=often",
+    );
+    refused(
+        &admin(
+            &env,
+            &[
+                "server",
+                "create",
+                "--project",
+                &project,
+                "--name",
+                "vm",
+                "--hypervisor",
+                "vmware://h",
+            ],
+        ),
+        "scheme",
+    );
+    let bad_role = admin(
+        &env,
+        &["token", "create", "--project", &project, "--role", "root"],
+    );
+    assert!(!bad_role.status.success());
+
+    assert_eq!(count(&env, "projects").await, 1);
+    assert_eq!(count(&env, "tokens").await, 0);
+    assert_eq!(count(&env, "instances").await, 0);
+}
