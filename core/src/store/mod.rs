@@ -55,7 +55,7 @@ pub fn pool(url: &str, settings: &PoolSettings, app: &str) -> Result<PgPool, sql
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
-        .test_before_acquire(true)
+        .test_before_acquire(false)
         .connect_lazy_with(opts))
 }
 
