@@ -150,8 +150,10 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
         }
         Err(e) => {
             let msg = e.to_string();
+            // The event's details carry the error itself, so the instance
+            // action alone tells an operator why the stop failed.
             let details = format!(
-                "attempt {} of {} on {}",
+                "{msg} (attempt {} of {} on {})",
                 job.attempts, job.max_attempts, ctx.worker_id
             );
             db_retry("record failure", || {

@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# shutoff's three binaries in one image: shutoff-api (default command),
+# shutoff-worker and shutoff-admin. Used by docker-compose.yml.
+
+# ---- build ----
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+COPY . .
+# The cache mounts keep crates.io downloads and compiled dependencies between
+# builds; the binaries are copied out because the target mount is not kept.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p shutoff-api -p shutoff-worker -p shutoff-admin \
+ && install -D -m 0755 -t /out \
+        target/release/shutoff-api target/release/shutoff-worker target/release/shutoff-admin
+
+# ---- run ----
+FROM debian:bookworm-slim
+# curl serves the compose healthchecks (GET /readyz).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --no-create-home --uid 10001 shutoff
+COPY --from=builder /out/ /usr/local/bin/
+USER shutoff
+ENV SHUTOFF_LISTEN=0.0.0.0:8774 \
+    SHUTOFF_HEALTH_LISTEN=0.0.0.0:8775 \
+    RUST_LOG=info,sqlx=warn,lapin=warn
+# 8774: the API (Nova's port). 8775: a worker's /healthz and /readyz.
+EXPOSE 8774 8775
+CMD ["shutoff-api"]
