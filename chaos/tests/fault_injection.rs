@@ -21,5 +21,8 @@ fn no_accepted_stop_is_lost_stuck_or_duplicated_under_kills_and_restarts() {
         .arg(bin_dir)
         .status()
         .expect("shutoff-chaos starts");
-    assert!(status.success(), "the fault-injection run failed: {status:?} (its table is above)");
+    assert!(
+        status.success(),
+        "the fault-injection run failed: {status:?} (its table is above)"
+    );
 }
