@@ -86,7 +86,10 @@ async fn a_driver_error_records_a_fault_and_an_error_event_and_reverts_task_stat
     .unwrap();
     assert_eq!(result, "Error");
     assert!(details.contains("attempt 1"), "{details}");
-    assert!(details.contains("refused to power off"), "the event says why: {details}");
+    assert!(
+        details.contains("refused to power off"),
+        "the event says why: {details}"
+    );
     let (code, message): (i32, String) =
         sqlx::query_as("SELECT code, message FROM instance_faults WHERE instance_uuid = $1")
             .bind(vm)
