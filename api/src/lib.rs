@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod extract;
 pub mod relay;
 pub mod request_id;
 pub mod routes;

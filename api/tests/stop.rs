@@ -369,6 +369,17 @@ async fn every_response_carries_one_request_id_and_errors_a_fault_body(pool: PgP
         .await
         .unwrap();
     fault(resp, 405, "badMethod").await;
+    // A URL that does not even decode, and a query of the wrong type, still
+    // get fault bodies.
+    let resp = app
+        .action(app.project.as_str(), "%FF", Some(&app.token), STOP)
+        .await;
+    fault(resp, 404, "itemNotFound").await;
+    let resp = app
+        .get(&format!("/v2/{}/servers?limit=lots", app.project))
+        .await;
+    let msg = fault(resp, 400, "badRequest").await;
+    assert!(msg.starts_with("Invalid query string"), "{msg}");
     let a = app.client.get(app.url("/v2")).send().await.unwrap();
     let b = app.client.get(app.url("/v2")).send().await.unwrap();
     let (a, b) = (

@@ -2,7 +2,7 @@
 //! what was done to an instance, with the worker's events.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use shutoff_core::ids::ServerId;
@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::startup::AppState;
 
 fn ts(t: DateTime<Utc>) -> String {

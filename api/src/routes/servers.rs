@@ -3,7 +3,7 @@
 //! a server by name and watch it reach SHUTOFF.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use shutoff_core::store::reads::{self, ServerRow};
 
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::startup::AppState;
 
 #[derive(Debug, Deserialize)]

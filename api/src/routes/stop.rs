@@ -2,13 +2,14 @@
 //! where a stop request is checked, accepted and published.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use shutoff_core::ids::{RequestId, ServerId};
 use shutoff_core::store::accept::{Refusal, accept_stop};
 
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::startup::AppState;
 
 /// The server actions we know. Only `os-stop` today; the parse is where the
