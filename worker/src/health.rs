@@ -27,12 +27,7 @@ pub fn router(health: Health) -> Router {
 }
 
 async fn ready(State(h): State<Health>) -> (StatusCode, Json<Value>) {
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&h.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let db = shutoff_core::store::ping(&h.pool, Duration::from_secs(2)).await;
     let broker = h.consuming.load(Ordering::SeqCst);
     let status = if db && broker {
         StatusCode::OK

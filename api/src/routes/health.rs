@@ -15,12 +15,7 @@ pub async fn alive() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let db = shutoff_core::store::ping(&state.pool, Duration::from_secs(2)).await;
     let broker = tokio::time::timeout(Duration::from_secs(2), state.publisher.channel())
         .await
         .is_ok_and(|r| r.is_ok());

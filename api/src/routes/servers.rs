@@ -12,8 +12,10 @@ use sha2::{Digest, Sha224};
 use shutoff_core::ids::ServerId;
 use shutoff_core::state::server_status;
 use shutoff_core::store::accept::Refusal;
+use shutoff_core::store::auth::Caller;
 use shutoff_core::store::reads::{self, ServerRow};
 
+use super::base_url;
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
@@ -26,15 +28,6 @@ pub struct ListQuery {
 }
 
 const MAX_LIMIT: i64 = 1000;
-
-fn base(headers: &HeaderMap) -> String {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("localhost");
-    format!("http://{host}")
-}
 
 fn nova_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -86,15 +79,40 @@ pub fn document(s: &ServerRow, base: &str) -> Value {
     })
 }
 
-async fn load_list(
-    state: &AppState,
-    caller: &shutoff_core::store::auth::Caller,
-    q: &ListQuery,
-) -> Result<Vec<ServerRow>, ApiError> {
-    let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
-    Ok(reads::servers(&state.pool, caller, q.name.as_deref(), limit).await?)
+/// Which shape a list answers with: `/servers` (id, name, links) or
+/// `/servers/detail` (full documents).
+#[derive(Clone, Copy)]
+enum Listing {
+    Brief,
+    Detail,
 }
 
+async fn list_servers(
+    listing: Listing,
+    state: AppState,
+    caller: Caller,
+    project_id: String,
+    q: ListQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check_project(&caller, &project_id)?;
+    let base = base_url(&headers);
+    let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
+    let rows = reads::servers(&state.pool, &caller, q.name.as_deref(), limit).await?;
+    let servers: Vec<Value> = rows
+        .iter()
+        .map(|s| match listing {
+            Listing::Detail => document(s, &base),
+            Listing::Brief => {
+                let id = s.uuid.to_string();
+                json!({"id": id, "name": s.name, "links": links(&base, &s.project_id, &id)})
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "servers": servers })))
+}
+
+/// `GET /v2/{project_id}/servers`
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -102,19 +120,10 @@ pub async fn list(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_project(&caller, &project_id)?;
-    let base = base(&headers);
-    let rows = load_list(&state, &caller, &q).await?;
-    let servers: Vec<Value> = rows
-        .iter()
-        .map(|s| {
-            let id = s.uuid.to_string();
-            json!({"id": id, "name": s.name, "links": links(&base, &s.project_id, &id)})
-        })
-        .collect();
-    Ok(Json(json!({ "servers": servers })))
+    list_servers(Listing::Brief, state, caller, project_id, q, headers).await
 }
 
+/// `GET /v2/{project_id}/servers/detail`
 pub async fn list_detail(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -122,11 +131,7 @@ pub async fn list_detail(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_project(&caller, &project_id)?;
-    let base = base(&headers);
-    let rows = load_list(&state, &caller, &q).await?;
-    let servers: Vec<Value> = rows.iter().map(|s| document(s, &base)).collect();
-    Ok(Json(json!({ "servers": servers })))
+    list_servers(Listing::Detail, state, caller, project_id, q, headers).await
 }
 
 pub async fn show(
@@ -141,5 +146,7 @@ pub async fn show(
     let row = reads::server(&state.pool, &caller, id.0)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(json!({ "server": document(&row, &base(&headers)) })))
+    Ok(Json(
+        json!({ "server": document(&row, &base_url(&headers)) }),
+    ))
 }

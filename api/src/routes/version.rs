@@ -5,14 +5,7 @@ use axum::Json;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("localhost");
-    format!("http://{host}")
-}
+use super::base_url;
 
 fn v2(base: &str) -> Value {
     json!({

@@ -113,3 +113,13 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         // 08xxx connection exceptions, 53300 too many connections.
         .is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "53300")
 }
+
+/// True when PostgreSQL answers a trivial query within `timeout` (for `/readyz`).
+pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
+    tokio::time::timeout(
+        timeout,
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
+}
