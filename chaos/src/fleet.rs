@@ -130,9 +130,8 @@ impl Fleet {
             .arg(&self.cfg.database_url)
             .arg("--amqp-url")
             .arg(&self.cfg.amqp_url);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info,sqlx=warn,lapin=warn");
-        }
+        // RUST_LOG, when set, passes through; otherwise the services' own
+        // default filter applies, as in production.
         cmd
     }
 

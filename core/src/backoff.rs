@@ -9,9 +9,12 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Reconnecting to PostgreSQL or RabbitMQ. Capped low: a restarted
+    /// service should be back in use within a couple of seconds, and one
+    /// connection attempt every two seconds per process costs nothing.
     pub const RECONNECT: Backoff = Backoff {
         base: Duration::from_millis(100),
-        max: Duration::from_secs(5),
+        max: Duration::from_secs(2),
     };
 
     /// Delay before attempt `n` (0-based), with up to 25 % random jitter so a
