@@ -21,6 +21,8 @@ use uuid::Uuid;
 /// Jobs younger than this are left to the request path that created them.
 const MIN_AGE: Duration = Duration::from_secs(2);
 const BATCH: i64 = 500;
+/// Longest one relay pass may take.
+const PASS_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Relay {
     pool: PgPool,
@@ -81,9 +83,7 @@ impl Relay {
             jobs::mark_published(&self.pool, &done).await?;
             total += done.len();
             if done.len() < batch.len() {
-                if total > 0 {
-                    tracing::info!(published = total, "relay published stranded jobs");
-                }
+                // The broker is still away; the next pass goes on.
                 return Ok(total);
             }
         }
@@ -91,10 +91,14 @@ impl Relay {
 
     pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
         loop {
-            match self.run_once().await {
-                Ok(n) if n > 0 => tracing::info!(published = n, "relay published stranded jobs"),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "relay pass failed; will retry"),
+            // A pass on a half-dead database or broker must not stall the relay.
+            match tokio::time::timeout(PASS_TIMEOUT, self.run_once()).await {
+                Ok(Ok(n)) if n > 0 => {
+                    tracing::info!(published = n, "relay published stranded jobs")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "relay pass failed; will retry"),
+                Err(_) => tracing::warn!("relay pass timed out; will retry"),
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

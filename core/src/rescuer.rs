@@ -56,8 +56,11 @@ impl Rescuer {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.interval) => {}
             }
-            if let Err(e) = self.run_once().await {
-                tracing::debug!(error = %e, "rescuer pass failed; will retry");
+            // A pass on a half-dead database or broker must not stall the rescuer.
+            match tokio::time::timeout(Duration::from_secs(60), self.run_once()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "rescuer pass failed; will retry"),
+                Err(_) => tracing::warn!("rescuer pass timed out; will retry"),
             }
         }
     }
