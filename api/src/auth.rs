@@ -1,6 +1,6 @@
 //! `X-Auth-Token` → [`Caller`], as an extractor: a handler that takes a
 //! `Caller` cannot run unauthenticated. The token is hashed before lookup and
-//! never logged.
+//! never logged; valid ones are cached briefly ([`crate::token_cache`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -22,10 +22,15 @@ impl FromRequestParts<AppState> for Authenticated {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 512)
             .ok_or(ApiError::Unauthorized)?;
-        auth::authenticate(&state.pool, token)
+        let sha256 = shutoff_core::token::hash(token);
+        if let Some(caller) = state.tokens.get(&sha256) {
+            return Ok(Authenticated(caller));
+        }
+        let valid = auth::authenticate_hash(&state.pool, &sha256)
             .await?
-            .map(Authenticated)
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::Unauthorized)?;
+        state.tokens.put(sha256, &valid);
+        Ok(Authenticated(valid.caller))
     }
 }
 

@@ -4,7 +4,7 @@
 //! - [`startup`]: builds the app (pool, publisher, relay, rescuer) and serves it.
 //! - [`routes`]: one module per endpoint group; [`routes::stop`] is where a stop
 //!   request is checked, accepted and published.
-//! - [`auth`]: the `X-Auth-Token` extractor.
+//! - [`auth`]: the `X-Auth-Token` extractor, with [`token_cache`].
 //! - [`request_id`]: the `req-<uuid>` every response carries and every log line shows.
 //! - [`relay`]: publishes jobs that were committed but never confirmed by RabbitMQ.
 //! - [`error`]: the one mapping from errors to OpenStack fault bodies.
@@ -17,6 +17,7 @@ pub mod request_id;
 pub mod routes;
 pub mod settings;
 pub mod startup;
+pub mod token_cache;
 
 pub use settings::Settings;
 pub use startup::{AppState, Application};

@@ -32,6 +32,12 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
 
+    /// Seconds a validated token is trusted without asking the database again
+    /// (never past its expiry; 0 = always ask). Revoking a token or disabling
+    /// a project takes effect within this time.
+    #[arg(long, env = "SHUTOFF_TOKEN_CACHE_SECS", default_value_t = 10)]
+    pub token_cache_secs: u64,
+
     /// Run the migrations on start-up (the admin's `migrate` does the same).
     #[arg(long, env = "SHUTOFF_MIGRATE", default_value_t = false)]
     pub migrate: bool,

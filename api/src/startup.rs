@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::relay::{self, Relay};
 use crate::settings::Settings;
+use crate::token_cache::TokenCache;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct AppState {
     /// Recorded on each job: attempts before the stop is recorded as failed.
     pub max_attempts: i32,
     pub max_body_bytes: usize,
+    /// Validated tokens, briefly, by SHA-256.
+    pub tokens: Arc<TokenCache>,
 }
 
 pub struct Application {
@@ -66,6 +69,9 @@ impl Application {
             relay,
             max_attempts: settings.common.max_attempts,
             max_body_bytes: settings.max_body_bytes,
+            tokens: Arc::new(TokenCache::new(Duration::from_secs(
+                settings.token_cache_secs,
+            ))),
         };
         Ok(Application {
             listener,

@@ -1,5 +1,6 @@
 //! Token lookup: by SHA-256, never by the token itself.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::ids::ProjectId;
@@ -25,22 +26,48 @@ impl Caller {
     }
 }
 
+/// project, user, roles, project active, expires at
+type TokenRow = (String, String, Vec<String>, bool, DateTime<Utc>);
+
+/// A valid token's caller, and until when the token is valid.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub caller: Caller,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// The caller for a token, if it exists and has not expired.
 pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Caller>, sqlx::Error> {
-    let row: Option<(String, String, Vec<String>, bool)> = sqlx::query_as(
-        "SELECT t.project_id, t.user_id, t.roles, p.enabled AND p.deleted_at IS NULL
+    Ok(authenticate_hash(pool, &crate::token::hash(token))
+        .await?
+        .map(|a| a.caller))
+}
+
+/// The same, by the token's SHA-256 (hex), for callers that hash once and
+/// also use the hash as a cache key.
+pub async fn authenticate_hash(
+    pool: &PgPool,
+    sha256: &str,
+) -> Result<Option<Authenticated>, sqlx::Error> {
+    let row: Option<TokenRow> = sqlx::query_as(
+        "SELECT t.project_id, t.user_id, t.roles, p.enabled AND p.deleted_at IS NULL, t.expires_at
            FROM tokens t JOIN projects p ON p.id = t.project_id
           WHERE t.sha256 = $1 AND t.expires_at > now()",
     )
-    .bind(crate::token::hash(token))
+    .bind(sha256)
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(project, user_id, roles, project_active)| {
-        Some(Caller {
-            project_id: ProjectId::parse(&project)?,
-            user_id,
-            roles,
-            project_active,
-        })
-    }))
+    Ok(
+        row.and_then(|(project, user_id, roles, project_active, expires_at)| {
+            Some(Authenticated {
+                caller: Caller {
+                    project_id: ProjectId::parse(&project)?,
+                    user_id,
+                    roles,
+                    project_active,
+                },
+                expires_at,
+            })
+        }),
+    )
 }
