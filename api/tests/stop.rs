@@ -342,6 +342,13 @@ async fn of_twenty_concurrent_stops_of_one_server_exactly_one_is_accepted(pool: 
     statuses.sort();
     assert_eq!(statuses[0], 202);
     assert!(statuses[1..].iter().all(|s| *s == 400), "{statuses:?}");
+    for resp in responses.into_iter().filter(|r| r.status().as_u16() == 400) {
+        let msg = fault(resp, 400, "badRequest").await;
+        assert_eq!(
+            msg,
+            format!("Cannot 'stop' instance {id} while it is in task_state powering-off")
+        );
+    }
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM instance_actions").await, 1);
     app.shut_down().await;
