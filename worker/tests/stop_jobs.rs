@@ -85,6 +85,17 @@ async fn a_driver_error_records_a_fault_and_an_error_event_and_reverts_task_stat
     .await
     .unwrap();
     assert_eq!(result, "Error");
+    let action_message: Option<String> =
+        sqlx::query_scalar("SELECT a.message FROM instance_actions a JOIN jobs j ON j.action_id = a.id WHERE j.id = $1")
+            .bind(job.job_id)
+            .fetch_one(&c.env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        action_message.as_deref(),
+        Some("Error"),
+        "Nova marks the action of a failed event"
+    );
     assert!(details.contains("attempt 1"), "{details}");
     assert!(
         details.contains("refused to power off"),

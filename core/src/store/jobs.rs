@@ -210,7 +210,8 @@ WITH j AS (
     DO UPDATE SET finish_time = now(), result = 'Error', details = EXCLUDED.details
     RETURNING id
 ), a AS (
-    UPDATE instance_actions SET finish_time = now()
+    -- As Nova does: a failed event marks its action's message 'Error'.
+    UPDATE instance_actions SET finish_time = now(), message = 'Error'
      WHERE id IN (SELECT action_id FROM j)
     RETURNING id
 ), f AS (
