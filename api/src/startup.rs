@@ -87,10 +87,6 @@ impl Application {
             .expect("bound listener has an address")
     }
 
-    pub fn state(&self) -> AppState {
-        self.state.clone()
-    }
-
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
     /// in-flight requests finish (up to the drain period), flushes the relay's
     /// marks and returns.

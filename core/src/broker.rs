@@ -243,12 +243,6 @@ impl Publisher {
         &self.topology
     }
 
-    /// True when a connected channel is in hand right now.
-    pub async fn is_connected(&self) -> bool {
-        let link = self.link.lock().await;
-        matches!(&link.channel, Some(c) if c.status().connected())
-    }
-
     /// Returns a connected confirm channel, connecting if the back-off allows.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         let mut link = self.link.lock().await;

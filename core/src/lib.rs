@@ -16,6 +16,7 @@ pub mod broker;
 pub mod config;
 pub mod ids;
 pub mod message;
+pub mod readiness;
 pub mod rescuer;
 pub mod shutdown;
 pub mod state;

@@ -101,23 +101,6 @@ impl TestEnv {
         .unwrap()
     }
 
-    /// Reads one message off a queue of this test (None if empty).
-    pub async fn get_message(&self, queue: &str) -> Option<Vec<u8>> {
-        let conn = lapin::Connection::connect(&self.amqp_url, Default::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let msg = ch
-            .basic_get(
-                queue.into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap();
-        let _ = conn.close(200, "done".into()).await;
-        msg.map(|m| m.delivery.data.clone())
-    }
-
     /// Publishes raw bytes to a queue of this test.
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
         let conn = lapin::Connection::connect(&self.amqp_url, Default::default())

@@ -9,7 +9,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde_json::json;
+use shutoff_core::readiness::Readiness;
 use sqlx::PgPool;
 
 #[derive(Clone)]
@@ -26,16 +27,10 @@ pub fn router(health: Health) -> Router {
         .with_state(health)
 }
 
-async fn ready(State(h): State<Health>) -> (StatusCode, Json<Value>) {
+async fn ready(State(h): State<Health>) -> (StatusCode, Json<Readiness>) {
     let db = shutoff_core::store::ping(&h.pool, Duration::from_secs(2)).await;
     let broker = h.consuming.load(Ordering::SeqCst);
-    let status = if db && broker {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({"database": db, "broker": broker, "ready": db && broker})),
-    )
+    let readiness = Readiness::new(db, broker);
+    let status = StatusCode::from_u16(readiness.status_code()).expect("200 or 503");
+    (status, Json(readiness))
 }
