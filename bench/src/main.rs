@@ -1,251 +1,355 @@
-//! `shutoff-bench`: how many stops per second go through the whole system —
-//! HTTP accept, RabbitMQ, worker, PostgreSQL — measured beside a baseline
-//! taken in the same run on the same machine: the rate of PostgreSQL doing
-//! just one UPDATE + INSERT transaction per stop (the floor of what any job
-//! system built on PostgreSQL pays, per REFERENCE.md).
+//! `shutoff-bench`: the whole pipeline measured against this machine's own
+//! limits, in one run.
 //!
-//! It creates its own database and queue names and removes them at the end.
+//! 1. ceiling: pgbench runs our acceptance statement at 16 clients;
+//! 2. accept:  the real `shutoff-api` binary under 64 HTTP connections;
+//! 3. e2e:     20,000 stops through the API and two real workers;
+//! 4. slow:    5,000 stops through ONE worker, each power-off taking 2 s.
+//!
+//! Everything runs in a database and a RabbitMQ vhost of the bench's own,
+//! removed at the end; the services run with their default settings.
 
-use std::sync::Arc;
+mod load;
+mod pg_ceiling;
+mod report;
+mod services;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use clap::Parser;
-use futures::StreamExt;
-use shutoff_core::broker::Topology;
 use shutoff_core::ids::ProjectId;
 use shutoff_core::store::{self, admin};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{ConnectOptions, Executor, PgPool};
-use tokio_util::sync::CancellationToken;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 
+use crate::report::Figures;
+use crate::services::{Service, Vhost, Wiring};
+
 #[derive(Debug, Parser)]
-#[command(name = "shutoff-bench")]
+#[command(
+    name = "shutoff-bench",
+    about = "Measures shutoff against this machine's PostgreSQL ceiling"
+)]
 struct Args {
-    /// Stops to send (one per server).
-    #[arg(long, default_value_t = 5000)]
-    stops: usize,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// PostgreSQL server (a database named after this run is created on it).
+    /// Write every figure to this file as one JSON object.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// PostgreSQL server; the bench creates (and drops) its own databases on it.
     #[arg(
         long,
         env = "BENCH_DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
+    /// RabbitMQ; the bench creates (and deletes) its own vhost on it.
     #[arg(long, env = "AMQP_URL", default_value = shutoff_core::config::DEFAULT_AMQP_URL)]
     amqp_url: String,
+    /// pgbench clients for the ceiling.
+    #[arg(long, default_value_t = 16)]
+    ceiling_clients: u32,
+    #[arg(long, default_value_t = 15)]
+    ceiling_secs: u64,
+    /// Concurrent HTTP connections (each with its own token).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 15)]
+    accept_secs: u64,
+    #[arg(long, default_value_t = 20_000)]
+    e2e_stops: usize,
+    #[arg(long, default_value_t = 2)]
+    e2e_workers: usize,
+    #[arg(long, default_value_t = 5_000)]
+    slow_stops: usize,
+    #[arg(long, default_value_t = 2_000)]
+    slow_delay_ms: u64,
 }
 
 fn database_url(base: &str, name: &str) -> anyhow::Result<String> {
-    let opts: sqlx::postgres::PgConnectOptions = base.parse()?;
+    let opts: PgConnectOptions = base.parse()?;
     Ok(opts.database(name).to_url_lossy().to_string())
 }
 
-/// PostgreSQL alone: one UPDATE + INSERT transaction per "stop", with the
-/// same concurrency, on a scratch table of the same size.
-async fn baseline(pool: &PgPool, n: usize, concurrency: usize) -> anyhow::Result<f64> {
-    pool.execute(
-        "CREATE TABLE bench_rows (id int PRIMARY KEY, state text NOT NULL DEFAULT 'active');
-         CREATE TABLE bench_log (id bigserial PRIMARY KEY, row_id int NOT NULL, at timestamptz NOT NULL DEFAULT now());",
-    )
-    .await?;
-    sqlx::query("INSERT INTO bench_rows (id) SELECT generate_series(1, $1)")
-        .bind(n as i32)
-        .execute(pool)
-        .await?;
-    let start = Instant::now();
-    futures::stream::iter(1..=n as i32)
-        .map(|id| async move {
-            let mut tx = pool.begin().await?;
-            sqlx::query("UPDATE bench_rows SET state = 'stopped' WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("INSERT INTO bench_log (row_id) VALUES ($1)")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        })
-        .buffer_unordered(concurrency)
-        .for_each(|r| async move { r.expect("baseline transaction") })
-        .await;
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new().max_connections(4).connect(url).await?)
 }
 
-struct Run {
-    accepted_per_sec: f64,
-    end_to_end_per_sec: f64,
-    accepted: usize,
-    succeeded: i64,
+async fn drop_database(base: &str, name: &str) {
+    let Ok(pool) = connect(base).await else {
+        return;
+    };
+    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+        eprintln!("shutoff-bench: could not drop database {name}: {e}");
+    }
+    pool.close().await;
 }
 
-async fn through_shutoff(
+/// A project with one member token per connection and `n` launched servers.
+async fn project(
     pool: &PgPool,
-    url: &str,
-    args: &Args,
-    prefix: &str,
-) -> anyhow::Result<Run> {
+    name: &str,
+    tokens: usize,
+    n: usize,
+    hypervisor: &str,
+) -> anyhow::Result<(ProjectId, Vec<String>, Vec<Uuid>)> {
     let project = ProjectId::random();
-    admin::create_project(pool, &project, "bench").await?;
-    let token = admin::create_token(
-        pool,
-        &project,
-        "bench",
-        &["member".into()],
-        chrono_in_an_hour(),
-    )
-    .await?;
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO instances (uuid, project_id, user_id, name, launched_at)
-         SELECT gen_random_uuid(), $1, 'bench', 'vm-' || g, now() FROM generate_series(1, $2) g
+    admin::create_project(pool, &project, name).await?;
+    let mut toks = Vec::with_capacity(tokens);
+    for i in 0..tokens {
+        let expires = Utc::now() + chrono::Duration::hours(2);
+        toks.push(
+            admin::create_token(
+                pool,
+                &project,
+                &format!("{name}-{i}"),
+                &["member".into()],
+                expires,
+            )
+            .await?,
+        );
+    }
+    let servers = sqlx::query_scalar(
+        "INSERT INTO instances (uuid, project_id, user_id, name, launched_at, hypervisor)
+         SELECT gen_random_uuid(), $1, 'bench', $2 || '-' || g, now(), $3
+           FROM generate_series(1, $4) g
          RETURNING uuid",
     )
     .bind(project.as_str())
-    .bind(args.stops as i32)
+    .bind(name)
+    .bind(hypervisor)
+    .bind(n as i64)
     .fetch_all(pool)
     .await?;
+    sqlx::raw_sql("ANALYZE").execute(pool).await?;
+    Ok((project, toks, servers))
+}
 
-    let mut api_settings = shutoff_api::Settings::for_tests(url, prefix);
-    api_settings.common.amqp_url = args.amqp_url.clone();
-    api_settings.common.db_max_connections = 16;
-    let api = shutoff_api::Application::build(api_settings).await?;
-    let addr = api.local_addr();
-    let mut worker_settings = shutoff_worker::Settings::for_tests(url, prefix);
-    worker_settings.common.amqp_url = args.amqp_url.clone();
-    worker_settings.common.db_max_connections = 16;
-    worker_settings.prefetch = 256;
-    let worker = shutoff_worker::Worker::build(worker_settings).await?;
-    let shutdown = CancellationToken::new();
-    let api_task = tokio::spawn(api.run_until_stopped(shutdown.clone()));
-    let worker_task = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+struct Finished {
+    first_created: DateTime<Utc>,
+    last_finished: DateTime<Utc>,
+    succeeded: i64,
+}
 
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    let token = Arc::new(token);
-    let start = Instant::now();
-    let accepted = futures::stream::iter(ids)
-        .map(|id| {
-            let (client, token) = (client.clone(), token.clone());
-            let url = format!("http://{addr}/v2/{project}/servers/{id}/action");
-            async move {
-                client
-                    .post(url)
-                    .header("x-auth-token", token.as_str())
-                    .header("content-type", "application/json")
-                    .body(r#"{"os-stop": null}"#)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16() == 202)
-                    .unwrap_or(false)
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .filter(|ok| futures::future::ready(*ok))
-        .count()
-        .await;
-    let accept_time = start.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let succeeded = loop {
-        let (done, succeeded): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state IN ('succeeded', 'failed')),
-                    count(*) FILTER (WHERE state = 'succeeded') FROM jobs",
+/// Waits until every accepted stop of `project` has finished, then reads the
+/// first acceptance and the last `stopped` commit from the jobs themselves.
+async fn wait_finished(
+    pool: &PgPool,
+    project: &ProjectId,
+    accepted: usize,
+) -> anyhow::Result<Finished> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let row: (i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE j.state IN ('succeeded', 'failed')),
+                    count(*) FILTER (WHERE j.state = 'succeeded'),
+                    min(j.created_at), max(j.finished_at)
+               FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+              WHERE i.project_id = $1",
         )
+        .bind(project.as_str())
         .fetch_one(pool)
         .await?;
-        if done as usize >= accepted || Instant::now() > deadline {
-            break succeeded;
+        if row.0 as usize >= accepted {
+            return Ok(Finished {
+                first_created: row.2.context("no jobs")?,
+                last_finished: row.3.context("no finished jobs")?,
+                succeeded: row.1,
+            });
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if Instant::now() > deadline {
+            bail!("only {} of {accepted} stops finished after 600 s", row.0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn seconds(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6
+}
+
+async fn stop_all(services: Vec<Service>) {
+    for s in services {
+        s.stop().await;
+    }
+}
+
+async fn run(
+    args: &Args,
+    bin_dir: PathBuf,
+    vhost: &Vhost,
+    run_id: &str,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    // 1. The ceiling, in a scratch database of its own.
+    let ceiling_db = format!("{run_id}_ceiling");
+    let ceiling_url = database_url(&args.database_url, &ceiling_db)?;
+    store::create_and_migrate(&ceiling_url).await?;
+    let ceiling = async {
+        let pool = connect(&ceiling_url).await?;
+        let c = pg_ceiling::measure(
+            &pool,
+            &ceiling_url,
+            args.ceiling_clients,
+            Duration::from_secs(args.ceiling_secs),
+        )
+        .await;
+        pool.close().await;
+        c
+    }
+    .await;
+    drop_database(&args.database_url, &ceiling_db).await;
+    let ceiling = ceiling?;
+    figures.pg_ceiling_tps = ceiling.tps;
+    eprintln!(
+        "ceiling: {:.0} tx/s ({} transactions)",
+        ceiling.tps, ceiling.transactions
+    );
+
+    let url = database_url(&args.database_url, run_id)?;
+    store::create_and_migrate(&url).await?;
+    let pool = connect(&url).await?;
+    let wiring = |phase: &str| Wiring {
+        bin_dir: bin_dir.clone(),
+        database_url: url.clone(),
+        amqp_url: vhost.amqp_url(&args.amqp_url).expect("amqp url"),
+        queue_prefix: format!("bench-{phase}"),
+        log_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/bench-logs")
+            .join(phase),
     };
-    let total = start.elapsed();
-    shutdown.cancel();
-    api_task.await??;
-    worker_task.await??;
-    Ok(Run {
-        accepted_per_sec: accepted as f64 / accept_time.as_secs_f64(),
-        end_to_end_per_sec: succeeded as f64 / total.as_secs_f64(),
-        accepted,
-        succeeded,
-    })
-}
 
-fn chrono_in_an_hour() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now() + chrono::Duration::hours(1)
-}
+    // 2. Accept rate: the API alone (workers elsewhere in a real cloud).
+    let expected = (args.accept_secs as usize) * 12_000;
+    let (project_a, tokens, servers) =
+        project(&pool, "accept", args.connections, expected, "fake://").await?;
+    let w = wiring("accept");
+    let (api, addr) = services::start_api(&w).await?;
+    let outcome = load::run(
+        load::Target {
+            api: addr,
+            project: project_a.to_string(),
+            tokens,
+            servers,
+        },
+        Some(Duration::from_secs(args.accept_secs)),
+    )
+    .await;
+    figures.api_peak_rss_mb = api.peak_rss_mb();
+    api.stop().await;
+    if outcome.ran_out {
+        eprintln!(
+            "shutoff-bench: accept run ran out of servers before {} s",
+            args.accept_secs
+        );
+    }
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid WHERE i.project_id = $1")
+        .bind(project_a.as_str())
+        .fetch_one(&pool)
+        .await?;
+    if jobs as usize != outcome.accepted {
+        bail!(
+            "accept run: {} answered 202 but {jobs} jobs exist",
+            outcome.accepted
+        );
+    }
+    figures.accept_per_s = outcome.per_second();
+    figures.accept_p50_ms = outcome.percentile_ms(50.0);
+    figures.accept_p99_ms = outcome.percentile_ms(99.0);
+    figures.accept_refused = outcome.refused + outcome.errors;
+    eprintln!(
+        "accept: {:.0}/s p50 {:.1} ms p99 {:.1} ms",
+        figures.accept_per_s, figures.accept_p50_ms, figures.accept_p99_ms
+    );
 
-async fn delete_queues(amqp: &str, prefix: &str) -> anyhow::Result<()> {
-    let conn = lapin::Connection::connect(amqp, Default::default()).await?;
-    let ch = conn.create_channel().await?;
-    Topology::with_prefix(prefix).delete(&ch).await?;
-    conn.close(200, "bench done".into()).await?;
+    // 3. End to end through two workers, simulated hypervisor, no delay.
+    let (project_e, tokens, servers) =
+        project(&pool, "e2e", args.connections, args.e2e_stops, "fake://").await?;
+    let w = wiring("e2e");
+    let mut svc = Vec::new();
+    for i in 0..args.e2e_workers {
+        svc.push(services::start_worker(&w, &format!("bench-e2e-{i}")).await?);
+    }
+    let (api, addr) = services::start_api(&w).await?;
+    svc.push(api);
+    let outcome = load::run(
+        load::Target {
+            api: addr,
+            project: project_e.to_string(),
+            tokens,
+            servers,
+        },
+        None,
+    )
+    .await;
+    let done = wait_finished(&pool, &project_e, outcome.accepted).await;
+    stop_all(svc).await;
+    let done = done?;
+    figures.e2e_stops = outcome.accepted;
+    figures.e2e_succeeded = done.succeeded as usize;
+    figures.e2e_seconds = seconds(done.first_created, done.last_finished);
+    figures.e2e_per_s = done.succeeded as f64 / figures.e2e_seconds;
+    figures.e2e_accept_per_s = outcome.per_second();
+    eprintln!("e2e: {:.0}/s", figures.e2e_per_s);
+
+    // 4. Slow power-offs through ONE worker.
+    let hypervisor = format!("fake://?delay_ms={}", args.slow_delay_ms);
+    let (project_s, tokens, servers) = project(
+        &pool,
+        "slow",
+        args.connections,
+        args.slow_stops,
+        &hypervisor,
+    )
+    .await?;
+    let w = wiring("slow");
+    let worker = services::start_worker(&w, "bench-slow-0").await?;
+    let (api, addr) = services::start_api(&w).await?;
+    let start = Utc::now();
+    let outcome = load::run(
+        load::Target {
+            api: addr,
+            project: project_s.to_string(),
+            tokens,
+            servers,
+        },
+        None,
+    )
+    .await;
+    let done = wait_finished(&pool, &project_s, outcome.accepted).await;
+    figures.worker_peak_rss_mb = worker.peak_rss_mb();
+    stop_all(vec![api, worker]).await;
+    let done = done?;
+    figures.slow_stops = outcome.accepted;
+    figures.slow_succeeded = done.succeeded as usize;
+    figures.slow_e2e_seconds = seconds(start, done.last_finished);
+    eprintln!("slow: {:.1} s", figures.slow_e2e_seconds);
+
+    pool.close().await;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let run_id = format!("bench_{}", std::process::id());
-    let url = database_url(&args.database_url, &run_id)?;
-    let prefix = run_id.replace('_', "-");
-    store::create_and_migrate(&url)
-        .await
-        .context("cannot create the benchmark database")?;
-    let pool = PgPoolOptions::new()
-        .max_connections(args.concurrency as u32 + 4)
-        .connect(&url)
-        .await?;
+    let bin_dir = services::build_binaries().await?;
+    let run_id = format!("shutoff_bench_{}", std::process::id());
+    let vhost = Vhost::create(&run_id.replace('_', "-")).await;
+    let mut figures = Figures::new(&args.connections, args.ceiling_clients);
 
-    let result = async {
-        let base = baseline(&pool, args.stops, args.concurrency.min(16)).await?;
-        let run = through_shutoff(&pool, &url, &args, &prefix).await?;
-        anyhow::Ok((base, run))
+    let result = run(&args, bin_dir, &vhost, &run_id, &mut figures).await;
+    drop_database(&args.database_url, &run_id).await;
+    vhost.remove().await;
+    result?;
+
+    figures.print();
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures.to_json())?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("figures written to {}", path.display());
     }
-    .await;
-
-    pool.close().await;
-    let admin_pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&args.database_url)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {run_id} WITH (FORCE)"
-    )))
-    .execute(&admin_pool)
-    .await?;
-    delete_queues(&args.amqp_url, &prefix).await.ok();
-
-    let (base, run) = result?;
-    println!(
-        "shutoff-bench: {} stops, {} in flight, one API + one worker in one process",
-        args.stops, args.concurrency
-    );
-    println!(
-        "  accepted (202)              {:>6} of {}",
-        run.accepted, args.stops
-    );
-    println!("  succeeded                   {:>6}", run.succeeded);
-    println!(
-        "  accept rate                 {:>8.0} stops/s",
-        run.accepted_per_sec
-    );
-    println!(
-        "  end-to-end rate             {:>8.0} stops/s (202 to STOPPED recorded)",
-        run.end_to_end_per_sec
-    );
-    println!(
-        "  baseline: PostgreSQL alone  {:>8.0} tx/s (UPDATE + INSERT per stop, {} clients)",
-        base,
-        args.concurrency.min(16)
-    );
-    println!(
-        "  ratio end-to-end / baseline {:>8.2}",
-        run.end_to_end_per_sec / base
-    );
     Ok(())
 }

@@ -46,7 +46,8 @@ struct InstanceCheck {
     locked: bool,
 }
 
-const ACCEPT_SQL: &str = "
+/// Public so the benchmark can run the very same statement under pgbench.
+pub const ACCEPT_SQL: &str = "
 WITH inst AS (
     UPDATE instances
        SET task_state = 'powering-off', updated_at = now()

@@ -1,0 +1,107 @@
+//! The load generator: `connections` HTTP/1.1 clients, each with its own
+//! token and its own keep-alive connection, stopping distinct servers as fast
+//! as the API answers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+pub struct Target {
+    pub api: String,
+    pub project: String,
+    /// One per connection.
+    pub tokens: Vec<String>,
+    pub servers: Vec<Uuid>,
+}
+
+#[derive(Default)]
+pub struct Outcome {
+    pub accepted: usize,
+    pub refused: usize,
+    pub errors: usize,
+    /// Latency of every 202, in ms.
+    pub latencies_ms: Vec<f64>,
+    pub elapsed: Duration,
+    /// True when the run ended because every server had been stopped.
+    pub ran_out: bool,
+}
+
+impl Outcome {
+    pub fn per_second(&self) -> f64 {
+        self.accepted as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_ms.is_empty() {
+            return f64::NAN;
+        }
+        let mut v = self.latencies_ms.clone();
+        v.sort_by(f64::total_cmp);
+        let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v[rank]
+    }
+}
+
+/// Sends stops until every server is taken or `limit` has passed.
+pub async fn run(target: Target, limit: Option<Duration>) -> Outcome {
+    let target = Arc::new(target);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..target.tokens.len() {
+        let (target, next) = (target.clone(), next.clone());
+        tasks.spawn(async move {
+            // One client per connection so each keeps its own socket.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("http client");
+            let token = &target.tokens[c];
+            let mut out = Outcome::default();
+            loop {
+                if limit.is_some_and(|l| start.elapsed() >= l) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(server) = target.servers.get(i) else {
+                    out.ran_out = true;
+                    break;
+                };
+                let url = format!(
+                    "http://{}/v2.1/{}/servers/{server}/action",
+                    target.api, target.project
+                );
+                let sent = Instant::now();
+                let reply = client
+                    .post(url)
+                    .header("x-auth-token", token)
+                    .header("content-type", "application/json")
+                    .body(r#"{"os-stop": null}"#)
+                    .send()
+                    .await;
+                match reply.map(|r| r.status().as_u16()) {
+                    Ok(202) => {
+                        out.accepted += 1;
+                        out.latencies_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+                    }
+                    Ok(_) => out.refused += 1,
+                    Err(_) => out.errors += 1,
+                }
+            }
+            out
+        });
+    }
+    let mut total = Outcome::default();
+    while let Some(r) = tasks.join_next().await {
+        let o = r.expect("load task");
+        total.accepted += o.accepted;
+        total.refused += o.refused;
+        total.errors += o.errors;
+        total.ran_out |= o.ran_out;
+        total.latencies_ms.extend(o.latencies_ms);
+    }
+    total.elapsed = start.elapsed();
+    total
+}

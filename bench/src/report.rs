@@ -1,0 +1,128 @@
+//! The figures of one run: a table for people, one JSON object for machines.
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub connections: usize,
+    pub ceiling_clients: u32,
+    pub pg_ceiling_tps: f64,
+    pub accept_per_s: f64,
+    pub accept_p50_ms: f64,
+    pub accept_p99_ms: f64,
+    pub accept_refused: usize,
+    pub api_peak_rss_mb: f64,
+    pub e2e_stops: usize,
+    pub e2e_succeeded: usize,
+    pub e2e_seconds: f64,
+    pub e2e_per_s: f64,
+    pub e2e_accept_per_s: f64,
+    pub slow_stops: usize,
+    pub slow_succeeded: usize,
+    pub slow_e2e_seconds: f64,
+    pub worker_peak_rss_mb: f64,
+}
+
+/// The targets, as (name, met).
+fn targets(f: &Figures) -> Vec<(&'static str, bool)> {
+    vec![
+        (
+            "accept_per_s >= 0.7 x pg_ceiling_tps",
+            f.accept_per_s >= 0.7 * f.pg_ceiling_tps,
+        ),
+        ("accept_p99_ms <= 50", f.accept_p99_ms <= 50.0),
+        (
+            "e2e_per_s >= 0.5 x pg_ceiling_tps",
+            f.e2e_per_s >= 0.5 * f.pg_ceiling_tps,
+        ),
+        ("slow_e2e_seconds <= 15", f.slow_e2e_seconds <= 15.0),
+        ("worker_peak_rss_mb <= 100", f.worker_peak_rss_mb <= 100.0),
+        ("api_peak_rss_mb <= 100", f.api_peak_rss_mb <= 100.0),
+    ]
+}
+
+impl Figures {
+    pub fn new(connections: &usize, ceiling_clients: u32) -> Self {
+        Figures {
+            connections: *connections,
+            ceiling_clients,
+            ..Default::default()
+        }
+    }
+
+    pub fn print(&self) {
+        let c = self.pg_ceiling_tps;
+        println!(
+            "shutoff-bench ({} cores)",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        println!(
+            "  {:<22} {:>10.0} tx/s   pgbench, our acceptance statement, {} clients",
+            "pg_ceiling_tps", c, self.ceiling_clients
+        );
+        println!(
+            "  {:<22} {:>10.0} /s     {:.2} x ceiling, {} connections",
+            "accept_per_s",
+            self.accept_per_s,
+            self.accept_per_s / c,
+            self.connections
+        );
+        println!("  {:<22} {:>10.1} ms", "accept_p50_ms", self.accept_p50_ms);
+        println!("  {:<22} {:>10.1} ms", "accept_p99_ms", self.accept_p99_ms);
+        println!(
+            "  {:<22} {:>10.0} /s     {:.2} x ceiling, {} of {} stopped in {:.1} s",
+            "e2e_per_s",
+            self.e2e_per_s,
+            self.e2e_per_s / c,
+            self.e2e_succeeded,
+            self.e2e_stops,
+            self.e2e_seconds
+        );
+        println!(
+            "  {:<22} {:>10.1} s      {} of {} stopped, one worker, 2 s per power-off",
+            "slow_e2e_seconds", self.slow_e2e_seconds, self.slow_succeeded, self.slow_stops
+        );
+        println!(
+            "  {:<22} {:>10.1} MiB",
+            "worker_peak_rss_mb", self.worker_peak_rss_mb
+        );
+        println!(
+            "  {:<22} {:>10.1} MiB",
+            "api_peak_rss_mb", self.api_peak_rss_mb
+        );
+        for (name, met) in targets(self) {
+            println!(
+                "  target {:<40} {}",
+                name,
+                if met { "met" } else { "NOT met" }
+            );
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let c = self.pg_ceiling_tps;
+        json!({
+            "pg_ceiling_tps": self.pg_ceiling_tps,
+            "accept_per_s": self.accept_per_s,
+            "accept_p50_ms": self.accept_p50_ms,
+            "accept_p99_ms": self.accept_p99_ms,
+            "accept_refused_or_failed": self.accept_refused,
+            "e2e_per_s": self.e2e_per_s,
+            "e2e_stops": self.e2e_stops,
+            "e2e_succeeded": self.e2e_succeeded,
+            "e2e_seconds": self.e2e_seconds,
+            "e2e_accept_per_s": self.e2e_accept_per_s,
+            "slow_e2e_seconds": self.slow_e2e_seconds,
+            "slow_stops": self.slow_stops,
+            "slow_succeeded": self.slow_succeeded,
+            "worker_peak_rss_mb": self.worker_peak_rss_mb,
+            "api_peak_rss_mb": self.api_peak_rss_mb,
+            "accept_ratio": self.accept_per_s / c,
+            "e2e_ratio": self.e2e_per_s / c,
+            "connections": self.connections,
+            "ceiling_clients": self.ceiling_clients,
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "targets": targets(self).into_iter().map(|(n, m)| (n.to_string(), Value::Bool(m))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! The system under test: a private RabbitMQ vhost, and the real
+//! `shutoff-api` / `shutoff-worker` release binaries started as child
+//! processes with their default settings (only addresses and names are set).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// A vhost of the bench's own, deleted (with every queue in it) on `remove`.
+pub struct Vhost {
+    pub name: String,
+    /// `None` when rabbitmqctl is not usable here: the default vhost is used
+    /// instead, with the bench's own queue prefixes.
+    created: bool,
+}
+
+impl Vhost {
+    pub async fn create(name: &str) -> Vhost {
+        let ok = rabbitmqctl(&["add_vhost", name]).await.is_ok()
+            && rabbitmqctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"])
+                .await
+                .is_ok();
+        if !ok {
+            eprintln!("shutoff-bench: rabbitmqctl unusable; using the default vhost '/'");
+        }
+        Vhost {
+            name: if ok { name.to_string() } else { "/".into() },
+            created: ok,
+        }
+    }
+
+    /// `base` (an amqp URL ending in a vhost) pointed at this vhost.
+    pub fn amqp_url(&self, base: &str) -> anyhow::Result<String> {
+        let mut url = url::Url::parse(base).context("AMQP_URL")?;
+        let encoded: String = url::form_urlencoded::byte_serialize(self.name.as_bytes()).collect();
+        url.set_path(&format!("/{}", encoded.replace('+', "%20")));
+        Ok(url.to_string())
+    }
+
+    pub async fn remove(&self) {
+        if self.created
+            && let Err(e) = rabbitmqctl(&["delete_vhost", &self.name]).await
+        {
+            eprintln!("shutoff-bench: could not delete vhost {}: {e}", self.name);
+        }
+    }
+}
+
+async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Builds the two service binaries (release) and returns their directory.
+pub async fn build_binaries() -> anyhow::Result<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "shutoff-api",
+            "-p",
+            "shutoff-worker",
+        ])
+        .status()
+        .await
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build of shutoff-api / shutoff-worker failed");
+    }
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .context("bench binary has no directory")?
+        .to_path_buf())
+}
+
+/// Where every service of one phase connects.
+#[derive(Clone)]
+pub struct Wiring {
+    pub bin_dir: PathBuf,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub queue_prefix: String,
+    pub log_dir: PathBuf,
+}
+
+pub struct Service {
+    pub name: String,
+    child: Child,
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Peak resident set size so far (the kernel's high-water mark), in MiB.
+    pub fn peak_rss_mb(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    /// SIGTERM, then wait for the graceful exit (SIGKILL after 30 s).
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").arg(pid.to_string()).status().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("shutoff-bench: {} ignored SIGTERM; killing it", self.name);
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn spawn(w: &Wiring, name: &str, program: &str, args: &[String]) -> anyhow::Result<Service> {
+    std::fs::create_dir_all(&w.log_dir)?;
+    let log = std::fs::File::create(w.log_dir.join(format!("{name}.log")))?;
+    let child = Command::new(w.bin_dir.join(program))
+        .args(args)
+        .env("DATABASE_URL", &w.database_url)
+        .env("AMQP_URL", &w.amqp_url)
+        .env("SHUTOFF_QUEUE_PREFIX", &w.queue_prefix)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {program} (built?)"))?;
+    Ok(Service {
+        name: name.into(),
+        child,
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts the API and waits until `/readyz` says 200. Returns it and its address.
+pub async fn start_api(w: &Wiring) -> anyhow::Result<(Service, String)> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let api = spawn(w, "api", "shutoff-api", &["--listen".into(), addr.clone()])?;
+    wait_ready(&format!("http://{addr}/readyz")).await?;
+    Ok((api, addr))
+}
+
+pub async fn start_worker(w: &Wiring, id: &str) -> anyhow::Result<Service> {
+    let health = format!("127.0.0.1:{}", free_port()?);
+    let worker = spawn(
+        w,
+        id,
+        "shutoff-worker",
+        &[
+            "--worker-id".into(),
+            id.into(),
+            "--health-listen".into(),
+            health.clone(),
+        ],
+    )?;
+    wait_ready(&format!("http://{health}/readyz")).await?;
+    Ok(worker)
+}
+
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url} not ready after 60 s")
+}
