@@ -12,6 +12,7 @@
 //! jobs that are already committed, so losing a message never loses a stop.
 
 pub mod backoff;
+pub mod batch;
 pub mod broker;
 pub mod config;
 pub mod ids;

@@ -5,10 +5,13 @@
 //!   deliveries, stops cleanly on SIGTERM.
 //! - [`stop_job`]: one job, end to end: claim it in PostgreSQL, power the VM
 //!   off, record the result, then ack.
+//! - [`group_commit`]: claims and successes of concurrent jobs share one
+//!   statement and commit.
 //! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator).
 //! - [`health`]: `/healthz` and `/readyz` on a small port.
 
 pub mod consumer;
+pub mod group_commit;
 pub mod health;
 pub mod hypervisor;
 pub mod settings;

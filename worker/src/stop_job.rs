@@ -11,12 +11,13 @@ use std::time::Duration;
 use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::Publisher;
 use shutoff_core::message::StopJob;
-use shutoff_core::store::jobs::{Claim, ClaimedJob};
+use shutoff_core::store::jobs::{Claim, ClaimedJob, Success};
 use shutoff_core::store::{self, jobs};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::group_commit::JobStore;
 use crate::hypervisor::{DriverError, driver_for};
 
 /// A single database call may not hang longer than this.
@@ -45,6 +46,28 @@ pub struct JobContext {
     pub worker_id: String,
     pub lease: Duration,
     pub power_off_timeout: Duration,
+    /// Claims and successes, group-committed.
+    pub store: JobStore,
+}
+
+impl JobContext {
+    pub fn new(
+        pool: PgPool,
+        publisher: Arc<Publisher>,
+        worker_id: String,
+        lease: Duration,
+        power_off_timeout: Duration,
+    ) -> Self {
+        let store = JobStore::new(pool.clone(), worker_id.clone(), lease);
+        JobContext {
+            pool,
+            publisher,
+            worker_id,
+            lease,
+            power_off_timeout,
+            store,
+        }
+    }
 }
 
 /// Handles one message body. `shutdown` is watched only before the power-off
@@ -73,7 +96,7 @@ async fn handle_message(
 ) -> Disposition {
     let claim = tokio::select! {
         _ = shutdown.cancelled() => return Disposition::Requeue,
-        c = db_retry("claim", || jobs::claim(&ctx.pool, &message, &ctx.worker_id, ctx.lease)) => c,
+        c = db_retry("claim", || ctx.store.claim(&message)) => c,
     };
     let claim = match claim {
         Ok(c) => c,
@@ -142,8 +165,12 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
     };
     let recorded = match &outcome {
         Ok(power_state) => {
-            let ps = power_state.as_i16();
-            db_retry("record success", || jobs::succeed(&ctx.pool, &job, ps)).await
+            let success = Success {
+                job: job.clone(),
+                power_state: power_state.as_i16(),
+                details: None,
+            };
+            db_retry("record success", || ctx.store.succeed(success.clone())).await
         }
         Err(DriverError::Transient(msg)) if job.attempts_left() => {
             return retry_later(ctx, &job, msg).await;

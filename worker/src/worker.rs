@@ -47,13 +47,13 @@ impl Worker {
         let health_listener = TcpListener::bind(settings.health_listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.health_listen))?;
-        let ctx = Arc::new(JobContext {
+        let ctx = Arc::new(JobContext::new(
             pool,
             publisher,
             worker_id,
-            lease: settings.lease(),
-            power_off_timeout: settings.power_off_timeout(),
-        });
+            settings.lease(),
+            settings.power_off_timeout(),
+        ));
         Ok(Worker {
             settings,
             ctx,

@@ -184,3 +184,46 @@ async fn two_workers_holding_one_job_reach_one_decision(pool: PgPool) {
     a.terminate().await;
     b.terminate().await;
 }
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn concurrent_jobs_share_commits_and_each_still_gets_one_decision(pool: PgPool) {
+    let c = common::ctx(pool).await;
+    // Accept everything first, then let one worker take the whole backlog at
+    // once, with a duplicate of every fourth message mixed in.
+    let mut jobs = Vec::new();
+    for _ in 0..200 {
+        let vm = c.server("fake://?delay_ms=20").await;
+        jobs.push(c.accept(vm, 5).await);
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        c.publisher.publish(job).await.unwrap();
+        if i % 4 == 0 {
+            c.publisher.publish(job).await.unwrap();
+        }
+    }
+    let w = c.worker(|s| s.prefetch = 1000).await;
+    for job in &jobs {
+        assert!(c.until_job(job.job_id, "succeeded", T).await);
+    }
+    for job in &jobs {
+        assert_eq!(c.job(job.job_id).await, ("succeeded".into(), 1));
+        assert_eq!(c.transitions_to(job.job_id, "running").await, 1);
+        assert_eq!(c.transitions_to(job.job_id, "succeeded").await, 1);
+    }
+    let stopped: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM instances WHERE vm_state = 'stopped' AND task_state IS NULL AND power_state = 4")
+            .fetch_one(&c.env.pool)
+            .await
+            .unwrap();
+    assert_eq!(stopped, 200);
+    // Rows written by one statement share its transaction's now(): fewer
+    // distinct timestamps than jobs means claims and successes were batched.
+    let (claims, successes): (i64, i64) =
+        sqlx::query_as("SELECT count(DISTINCT started_at), count(DISTINCT finished_at) FROM jobs")
+            .fetch_one(&c.env.pool)
+            .await
+            .unwrap();
+    assert!(claims < 100, "{claims} claim commits for 200 jobs");
+    assert!(successes < 100, "{successes} success commits for 200 jobs");
+    w.terminate().await;
+}

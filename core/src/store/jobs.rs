@@ -3,6 +3,7 @@
 //! number, our fencing token), so duplicate deliveries and racing workers
 //! reach exactly one decision, made here in PostgreSQL.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, PgPool};
@@ -58,16 +59,22 @@ pub enum Claim {
 }
 
 const CLAIM_SQL: &str = "
-WITH j AS (
+WITH input AS (
+    SELECT DISTINCT ON (id) id, instance_uuid
+      FROM unnest($1::uuid[], $4::uuid[]) AS t(id, instance_uuid)
+     ORDER BY id
+), j AS (
     UPDATE jobs
-       SET state = 'running', attempts = attempts + 1, worker = $2,
+       SET state = 'running', attempts = jobs.attempts + 1, worker = $2,
            lease_expires_at = now() + make_interval(secs => $3),
            started_at = coalesce(started_at, now()), updated_at = now()
-     WHERE id = $1 AND instance_uuid = $4
-       AND attempts < max_attempts
-       AND (state IN ('queued', 'published', 'retrying')
-            OR (state = 'running' AND lease_expires_at < now()))
-    RETURNING id, instance_uuid, request_id, action_id, attempts, max_attempts
+      FROM input
+     WHERE jobs.id = input.id AND jobs.instance_uuid = input.instance_uuid
+       AND jobs.attempts < jobs.max_attempts
+       AND (jobs.state IN ('queued', 'published', 'retrying')
+            OR (jobs.state = 'running' AND jobs.lease_expires_at < now()))
+    RETURNING jobs.id, jobs.instance_uuid, jobs.request_id, jobs.action_id,
+              jobs.attempts, jobs.max_attempts
 ), ev AS (
     INSERT INTO instance_actions_events (action_id, event, host)
     SELECT action_id, 'compute_stop_instance', $2 FROM j
@@ -86,44 +93,93 @@ pub async fn claim(
     worker: &str,
     lease: Duration,
 ) -> Result<Claim, sqlx::Error> {
-    let id = message.job_id;
-    let claimed: Option<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
-        .bind(id)
+    let mut claims = claim_many(pool, std::slice::from_ref(message), worker, lease).await?;
+    Ok(claims.pop().expect("one claim per message"))
+}
+
+/// [`claim`] for many messages in one statement (a group commit): one answer
+/// per message, in order. A job named twice is claimed once; the other copy
+/// finds it held.
+pub async fn claim_many(
+    pool: &PgPool,
+    messages: &[StopJob],
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.job_id).collect();
+    let instances: Vec<Uuid> = messages.iter().map(|m| m.instance_uuid).collect();
+    let claimed: Vec<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
+        .bind(&ids)
         .bind(worker)
         .bind(lease.as_secs_f64())
-        .bind(message.instance_uuid)
-        .fetch_optional(pool)
+        .bind(&instances)
+        .fetch_all(pool)
         .await?;
-    if let Some(mut job) = claimed {
-        job.worker = worker.to_string();
-        return Ok(Claim::Claimed(job));
+    let mut claimed: HashMap<Uuid, ClaimedJob> = claimed
+        .into_iter()
+        .map(|mut job| {
+            job.worker = worker.to_string();
+            (job.id, job)
+        })
+        .collect();
+    let mut answers: Vec<Option<Claim>> = messages
+        .iter()
+        .map(|m| claimed.remove(&m.job_id).map(Claim::Claimed))
+        .collect();
+    if answers.iter().all(Option::is_some) {
+        return Ok(answers.into_iter().flatten().collect());
     }
-    let row: Option<(String, i32, i32, Option<String>, bool)> = sqlx::query_as(
-        "SELECT state, attempts, max_attempts, worker,
-                coalesce(lease_expires_at > now(), false)
-           FROM jobs WHERE id = $1 AND instance_uuid = $2",
+    // Why the others were not taken, read after our claims committed.
+    let rows: Vec<JobRow> = sqlx::query_as(
+        "SELECT id, instance_uuid, state, attempts, max_attempts, worker,
+                coalesce(lease_expires_at > now(), false) AS lease_live
+           FROM jobs WHERE id = ANY($1)",
     )
-    .bind(id)
-    .bind(message.instance_uuid)
-    .fetch_optional(pool)
+    .bind(&ids)
+    .fetch_all(pool)
     .await?;
-    Ok(match row {
-        None => Claim::Unknown,
-        Some((state, attempts, max_attempts, worker, lease_live)) => {
-            let state = JobState::parse(&state).unwrap_or(JobState::Failed);
-            if state.is_terminal() {
-                Claim::Finished(state)
-            } else if state == JobState::Running && lease_live {
-                Claim::HeldElsewhere { worker }
-            } else if attempts >= max_attempts {
-                Claim::Exhausted { attempts }
-            } else {
-                // Lost a race with a claim that has since moved on; the
-                // holder will finish it.
-                Claim::HeldElsewhere { worker }
-            }
+    let rows: HashMap<Uuid, JobRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+    for (answer, m) in answers.iter_mut().zip(messages) {
+        if answer.is_none() {
+            *answer = Some(match rows.get(&m.job_id) {
+                Some(r) if r.instance_uuid == m.instance_uuid => r.not_claimed(),
+                _ => Claim::Unknown,
+            });
         }
-    })
+    }
+    Ok(answers.into_iter().flatten().collect())
+}
+
+/// A job's row, as far as deciding why it was not claimed goes.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    instance_uuid: Uuid,
+    state: String,
+    attempts: i32,
+    max_attempts: i32,
+    worker: Option<String>,
+    lease_live: bool,
+}
+
+impl JobRow {
+    fn not_claimed(&self) -> Claim {
+        let state = JobState::parse(&self.state).unwrap_or(JobState::Failed);
+        let worker = self.worker.clone();
+        if state.is_terminal() {
+            Claim::Finished(state)
+        } else if state == JobState::Running && self.lease_live {
+            Claim::HeldElsewhere { worker }
+        } else if self.attempts >= self.max_attempts {
+            Claim::Exhausted {
+                attempts: self.attempts,
+            }
+        } else {
+            // Lost a race with a claim that has since moved on; the holder
+            // will finish it.
+            Claim::HeldElsewhere { worker }
+        }
+    }
 }
 
 /// Extends our lease while a slow power-off runs. False if we lost it.
@@ -146,28 +202,48 @@ pub async fn heartbeat(
 }
 
 const SUCCEED_SQL: &str = "
-WITH j AS (
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int2[], $5::text[])
+        AS t(id, worker, attempts, power_state, details)
+), j AS (
     UPDATE jobs
        SET state = 'succeeded', finished_at = now(), updated_at = now(),
            lease_expires_at = NULL, last_error = NULL
-     WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3
-    RETURNING instance_uuid, action_id
+      FROM input
+     WHERE jobs.id = input.id AND jobs.state = 'running'
+       AND jobs.worker = input.worker AND jobs.attempts = input.attempts
+    RETURNING jobs.id, jobs.instance_uuid, jobs.action_id, input.power_state, input.details
 ), i AS (
     UPDATE instances
-       SET vm_state = 'stopped', power_state = $4, task_state = NULL, updated_at = now()
-     WHERE uuid IN (SELECT instance_uuid FROM j) AND task_state = 'powering-off'
-    RETURNING uuid
+       SET vm_state = 'stopped', power_state = j.power_state, task_state = NULL,
+           updated_at = now()
+      FROM j
+     WHERE instances.uuid = j.instance_uuid AND instances.task_state = 'powering-off'
+    RETURNING instances.uuid
 ), e AS (
     UPDATE instance_actions_events
-       SET finish_time = now(), result = 'Success'
-     WHERE action_id IN (SELECT action_id FROM j) AND event = 'compute_stop_instance'
-    RETURNING id
+       SET finish_time = now(), result = 'Success',
+           details = coalesce(j.details, instance_actions_events.details)
+      FROM j
+     WHERE instance_actions_events.action_id = j.action_id
+       AND instance_actions_events.event = 'compute_stop_instance'
+    RETURNING instance_actions_events.id
 ), a AS (
     UPDATE instance_actions SET finish_time = now()
-     WHERE id IN (SELECT action_id FROM j)
-    RETURNING id
+      FROM j
+     WHERE instance_actions.id = j.action_id
+    RETURNING instance_actions.id
 )
-SELECT count(*) FROM j";
+SELECT id FROM j";
+
+/// A power-off that worked, to be recorded.
+#[derive(Debug, Clone)]
+pub struct Success {
+    pub job: ClaimedJob,
+    pub power_state: i16,
+    /// What the driver says about how it went (for the action event).
+    pub details: Option<String>,
+}
 
 /// Records a successful power-off: instance stopped, event Success, job
 /// succeeded, in one statement. False if our lease was taken over meanwhile
@@ -177,14 +253,32 @@ pub async fn succeed(
     job: &ClaimedJob,
     power_state: i16,
 ) -> Result<bool, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(SUCCEED_SQL)
-        .bind(job.id)
-        .bind(&job.worker)
-        .bind(job.attempts)
-        .bind(power_state)
-        .fetch_one(pool)
+    let one = Success {
+        job: job.clone(),
+        power_state,
+        details: None,
+    };
+    Ok(succeed_many(pool, std::slice::from_ref(&one)).await?[0])
+}
+
+/// [`succeed`] for many jobs in one statement (a group commit): one answer
+/// per job, in order.
+pub async fn succeed_many(pool: &PgPool, done: &[Success]) -> Result<Vec<bool>, sqlx::Error> {
+    let ids: Vec<Uuid> = done.iter().map(|s| s.job.id).collect();
+    let workers: Vec<&str> = done.iter().map(|s| s.job.worker.as_str()).collect();
+    let attempts: Vec<i32> = done.iter().map(|s| s.job.attempts).collect();
+    let power: Vec<i16> = done.iter().map(|s| s.power_state).collect();
+    let details: Vec<Option<&str>> = done.iter().map(|s| s.details.as_deref()).collect();
+    let recorded: Vec<Uuid> = sqlx::query_scalar(SUCCEED_SQL)
+        .bind(&ids)
+        .bind(&workers)
+        .bind(&attempts)
+        .bind(&power)
+        .bind(&details)
+        .fetch_all(pool)
         .await?;
-    Ok(n == 1)
+    let recorded: std::collections::HashSet<Uuid> = recorded.into_iter().collect();
+    Ok(ids.iter().map(|id| recorded.contains(id)).collect())
 }
 
 /// The failure statement, for a condition on the job row. $1 job, $2 message,

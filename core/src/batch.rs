@@ -1,0 +1,139 @@
+//! Group commit: many concurrent callers, one statement per batch.
+//!
+//! Every caller sends its item and waits for its own answer. A batch is
+//! whatever is waiting when the previous batch is done (up to `max_batch`):
+//! nothing is held back on a timer, so one lone call costs one round trip as
+//! before, and under load the batches grow by themselves and the commits per
+//! item fall.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Why a batched call got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The statement failed; `unavailable` says whether the database was
+    /// unreachable (worth retrying with back-off) rather than a bug.
+    #[error("batched statement failed: {message}")]
+    Failed { message: String, unavailable: bool },
+    /// The batcher task is gone (the process is shutting down).
+    #[error("batcher stopped")]
+    Stopped,
+}
+
+type Pending<Req, Resp> = (Req, oneshot::Sender<Result<Resp, BatchError>>);
+
+pub struct Batcher<Req, Resp> {
+    tx: mpsc::UnboundedSender<Pending<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Batcher<Req, Resp> {
+    fn clone(&self) -> Self {
+        Batcher {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    /// Starts the batching task. `run` gets a batch and must return one
+    /// answer per item, in order. At most `in_flight` batches run at once.
+    pub fn spawn<F, Fut>(max_batch: usize, in_flight: usize, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<Resp, BatchError>>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending<Req, Resp>>();
+        let run = Arc::new(run);
+        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(max_batch);
+            loop {
+                // Wait for a free slot first: while every slot is busy the
+                // callers pile up, and the next batch takes them all.
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                if rx.recv_many(&mut buf, max_batch).await == 0 {
+                    return;
+                }
+                let (items, replies): (Vec<Req>, Vec<_>) = buf.drain(..).unzip();
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let answers = run(items).await;
+                    debug_assert_eq!(answers.len(), replies.len());
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(answer);
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Batcher { tx }
+    }
+
+    pub async fn call(&self, item: Req) -> Result<Resp, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((item, reply))
+            .map_err(|_| BatchError::Stopped)?;
+        answer.await.map_err(|_| BatchError::Stopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn answers_each_caller_and_batches_under_load() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let b = Batcher::spawn(50, 1, move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.len());
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                items.into_iter().map(|i| Ok(i * 2)).collect()
+            }
+        });
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.call(i).await) })
+            })
+            .collect();
+        for c in calls {
+            let (i, r) = c.await.unwrap();
+            assert_eq!(r, Ok(i * 2));
+        }
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 200);
+        assert!(sizes.iter().all(|&n| n <= 50));
+        assert!(sizes.len() < 200, "no batching happened: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_only_its_callers() {
+        let b = Batcher::spawn(10, 2, |items: Vec<u32>| async move {
+            items
+                .into_iter()
+                .map(|i| {
+                    if i == 3 {
+                        Err(BatchError::Failed {
+                            message: "boom".into(),
+                            unavailable: false,
+                        })
+                    } else {
+                        Ok(i)
+                    }
+                })
+                .collect()
+        });
+        assert_eq!(b.call(1).await, Ok(1));
+        assert!(matches!(b.call(3).await, Err(BatchError::Failed { .. })));
+        assert_eq!(b.call(4).await, Ok(4));
+    }
+}
