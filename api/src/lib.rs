@@ -4,11 +4,13 @@
 //! - [`startup`]: builds the app (pool, publisher, relay, rescuer) and serves it.
 //! - [`routes`]: one module per endpoint group; [`routes::stop`] is where a stop
 //!   request is checked, accepted and published.
+//! - [`acceptor`]: stop acceptance, group-committed across concurrent requests.
 //! - [`auth`]: the `X-Auth-Token` extractor, with [`token_cache`].
 //! - [`request_id`]: the `req-<uuid>` every response carries and every log line shows.
 //! - [`relay`]: publishes jobs that were committed but never confirmed by RabbitMQ.
 //! - [`error`]: the one mapping from errors to OpenStack fault bodies.
 
+pub mod acceptor;
 pub mod auth;
 pub mod error;
 pub mod extract;

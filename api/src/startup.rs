@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acceptor::Acceptor;
 use crate::relay::{self, Relay};
 use crate::settings::Settings;
 use crate::token_cache::TokenCache;
@@ -21,6 +22,8 @@ use crate::token_cache::TokenCache;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// Stop acceptance, group-committed.
+    pub acceptor: Arc<Acceptor>,
     pub publisher: Arc<Publisher>,
     pub relay: Arc<Relay>,
     /// Recorded on each job: attempts before the stop is recorded as failed.
@@ -64,6 +67,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let state = AppState {
+            acceptor: Arc::new(Acceptor::new(pool.clone())),
             pool,
             publisher,
             relay,

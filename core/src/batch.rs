@@ -23,6 +23,32 @@ pub enum BatchError {
     Stopped,
 }
 
+impl BatchError {
+    /// A database error, as every caller of the failed batch sees it.
+    pub fn from_sqlx(e: &sqlx::Error) -> Self {
+        BatchError::Failed {
+            message: e.to_string(),
+            unavailable: crate::store::is_unavailable(e),
+        }
+    }
+
+    /// One answer per item, all this error.
+    pub fn for_all<T>(n: usize, e: &sqlx::Error) -> Vec<Result<T, BatchError>> {
+        (0..n).map(|_| Err(Self::from_sqlx(e))).collect()
+    }
+
+    /// Back into the error kind the callers' retry loops and error mapping
+    /// understand: an unreachable database stays "unavailable".
+    pub fn into_sqlx(self) -> sqlx::Error {
+        match self {
+            BatchError::Failed {
+                unavailable: true, ..
+            } => sqlx::Error::PoolTimedOut,
+            other => sqlx::Error::Protocol(other.to_string()),
+        }
+    }
+}
+
 type Pending<Req, Resp> = (Req, oneshot::Sender<Result<Resp, BatchError>>);
 
 pub struct Batcher<Req, Resp> {

@@ -1,5 +1,5 @@
-//! The worker's two hot statements — claiming a job and recording its
-//! success — group-committed: concurrent jobs of this worker share one
+//! The worker's hot statements — claiming a job, renewing its lease and
+//! recording its success — group-committed: concurrent jobs of this worker share one
 //! statement and one commit (see [`shutoff_core::batch`]). Each job still
 //! gets its own answer, decided by the same conditional UPDATE as before, so
 //! a batch changes how many commits a stop costs, not who decides it.
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use shutoff_core::batch::{BatchError, Batcher};
 use shutoff_core::message::StopJob;
-use shutoff_core::store::jobs::{Claim, Success};
+use shutoff_core::store::jobs::{Claim, ClaimedJob, Success};
 use shutoff_core::store::{self, jobs};
 use sqlx::PgPool;
 
@@ -22,6 +22,7 @@ const IN_FLIGHT: usize = 2;
 pub struct JobStore {
     claims: Batcher<StopJob, Claim>,
     successes: Batcher<Success, bool>,
+    leases: Batcher<ClaimedJob, bool>,
 }
 
 impl JobStore {
@@ -33,7 +34,7 @@ impl JobStore {
                 match jobs::claim_many(&pool, &batch, &worker, lease).await {
                     Ok(claims) => claims.into_iter().map(Ok).collect(),
                     Err(e) if batch.len() == 1 || store::is_unavailable(&e) => {
-                        fail_all(batch.len(), &e)
+                        BatchError::for_all(batch.len(), &e)
                     }
                     // One bad item must not fail its neighbours: one by one.
                     Err(_) => {
@@ -42,11 +43,23 @@ impl JobStore {
                             out.push(
                                 jobs::claim(&pool, m, &worker, lease)
                                     .await
-                                    .map_err(|e| failed(&e)),
+                                    .map_err(|e| BatchError::from_sqlx(&e)),
                             );
                         }
                         out
                     }
+                }
+            }
+        });
+        let p = pool.clone();
+        // A lost heartbeat is retried at the next beat, well within the
+        // lease, so a failed batch just answers "failed" to each job.
+        let leases = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<ClaimedJob>| {
+            let pool = p.clone();
+            async move {
+                match jobs::heartbeat_many(&pool, &batch, lease).await {
+                    Ok(renewed) => renewed.into_iter().map(Ok).collect(),
+                    Err(e) => BatchError::for_all(batch.len(), &e),
                 }
             }
         });
@@ -56,7 +69,7 @@ impl JobStore {
                 match jobs::succeed_many(&pool, &batch).await {
                     Ok(recorded) => recorded.into_iter().map(Ok).collect(),
                     Err(e) if batch.len() == 1 || store::is_unavailable(&e) => {
-                        fail_all(batch.len(), &e)
+                        BatchError::for_all(batch.len(), &e)
                     }
                     Err(_) => {
                         let mut out = Vec::with_capacity(batch.len());
@@ -65,7 +78,7 @@ impl JobStore {
                                 jobs::succeed_many(&pool, std::slice::from_ref(s))
                                     .await
                                     .map(|r| r[0])
-                                    .map_err(|e| failed(&e)),
+                                    .map_err(|e| BatchError::from_sqlx(&e)),
                             );
                         }
                         out
@@ -73,36 +86,32 @@ impl JobStore {
                 }
             }
         });
-        JobStore { claims, successes }
+        JobStore {
+            claims,
+            successes,
+            leases,
+        }
     }
 
     pub async fn claim(&self, message: &StopJob) -> Result<Claim, sqlx::Error> {
-        self.claims.call(message.clone()).await.map_err(to_sqlx)
+        self.claims
+            .call(message.clone())
+            .await
+            .map_err(BatchError::into_sqlx)
+    }
+
+    /// Extends the lease of a job we hold; false if we lost it.
+    pub async fn heartbeat(&self, job: &ClaimedJob) -> Result<bool, sqlx::Error> {
+        self.leases
+            .call(job.clone())
+            .await
+            .map_err(BatchError::into_sqlx)
     }
 
     pub async fn succeed(&self, success: Success) -> Result<bool, sqlx::Error> {
-        self.successes.call(success).await.map_err(to_sqlx)
-    }
-}
-
-fn failed(e: &sqlx::Error) -> BatchError {
-    BatchError::Failed {
-        message: e.to_string(),
-        unavailable: store::is_unavailable(e),
-    }
-}
-
-fn fail_all<T>(n: usize, e: &sqlx::Error) -> Vec<Result<T, BatchError>> {
-    (0..n).map(|_| Err(failed(e))).collect()
-}
-
-/// Back into the error kind the callers' retry loop understands: an
-/// unreachable database stays "unavailable" (retried with back-off).
-fn to_sqlx(e: BatchError) -> sqlx::Error {
-    match e {
-        BatchError::Failed {
-            unavailable: true, ..
-        } => sqlx::Error::PoolTimedOut,
-        other => sqlx::Error::Protocol(other.to_string()),
+        self.successes
+            .call(success)
+            .await
+            .map_err(BatchError::into_sqlx)
     }
 }

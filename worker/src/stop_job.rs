@@ -248,13 +248,13 @@ impl Drop for LeaseKeeper {
 
 /// Renews our lease every third of its length until the keeper is dropped.
 fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> LeaseKeeper {
-    let pool = ctx.pool.clone();
+    let store = ctx.store.clone();
     let job = job.clone();
     let lease = ctx.lease;
     LeaseKeeper(tokio::spawn(async move {
         loop {
             tokio::time::sleep(lease / 3).await;
-            match tokio::time::timeout(DB_CALL_TIMEOUT, jobs::heartbeat(&pool, &job, lease)).await {
+            match tokio::time::timeout(DB_CALL_TIMEOUT, store.heartbeat(&job)).await {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => {
                     tracing::warn!(job.id = %job.id, "lost the lease while powering off");

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use shutoff_core::ids::{RequestId, ServerId};
-use shutoff_core::store::accept::{Refusal, accept_stop};
+use shutoff_core::store::accept::Refusal;
 
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
@@ -71,14 +71,10 @@ pub async fn action(
     check_project(&caller, &project_id)?;
     let server = ServerId::parse(&server_id)
         .ok_or_else(|| ApiError::from(Refusal::NotFound(server_id.clone())))?;
-    let job = accept_stop(
-        &state.pool,
-        &caller,
-        server,
-        &request_id,
-        state.max_attempts,
-    )
-    .await?;
+    let job = state
+        .acceptor
+        .accept(&caller, server, &request_id, state.max_attempts)
+        .await?;
     tracing::info!(job.id = %job.job_id, instance.uuid = %server, user.id = %caller.user_id, "stop accepted");
     // Committed: from here the stop cannot be lost. Publishing now is the
     // fast path; if it fails the relay publishes it when the broker is back.

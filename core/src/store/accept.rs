@@ -66,6 +66,112 @@ INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts)
 SELECT $6, instance_uuid, $4, id, $7 FROM act
 RETURNING id";
 
+/// The same compare-and-swap for many requests in one statement (a group
+/// commit). Two requests for one instance in a batch: the instance row is
+/// updated once, so only one of them is accepted.
+const ACCEPT_MANY_SQL: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::text[], $5::text[],
+                         $6::uuid[], $7::int4[])
+        AS t(uuid, is_admin, project_id, request_id, user_id, job_id, max_attempts)
+), inst AS (
+    UPDATE instances
+       SET task_state = 'powering-off', updated_at = now()
+      FROM input
+     WHERE instances.uuid = input.uuid
+       AND instances.task_state IS NULL
+       AND instances.vm_state IN ('active', 'error')
+       AND instances.launched_at IS NOT NULL
+       AND (input.is_admin OR (instances.project_id = input.project_id AND NOT instances.locked))
+    RETURNING instances.uuid, input.project_id, input.request_id, input.user_id,
+              input.job_id, input.max_attempts
+), act AS (
+    INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
+    SELECT 'stop', uuid, request_id, user_id, project_id FROM inst
+    RETURNING id, request_id
+)
+INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts)
+SELECT inst.job_id, inst.uuid, inst.request_id, act.id, inst.max_attempts
+  FROM inst JOIN act ON act.request_id = inst.request_id
+RETURNING id";
+
+/// One stop to accept: who asks, for which server, under which ids.
+#[derive(Debug, Clone)]
+pub struct AcceptRequest {
+    pub server: ServerId,
+    pub is_admin: bool,
+    pub project_id: String,
+    pub user_id: String,
+    pub request_id: String,
+    pub job_id: Uuid,
+    pub max_attempts: i32,
+}
+
+impl AcceptRequest {
+    pub fn new(
+        caller: &Caller,
+        server: ServerId,
+        request_id: &RequestId,
+        max_attempts: i32,
+    ) -> Self {
+        AcceptRequest {
+            server,
+            is_admin: caller.is_admin(),
+            project_id: caller.project_id.as_str().to_string(),
+            user_id: caller.user_id.clone(),
+            request_id: request_id.to_string(),
+            job_id: Uuid::new_v4(),
+            max_attempts,
+        }
+    }
+
+    /// The message to publish once accepted.
+    pub fn job(&self) -> StopJob {
+        StopJob {
+            job_id: self.job_id,
+            instance_uuid: self.server.0,
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+/// Runs the compare-and-swap for each request: true where it was accepted
+/// (instance powering-off, action and job inserted, all committed).
+pub async fn try_accept_many(
+    pool: &PgPool,
+    requests: &[AcceptRequest],
+) -> Result<Vec<bool>, sqlx::Error> {
+    if let [r] = requests {
+        let accepted: Option<Uuid> = sqlx::query_scalar(ACCEPT_SQL)
+            .bind(r.server.0)
+            .bind(r.is_admin)
+            .bind(&r.project_id)
+            .bind(&r.request_id)
+            .bind(&r.user_id)
+            .bind(r.job_id)
+            .bind(r.max_attempts)
+            .fetch_optional(pool)
+            .await?;
+        return Ok(vec![accepted.is_some()]);
+    }
+    let col = |f: fn(&AcceptRequest) -> &str| requests.iter().map(f).collect::<Vec<&str>>();
+    let accepted: Vec<Uuid> = sqlx::query_scalar(ACCEPT_MANY_SQL)
+        .bind(requests.iter().map(|r| r.server.0).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.is_admin).collect::<Vec<_>>())
+        .bind(col(|r| &r.project_id))
+        .bind(col(|r| &r.request_id))
+        .bind(col(|r| &r.user_id))
+        .bind(requests.iter().map(|r| r.job_id).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.max_attempts).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+    let accepted: std::collections::HashSet<Uuid> = accepted.into_iter().collect();
+    Ok(requests
+        .iter()
+        .map(|r| accepted.contains(&r.job_id))
+        .collect())
+}
+
 /// Accepts a stop of `server` by `caller`, or says why not. `max_attempts` is
 /// recorded on the job so the worker and rescuer agree on when to give up.
 pub async fn accept_stop(
@@ -75,38 +181,45 @@ pub async fn accept_stop(
     request_id: &RequestId,
     max_attempts: i32,
 ) -> Result<StopJob, AcceptError> {
-    // Readers never get to the compare-and-swap; but a reader asking about an
-    // instance it cannot see still gets 404, not 403 (Nova looks up first).
     if !caller.may_stop() {
-        let inst = load(pool, server).await?;
-        visible(caller, server, inst.as_ref())?;
-        return Err(Refusal::Forbidden.into());
+        return forbidden(pool, caller, server).await;
     }
-    let job_id = Uuid::new_v4();
-    // A refusal is diagnosed by reading the row after the CAS failed. If the
-    // row changed in between so that nothing is wrong any more, try again.
+    let request = AcceptRequest::new(caller, server, request_id, max_attempts);
+    if try_accept_many(pool, std::slice::from_ref(&request)).await?[0] {
+        return Ok(request.job());
+    }
+    not_accepted(pool, caller, &request).await
+}
+
+/// Readers never get to the compare-and-swap; but a reader asking about an
+/// instance it cannot see still gets 404, not 403 (Nova looks up first).
+pub async fn forbidden(
+    pool: &PgPool,
+    caller: &Caller,
+    server: ServerId,
+) -> Result<StopJob, AcceptError> {
+    let inst = load(pool, server).await?;
+    visible(caller, server, inst.as_ref())?;
+    Err(Refusal::Forbidden.into())
+}
+
+/// After a compare-and-swap that did not take: says why, by reading the row.
+/// If the row changed in between so that nothing is wrong any more, tries
+/// again.
+pub async fn not_accepted(
+    pool: &PgPool,
+    caller: &Caller,
+    request: &AcceptRequest,
+) -> Result<StopJob, AcceptError> {
+    let server = request.server;
     for _ in 0..3 {
-        let accepted: Option<Uuid> = sqlx::query_scalar(ACCEPT_SQL)
-            .bind(server.0)
-            .bind(caller.is_admin())
-            .bind(caller.project_id.as_str())
-            .bind(request_id.as_str())
-            .bind(&caller.user_id)
-            .bind(job_id)
-            .bind(max_attempts)
-            .fetch_optional(pool)
-            .await?;
-        if accepted.is_some() {
-            return Ok(StopJob {
-                job_id,
-                instance_uuid: server.0,
-                request_id: request_id.to_string(),
-            });
-        }
         let inst = load(pool, server).await?;
         diagnose(caller, server, inst.as_ref())?;
+        if try_accept_many(pool, std::slice::from_ref(request)).await?[0] {
+            return Ok(request.job());
+        }
     }
-    // Three lost races in a row: the instance is changing under us; the
+    // Lost races again and again: the instance is changing under us; the
     // honest answer is that a task is in progress.
     Err(Refusal::TaskState(server, TASK_POWERING_OFF.into()).into())
 }

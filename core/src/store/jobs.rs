@@ -188,17 +188,33 @@ pub async fn heartbeat(
     job: &ClaimedJob,
     lease: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    Ok(heartbeat_many(pool, std::slice::from_ref(job), lease).await?[0])
+}
+
+/// [`heartbeat`] for many jobs in one statement: one answer per job.
+pub async fn heartbeat_many(
+    pool: &PgPool,
+    held: &[ClaimedJob],
+    lease: Duration,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let ids: Vec<Uuid> = held.iter().map(|j| j.id).collect();
+    let workers: Vec<&str> = held.iter().map(|j| j.worker.as_str()).collect();
+    let attempts: Vec<i32> = held.iter().map(|j| j.attempts).collect();
+    let renewed: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
-          WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3",
+           FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS t(id, worker, attempts)
+          WHERE jobs.id = t.id AND jobs.state = 'running'
+            AND jobs.worker = t.worker AND jobs.attempts = t.attempts
+         RETURNING jobs.id",
     )
-    .bind(job.id)
-    .bind(&job.worker)
-    .bind(job.attempts)
+    .bind(&ids)
+    .bind(&workers)
+    .bind(&attempts)
     .bind(lease.as_secs_f64())
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(r.rows_affected() == 1)
+    let renewed: std::collections::HashSet<Uuid> = renewed.into_iter().collect();
+    Ok(ids.iter().map(|id| renewed.contains(id)).collect())
 }
 
 const SUCCEED_SQL: &str = "

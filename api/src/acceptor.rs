@@ -1,0 +1,77 @@
+//! Acceptance of stops, group-committed: concurrent requests share one
+//! compare-and-swap statement and one commit (see [`shutoff_core::batch`]),
+//! so the database's commit rate is no longer the ceiling of the accept rate.
+//! Each request still gets its own answer; a request the batch did not
+//! accept is diagnosed alone, in Nova's order, exactly as before.
+
+use shutoff_core::batch::{BatchError, Batcher};
+use shutoff_core::ids::{RequestId, ServerId};
+use shutoff_core::message::StopJob;
+use shutoff_core::store::accept::{self, AcceptError, AcceptRequest};
+use shutoff_core::store::{self, auth::Caller};
+use sqlx::PgPool;
+
+/// Most requests in one statement: about the connections a busy API serves.
+const MAX_BATCH: usize = 128;
+/// Statements running at once.
+const IN_FLIGHT: usize = 2;
+
+pub struct Acceptor {
+    pool: PgPool,
+    batch: Batcher<AcceptRequest, bool>,
+}
+
+impl Acceptor {
+    pub fn new(pool: PgPool) -> Self {
+        let p = pool.clone();
+        let batch = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<AcceptRequest>| {
+            let pool = p.clone();
+            async move {
+                match accept::try_accept_many(&pool, &batch).await {
+                    Ok(accepted) => accepted.into_iter().map(Ok).collect(),
+                    Err(e) if batch.len() == 1 || store::is_unavailable(&e) => {
+                        BatchError::for_all(batch.len(), &e)
+                    }
+                    // One bad request must not fail its neighbours.
+                    Err(_) => {
+                        let mut out = Vec::with_capacity(batch.len());
+                        for r in &batch {
+                            out.push(
+                                accept::try_accept_many(&pool, std::slice::from_ref(r))
+                                    .await
+                                    .map(|a| a[0])
+                                    .map_err(|e| BatchError::from_sqlx(&e)),
+                            );
+                        }
+                        out
+                    }
+                }
+            }
+        });
+        Acceptor { pool, batch }
+    }
+
+    /// Accepts a stop of `server` by `caller`, or says why not.
+    pub async fn accept(
+        &self,
+        caller: &Caller,
+        server: ServerId,
+        request_id: &RequestId,
+        max_attempts: i32,
+    ) -> Result<StopJob, AcceptError> {
+        if !caller.may_stop() {
+            return accept::forbidden(&self.pool, caller, server).await;
+        }
+        let request = AcceptRequest::new(caller, server, request_id, max_attempts);
+        let accepted = self
+            .batch
+            .call(request.clone())
+            .await
+            .map_err(BatchError::into_sqlx)?;
+        if accepted {
+            Ok(request.job())
+        } else {
+            accept::not_accepted(&self.pool, caller, &request).await
+        }
+    }
+}
