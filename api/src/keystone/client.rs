@@ -246,18 +246,39 @@ impl KeystoneClient {
             .map_err(|e| malformed("service authentication", e))?;
         let expires_at = body.token.expires_at;
         let issued_at = body.token.issued_at.unwrap_or_else(Utc::now);
-        let margin = RENEW_MARGIN.min((expires_at - issued_at) / 2);
         tracing::info!(%expires_at, "obtained a Keystone service token");
         Ok(ServiceToken {
             token,
-            renew_at: expires_at - margin,
+            renew_at: renew_at(issued_at, expires_at),
         })
     }
+}
+
+/// When to stop using a service token and get a new one.
+fn renew_at(issued_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> DateTime<Utc> {
+    expires_at - RENEW_MARGIN.min((expires_at - issued_at) / 2)
 }
 
 fn malformed(what: &'static str, detail: impl ToString) -> KeystoneError {
     KeystoneError::Malformed {
         what,
         detail: detail.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_tokens_are_renewed_before_they_expire() {
+        let issued = Utc::now();
+        let hour = issued + chrono::Duration::hours(1);
+        assert_eq!(renew_at(issued, hour), hour - chrono::Duration::minutes(5));
+        let short = issued + chrono::Duration::minutes(2);
+        assert_eq!(
+            renew_at(issued, short),
+            issued + chrono::Duration::minutes(1)
+        );
     }
 }
