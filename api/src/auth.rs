@@ -96,3 +96,46 @@ pub fn check_project(caller: &Caller, url_project: &str) -> Result<(), ApiError>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn keystone_mode(args: &[&str]) -> anyhow::Result<Authenticator> {
+        let argv = ["shutoff-api", "--auth", "keystone"].iter().chain(args);
+        Authenticator::from_settings(&Settings::parse_from(argv))
+    }
+
+    fn error(args: &[&str]) -> String {
+        keystone_mode(args).err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn keystone_mode_does_not_start_without_what_it_needs() {
+        assert!(error(&[]).contains("KEYSTONE_URL"));
+        let url = ["--keystone-url", "http://127.0.0.1:5000/v3"];
+        assert!(
+            error(&[&url[..], &["--keystone-username", "shutoff"]].concat())
+                .contains("KEYSTONE_PASSWORD, KEYSTONE_PROJECT")
+        );
+        let account = [
+            "--keystone-username",
+            "shutoff",
+            "--keystone-password",
+            "p",
+            "--keystone-project",
+            "service",
+        ];
+        assert!(
+            error(&[&["--keystone-url", "https://keystone/v3"][..], &account].concat())
+                .contains("http://")
+        );
+        // Keystone is not contacted at start-up: it may be down.
+        assert!(matches!(
+            keystone_mode(&[&url[..], &account].concat()),
+            Ok(Authenticator::Keystone(_))
+        ));
+    }
+}
