@@ -49,23 +49,42 @@ async fn venv(script: &str) -> Option<PathBuf> {
     None
 }
 
-/// A throwaway Keystone; killed when dropped (and it exits by itself when
-/// its stdin closes, should this process die first).
+/// A throwaway Keystone; killed, and its directory removed, when dropped (it
+/// also exits by itself when its stdin closes, should this process die first).
 struct KeystoneProcess {
     child: Child,
     _stdin: ChildStdin,
     /// `http://127.0.0.1:PORT/v3`
     url: String,
     setup_secs: f64,
-    log: PathBuf,
+    /// Its database, keys and log (`keystone.log`).
+    dir: PathBuf,
+}
+
+impl Drop for KeystoneProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "Keystone's log: {}",
+                self.dir.join("keystone.log").display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 impl KeystoneProcess {
     async fn start(venv: &Path) -> Self {
-        let log = std::env::temp_dir().join(format!("shutoff-keystone-{}.log", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("shutoff-keystone-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("keystone.log");
         let mut child = Command::new(venv.join("bin/python"))
             .arg(repo_root().join("tests/keystone/run_keystone.py"))
             .args(["--admin-password", ADMIN_PASSWORD])
+            .arg("--workdir")
+            .arg(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -92,7 +111,7 @@ impl KeystoneProcess {
             _stdin: stdin,
             url: url.to_string(),
             setup_secs: secs.parse().unwrap(),
-            log,
+            dir,
         }
     }
 }
@@ -478,12 +497,15 @@ async fn keystone_users_stop_servers_through_the_catalog_with_nova_policy(pool: 
     assert_eq!(get(servers.clone(), Some(fresh)).await.status(), 200);
 
     app.shut_down().await;
-    println!(
+    // Straight to stderr, past the test harness's capture, so CI logs show it.
+    use std::io::Write;
+    writeln!(
+        std::io::stderr(),
         "keystone: venvs {venvs_secs:.1}s, Keystone up in {:.1}s (setup incl. users {setup_secs:.1}s), \
          CLI stop+show+reader {cli_secs:.1}s, validations {validations} for 50 requests, \
          test {:.1}s",
         keystone.setup_secs,
         started.elapsed().as_secs_f64(),
-    );
-    let _ = std::fs::remove_file(&keystone.log);
+    )
+    .unwrap();
 }

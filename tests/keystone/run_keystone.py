@@ -4,9 +4,10 @@
 Run with the python of the venv made by scripts/keystone-venv:
 
     target/keystone-venv/bin/python tests/keystone/run_keystone.py \
-        [--port 0] [--admin-password secret]
+        [--port 0] [--admin-password secret] [--workdir DIR]
 
-Everything lives in a temporary directory removed on exit: a sqlite database,
+Everything lives in one directory (a temporary one removed on exit, or
+--workdir, left for the caller to remove): a sqlite database,
 fernet token and credential key repositories, keystone.conf. It runs
 `keystone-manage db_sync`, `fernet_setup`, `credential_setup` and `bootstrap`
 (admin user, project and role, RegionOne, identity endpoints), then serves
@@ -104,11 +105,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--admin-password", default="admin-secret")
+    ap.add_argument("--workdir", help="an empty or new directory; not removed on exit")
     args = ap.parse_args()
 
     start = time.monotonic()
     venv_bin = os.path.dirname(sys.executable)
-    work = tempfile.mkdtemp(prefix="shutoff-keystone-")
+    if args.workdir:
+        work = os.path.abspath(args.workdir)
+        os.makedirs(work, exist_ok=True)
+    else:
+        work = tempfile.mkdtemp(prefix="shutoff-keystone-")
     try:
         # Bind first: the identity endpoints registered by bootstrap hold the port.
         server = WSGIServer(("127.0.0.1", args.port), QuietHandler)
@@ -140,7 +146,8 @@ def main():
         print(f"KEYSTONE READY {url} setup_secs={time.monotonic() - start:.1f}", flush=True)
         server.serve_forever()
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
