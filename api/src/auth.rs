@@ -23,7 +23,7 @@ pub enum Authenticator {
     /// The `tokens` table, with a short cache of valid tokens.
     Local(TokenCache),
     /// OpenStack Keystone.
-    Keystone(Keystone),
+    Keystone(Box<Keystone>),
 }
 
 impl Authenticator {
@@ -32,7 +32,9 @@ impl Authenticator {
             AuthMode::Local => Authenticator::Local(TokenCache::new(
                 std::time::Duration::from_secs(settings.token_cache_secs),
             )),
-            AuthMode::Keystone => Authenticator::Keystone(Keystone::new(&settings.keystone)?),
+            AuthMode::Keystone => {
+                Authenticator::Keystone(Box::new(Keystone::new(&settings.keystone)?))
+            }
         })
     }
 

@@ -62,7 +62,8 @@ pub enum AuthMode {
 
 /// Keystone mode: where Keystone is and the service account shutoff uses to
 /// validate its callers' tokens (it needs the `service` or `admin` role).
-#[derive(Debug, Clone, Args)]
+/// Its `Debug` hides the password.
+#[derive(Clone, Args)]
 pub struct KeystoneSettings {
     /// Keystone's v3 URL, e.g. `http://127.0.0.1:5000/v3`; also the `uri` of
     /// the `WWW-Authenticate` header of a 401.
@@ -126,6 +127,22 @@ pub struct KeystoneSettings {
         default_value_t = 5000
     )]
     pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for KeystoneSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeystoneSettings")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("project", &self.project)
+            .field("user_domain", &self.user_domain)
+            .field("project_domain", &self.project_domain)
+            .field("cache_secs", &self.cache_secs)
+            .field("invalid_cache_secs", &self.invalid_cache_secs)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 impl Settings {

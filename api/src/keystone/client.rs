@@ -16,6 +16,11 @@ use crate::settings::KeystoneSettings;
 /// on the way.
 const RENEW_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
 
+/// After a failed attempt to get a service token, validations fail at once
+/// for this long instead of queueing behind one more attempt each (a Keystone
+/// that hangs would otherwise cost every waiting request a full timeout).
+const SERVICE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why Keystone could not say whether a token is valid. Each means 503 to the
 /// caller: never a pass, and never a 401 that would make a client drop a
 /// token that may be good.
@@ -35,6 +40,8 @@ pub enum KeystoneError {
     ServiceAccount { status: StatusCode },
     #[error("unexpected answer from Keystone to {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
+    #[error("getting a service token from Keystone failed moments ago; not retried yet")]
+    RecentlyFailed,
 }
 
 /// What a valid token says about its holder.
@@ -55,7 +62,14 @@ pub struct KeystoneClient {
     /// this type has no `Debug`.
     credentials: serde_json::Value,
     /// Our service token; the lock also makes concurrent renewals one.
-    service: Mutex<Option<ServiceToken>>,
+    service: Mutex<Service>,
+}
+
+#[derive(Default)]
+struct Service {
+    token: Option<ServiceToken>,
+    /// Set when getting a token failed: no new attempt before then.
+    retry_at: Option<std::time::Instant>,
 }
 
 struct ServiceToken {
@@ -135,7 +149,7 @@ impl KeystoneClient {
             http,
             tokens_url: format!("{}/auth/tokens", url.trim_end_matches('/')),
             credentials,
-            service: Mutex::new(None),
+            service: Mutex::new(Service::default()),
         })
     }
 
@@ -194,22 +208,38 @@ impl KeystoneClient {
 
     /// Our service token, renewed first if it is close to expiry.
     async fn service_token(&self) -> Result<HeaderValue, KeystoneError> {
-        let mut current = self.service.lock().await;
-        if let Some(t) = current.as_ref()
+        let mut service = self.service.lock().await;
+        if let Some(t) = &service.token
             && Utc::now() < t.renew_at
         {
             return Ok(t.token.clone());
         }
-        let fresh = self.issue_service_token().await?;
-        let token = fresh.token.clone();
-        *current = Some(fresh);
-        Ok(token)
+        if service
+            .retry_at
+            .is_some_and(|at| std::time::Instant::now() < at)
+        {
+            return Err(KeystoneError::RecentlyFailed);
+        }
+        match self.issue_service_token().await {
+            Ok(fresh) => {
+                let token = fresh.token.clone();
+                *service = Service {
+                    token: Some(fresh),
+                    retry_at: None,
+                };
+                Ok(token)
+            }
+            Err(e) => {
+                service.retry_at = Some(std::time::Instant::now() + SERVICE_RETRY_AFTER);
+                Err(e)
+            }
+        }
     }
 
     async fn forget_service_token(&self, refused: &HeaderValue) {
-        let mut current = self.service.lock().await;
-        if current.as_ref().is_some_and(|t| t.token == refused) {
-            *current = None;
+        let mut service = self.service.lock().await;
+        if service.token.as_ref().is_some_and(|t| t.token == refused) {
+            service.token = None;
         }
     }
 
@@ -269,6 +299,8 @@ fn malformed(what: &'static str, detail: impl ToString) -> KeystoneError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn service_tokens_are_renewed_before_they_expire() {
@@ -280,5 +312,41 @@ mod tests {
             renew_at(issued, short),
             issued + chrono::Duration::minutes(1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_keystone_costs_one_timeout_not_one_per_waiting_request() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let settings = crate::Settings::parse_from([
+            "shutoff-api",
+            "--keystone-username",
+            "shutoff",
+            "--keystone-password",
+            "p",
+            "--keystone-project",
+            "service",
+        ]);
+        let url = format!("http://{addr}/v3");
+        let client =
+            KeystoneClient::new(&url, &settings.keystone, Duration::from_millis(300)).unwrap();
+
+        let tokens: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        let started = Instant::now();
+        let all = futures::future::join_all(tokens.iter().map(|t| client.validate(t))).await;
+        assert!(all.iter().all(Result::is_err), "no token passes");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "20 waiting validations took {:?}",
+            started.elapsed()
+        );
+        hold.abort();
     }
 }
