@@ -1,8 +1,9 @@
 //! Keystone mode against a real OpenStack Keystone (30.0.0 from PyPI, run by
 //! tests/keystone/run_keystone.py): the `openstack` CLI finds our compute
 //! endpoint in Keystone's catalog and stops a server with a password login;
-//! roles, revoked tokens, foreign project ids, the validation cache and a
-//! Keystone outage behave as keystonemiddleware in front of Nova does.
+//! roles (member, reader, admin), revoked tokens, foreign project ids, the
+//! validation cache, a revoked service token and a Keystone outage behave as
+//! keystonemiddleware in front of Nova does.
 
 mod common;
 
@@ -459,6 +460,29 @@ async fn keystone_users_stop_servers_through_the_catalog_with_nova_policy(pool: 
     let validations = identity.served("GET /v3/auth/tokens").await - before;
     assert_eq!(validations, 1, "50 requests with one new token");
 
+    // Keystone's admin (of its own project) stops any project's server.
+    let projects: Value = identity
+        .http
+        .get(format!("{}/projects?name=admin", identity.url))
+        .header("x-auth-token", &identity.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin_project = projects["projects"][0]["id"].as_str().unwrap();
+    let resp = app
+        .action(
+            admin_project,
+            &vm_reader.to_string(),
+            Some(&identity.admin),
+            r#"{"os-stop": null}"#,
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    assert!(app.stopped(vm_reader, Duration::from_secs(20)).await);
+
     // Our service token revoked (Keystone revokes a disabled user's tokens):
     // the next validation is refused, we authenticate again once, and the
     // caller never notices.
@@ -488,7 +512,7 @@ async fn keystone_users_stop_servers_through_the_catalog_with_nova_policy(pool: 
     let down = app
         .action(
             &demo,
-            &vm_reader.to_string(),
+            &vm_member.to_string(),
             Some("gAAAAAB-other"),
             r#"{"os-stop": null}"#,
         )
