@@ -7,9 +7,11 @@ use shutoff_core::store::accept::{AcceptError, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 401: no token, or an unknown or expired one.
+    /// 401: no token, or an unknown, revoked or expired one. Carries the
+    /// identity service's URL when there is one (Keystone mode), sent as
+    /// `WWW-Authenticate: Keystone uri="..."` as keystonemiddleware does.
     #[error("The request you have made requires authentication.")]
-    Unauthorized,
+    Unauthorized { keystone_uri: Option<String> },
     /// 400: malformed body or URL, or a task/launch state that forbids the action.
     #[error("{0}")]
     BadRequest(String),
@@ -28,7 +30,7 @@ pub enum ApiError {
     /// 413: body larger than the limit; it is not read.
     #[error("Request is too large.")]
     PayloadTooLarge,
-    /// 503: PostgreSQL is unreachable; nothing was accepted.
+    /// 503: PostgreSQL or Keystone is unreachable; nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
     /// 500: a bug or an unexpected database error. Details are logged, not sent.
@@ -39,7 +41,7 @@ pub enum ApiError {
 impl ApiError {
     fn status_and_name(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "badRequest"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "itemNotFound"),
@@ -106,6 +108,13 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=UTF-8"),
         );
+        if let ApiError::Unauthorized {
+            keystone_uri: Some(uri),
+        } = &self
+            && let Ok(v) = HeaderValue::from_str(&format!("Keystone uri=\"{uri}\""))
+        {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
         resp
     }
 }

@@ -5,7 +5,8 @@
 //! - [`routes`]: one module per endpoint group; [`routes::stop`] is where a stop
 //!   request is checked, accepted and published.
 //! - [`acceptor`]: stop acceptance, group-committed across concurrent requests.
-//! - [`auth`]: the `X-Auth-Token` extractor, with [`token_cache`].
+//! - [`auth`]: the `X-Auth-Token` extractor and the [`auth::Authenticator`]:
+//!   our token table (with [`token_cache`]) or [`keystone`].
 //! - [`request_id`]: the `req-<uuid>` every response carries and every log line shows.
 //! - [`relay`]: publishes jobs that were committed but never confirmed by RabbitMQ.
 //! - [`error`]: the one mapping from errors to OpenStack fault bodies.
@@ -14,6 +15,7 @@ pub mod acceptor;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod keystone;
 pub mod relay;
 pub mod request_id;
 pub mod routes;

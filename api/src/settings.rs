@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, ValueEnum};
 use shutoff_core::config::Common;
 
 #[derive(Debug, Clone, Parser)]
@@ -38,9 +38,111 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_TOKEN_CACHE_SECS", default_value_t = 10)]
     pub token_cache_secs: u64,
 
+    /// Who says what a token means: our own token table (`local`) or
+    /// OpenStack Keystone (`keystone`, see the `--keystone-*` settings).
+    #[arg(long, env = "SHUTOFF_AUTH", value_enum, default_value_t = AuthMode::Local)]
+    pub auth: AuthMode,
+
+    #[command(flatten)]
+    pub keystone: KeystoneSettings,
+
     /// Run the migrations on start-up (the admin's `migrate` does the same).
     #[arg(long, env = "SHUTOFF_MIGRATE", default_value_t = false)]
     pub migrate: bool,
+}
+
+/// Where tokens are validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// The `tokens` table, filled by `shutoff-admin token create`.
+    Local,
+    /// Keystone's `GET /v3/auth/tokens`, as keystonemiddleware does.
+    Keystone,
+}
+
+/// Keystone mode: where Keystone is and the service account shutoff uses to
+/// validate its callers' tokens (it needs the `service` or `admin` role).
+/// Its `Debug` hides the password.
+#[derive(Clone, Args)]
+pub struct KeystoneSettings {
+    /// Keystone's v3 URL, e.g. `http://127.0.0.1:5000/v3`; also the `uri` of
+    /// the `WWW-Authenticate` header of a 401.
+    #[arg(long = "keystone-url", env = "KEYSTONE_URL")]
+    pub url: Option<String>,
+
+    /// The service account's user name.
+    #[arg(long = "keystone-username", env = "KEYSTONE_USERNAME")]
+    pub username: Option<String>,
+
+    /// The service account's password.
+    #[arg(
+        long = "keystone-password",
+        env = "KEYSTONE_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// The project the service account's token is scoped to.
+    #[arg(long = "keystone-project", env = "KEYSTONE_PROJECT")]
+    pub project: Option<String>,
+
+    /// Domain of the service account's user.
+    #[arg(
+        long = "keystone-user-domain",
+        env = "KEYSTONE_USER_DOMAIN",
+        default_value = "Default"
+    )]
+    pub user_domain: String,
+
+    /// Domain of the service account's project.
+    #[arg(
+        long = "keystone-project-domain",
+        env = "KEYSTONE_PROJECT_DOMAIN",
+        default_value = "Default"
+    )]
+    pub project_domain: String,
+
+    /// Seconds a valid token is trusted without asking Keystone again (never
+    /// past its `expires_at`). keystonemiddleware's default; a revoked token
+    /// stops working within this time.
+    #[arg(
+        long = "keystone-cache-secs",
+        env = "SHUTOFF_KEYSTONE_CACHE_SECS",
+        default_value_t = 300
+    )]
+    pub cache_secs: u64,
+
+    /// Seconds an invalid token is answered 401 without asking Keystone again.
+    #[arg(
+        long = "keystone-invalid-cache-secs",
+        env = "SHUTOFF_KEYSTONE_INVALID_CACHE_SECS",
+        default_value_t = 10
+    )]
+    pub invalid_cache_secs: u64,
+
+    /// Milliseconds one request to Keystone may take before it counts as unreachable (503).
+    #[arg(
+        long = "keystone-timeout-ms",
+        env = "SHUTOFF_KEYSTONE_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for KeystoneSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeystoneSettings")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("project", &self.project)
+            .field("user_domain", &self.user_domain)
+            .field("project_domain", &self.project_domain)
+            .field("cache_secs", &self.cache_secs)
+            .field("invalid_cache_secs", &self.invalid_cache_secs)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 impl Settings {

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acceptor::Acceptor;
+use crate::auth::Authenticator;
 use crate::relay::{self, Relay};
 use crate::settings::Settings;
-use crate::token_cache::TokenCache;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -29,8 +29,8 @@ pub struct AppState {
     /// Recorded on each job: attempts before the stop is recorded as failed.
     pub max_attempts: i32,
     pub max_body_bytes: usize,
-    /// Validated tokens, briefly, by SHA-256.
-    pub tokens: Arc<TokenCache>,
+    /// Who validates tokens (`--auth`): our table or Keystone, each with its cache.
+    pub auth: Arc<Authenticator>,
 }
 
 pub struct Application {
@@ -62,6 +62,7 @@ impl Application {
             settings.common.topology(),
             BrokerTimeouts::default(),
         );
+        let auth = Arc::new(Authenticator::from_settings(&settings)?);
         let (relay, confirmed) = Relay::new(pool.clone(), publisher.clone());
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -73,9 +74,7 @@ impl Application {
             relay,
             max_attempts: settings.common.max_attempts,
             max_body_bytes: settings.max_body_bytes,
-            tokens: Arc::new(TokenCache::new(Duration::from_secs(
-                settings.token_cache_secs,
-            ))),
+            auth,
         };
         Ok(Application {
             listener,

@@ -31,7 +31,11 @@ pub struct Options {
     pub with_worker: bool,
     pub amqp_url: Option<String>,
     pub database_url: Option<String>,
+    /// Last changes to the API's settings (e.g. `--auth keystone`).
+    pub configure: Option<Configure>,
 }
+
+pub type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
 
 impl Default for Options {
     fn default() -> Self {
@@ -39,6 +43,7 @@ impl Default for Options {
             with_worker: true,
             amqp_url: None,
             database_url: None,
+            configure: None,
         }
     }
 }
@@ -65,6 +70,9 @@ pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
     settings.relay_interval_ms = 200;
     if let Some(u) = &opts.amqp_url {
         settings.common.amqp_url = u.clone();
+    }
+    if let Some(configure) = opts.configure {
+        configure(&mut settings);
     }
     let api_pool = match &opts.database_url {
         Some(u) => {

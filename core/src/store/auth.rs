@@ -1,4 +1,5 @@
-//! Token lookup: by SHA-256, never by the token itself.
+//! Token lookup: by SHA-256, never by the token itself; and, for Keystone
+//! callers, whether their project is open here.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -70,4 +71,17 @@ pub async fn authenticate_hash(
             })
         }),
     )
+}
+
+/// Whether a project that Keystone vouched for may use the API. Keystone owns
+/// its projects, so one with no row of ours is active (it simply has no
+/// instances yet); a row disabled or deleted here still closes it, as in
+/// local mode.
+pub async fn project_active(pool: &PgPool, project: &ProjectId) -> Result<bool, sqlx::Error> {
+    let active: Option<bool> =
+        sqlx::query_scalar("SELECT enabled AND deleted_at IS NULL FROM projects WHERE id = $1")
+            .bind(project.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(active.unwrap_or(true))
 }
