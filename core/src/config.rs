@@ -89,7 +89,7 @@ pub struct Common {
         long,
         global = true,
         env = "SHUTOFF_DB_MAX_CONNECTIONS",
-        default_value_t = 32
+        default_value_t = 16
     )]
     pub db_max_connections: u32,
 }

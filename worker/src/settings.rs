@@ -16,8 +16,10 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_WORKER_ID")]
     pub worker_id: Option<String>,
 
-    /// Unacknowledged messages (and so jobs in progress) at once.
-    #[arg(long, env = "SHUTOFF_PREFETCH", default_value_t = 64)]
+    /// Unacknowledged messages (and so jobs in progress) at once. A job
+    /// waiting on a slow hypervisor costs a few KiB and no connection, so one
+    /// worker can hold thousands of slow power-offs without starving the queue.
+    #[arg(long, env = "SHUTOFF_PREFETCH", default_value_t = 10_000)]
     pub prefetch: u16,
 
     /// Where `/healthz` and `/readyz` answer.
