@@ -65,31 +65,39 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Builds the two service binaries (release) and returns their directory.
+///
+/// They get a target directory of their own: `cargo run` keeps the lock on
+/// the workspace's target directory while the bench runs, so building there
+/// would wait forever. The first run pays one extra release build.
 pub async fn build_binaries() -> anyhow::Result<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target_dir = std::env::var_os("SHUTOFF_BENCH_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/bench-services"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!(
+        "shutoff-bench: building shutoff-api and shutoff-worker (release) in {}",
+        target_dir.display()
+    );
     let status = Command::new(cargo)
         .current_dir(&root)
         .args([
             "build",
             "--release",
-            "--quiet",
             "-p",
             "shutoff-api",
             "-p",
             "shutoff-worker",
+            "--target-dir",
         ])
+        .arg(&target_dir)
         .status()
         .await
         .context("cannot run cargo build")?;
     if !status.success() {
         bail!("cargo build of shutoff-api / shutoff-worker failed");
     }
-    let exe = std::env::current_exe()?;
-    Ok(exe
-        .parent()
-        .context("bench binary has no directory")?
-        .to_path_buf())
+    Ok(target_dir.join("release"))
 }
 
 /// Where every service of one phase connects.
