@@ -5,14 +5,18 @@
 //!   deliveries, stops cleanly on SIGTERM.
 //! - [`stop_job`]: one job, end to end: claim it in PostgreSQL, power the VM
 //!   off, record the result, then ack.
-//! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator).
+//! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator,
+//!   `qmp+unix://` and `qmp+tcp://` for QEMU).
 //! - [`health`]: `/healthz` and `/readyz` on a small port.
+//! - `testing` (feature `test-support`): real QEMU VMs for tests.
 
 pub mod consumer;
 pub mod health;
 pub mod hypervisor;
 pub mod settings;
 pub mod stop_job;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod worker;
 
 pub use settings::Settings;

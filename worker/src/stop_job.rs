@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::hypervisor::{DriverError, driver_for};
+use crate::hypervisor::{DriverError, DriverSettings, driver_with};
 
 /// A single database call may not hang longer than this.
 const DB_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -44,7 +44,9 @@ pub struct JobContext {
     pub publisher: Arc<Publisher>,
     pub worker_id: String,
     pub lease: Duration,
+    /// At least this long for a power-off; see [`run`].
     pub power_off_timeout: Duration,
+    pub drivers: DriverSettings,
 }
 
 /// Handles one message body. `shutdown` is watched only before the power-off
@@ -123,27 +125,32 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
         max_attempts = job.max_attempts,
         "powering off"
     );
-    let outcome = match driver_for(&job.hypervisor) {
+    let outcome = match driver_with(&job.hypervisor, &ctx.drivers) {
         Err(e) => Err(e),
         Ok(driver) => {
             let heartbeat = keep_lease(ctx, &job);
-            let result =
-                tokio::time::timeout(ctx.power_off_timeout, driver.power_off(job.instance_uuid))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(DriverError::Transient(format!(
-                            "power-off did not finish within {:?}",
-                            ctx.power_off_timeout
-                        )))
-                    });
+            // A safety net for a hung driver, never shorter than the
+            // driver's own bound (a long clean-shutdown wait runs its course).
+            let timeout = ctx.power_off_timeout.max(driver.longest_power_off());
+            let result = tokio::time::timeout(timeout, driver.power_off(job.instance_uuid))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DriverError::Transient(format!(
+                        "power-off did not finish within {timeout:?}"
+                    )))
+                });
             drop(heartbeat);
             result
         }
     };
     let recorded = match &outcome {
-        Ok(power_state) => {
-            let ps = power_state.as_i16();
-            db_retry("record success", || jobs::succeed(&ctx.pool, &job, ps)).await
+        Ok(stopped) => {
+            let ps = stopped.power_state.as_i16();
+            let details = stopped.details();
+            db_retry("record success", || {
+                jobs::succeed(&ctx.pool, &job, ps, &details)
+            })
+            .await
         }
         Err(DriverError::Transient(msg)) if job.attempts_left() => {
             return retry_later(ctx, &job, msg).await;
@@ -165,7 +172,12 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
     match recorded {
         Ok(true) => {
             match &outcome {
-                Ok(_) => tracing::info!(attempt = job.attempts, "stopped"),
+                Ok(s) => tracing::info!(
+                    attempt = job.attempts,
+                    how = %s.how,
+                    elapsed_ms = s.elapsed.as_millis() as u64,
+                    "stopped"
+                ),
                 Err(e) => tracing::warn!(error = %e, "stop failed; fault recorded"),
             }
             Disposition::Ack

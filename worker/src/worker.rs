@@ -53,6 +53,7 @@ impl Worker {
             worker_id,
             lease: settings.lease(),
             power_off_timeout: settings.power_off_timeout(),
+            drivers: settings.drivers(),
         });
         Ok(Worker {
             settings,

@@ -159,7 +159,7 @@ WITH j AS (
     RETURNING uuid
 ), e AS (
     UPDATE instance_actions_events
-       SET finish_time = now(), result = 'Success'
+       SET finish_time = now(), result = 'Success', details = $5
      WHERE action_id IN (SELECT action_id FROM j) AND event = 'compute_stop_instance'
     RETURNING id
 ), a AS (
@@ -169,19 +169,22 @@ WITH j AS (
 )
 SELECT count(*) FROM j";
 
-/// Records a successful power-off: instance stopped, event Success, job
-/// succeeded, in one statement. False if our lease was taken over meanwhile
-/// (then the new holder decides, and we must not).
+/// Records a successful power-off: instance stopped, event Success with
+/// `details` (how the VM went off), job succeeded, in one statement. False
+/// if our lease was taken over meanwhile (then the new holder decides, and
+/// we must not).
 pub async fn succeed(
     pool: &PgPool,
     job: &ClaimedJob,
     power_state: i16,
+    details: &str,
 ) -> Result<bool, sqlx::Error> {
     let n: i64 = sqlx::query_scalar(SUCCEED_SQL)
         .bind(job.id)
         .bind(&job.worker)
         .bind(job.attempts)
         .bind(power_state)
+        .bind(details)
         .fetch_one(pool)
         .await?;
     Ok(n == 1)
