@@ -92,7 +92,7 @@ pub struct TestVm {
 }
 
 impl TestVm {
-    /// Starts a VM and waits for its QMP socket. `extra` is appended to
+    /// Starts a VM and waits until its QMP socket accepts connections. `extra` is appended to
     /// QEMU's arguments (e.g. `-no-shutdown`).
     pub async fn start(guest: Guest, extra: &[&str]) -> TestVm {
         let permit = match guest {
@@ -139,13 +139,15 @@ impl TestVm {
             _permit: permit,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !vm.qmp.exists() {
+        // The socket file appears at bind(), a moment before QEMU listens:
+        // wait until a connection is accepted.
+        while tokio::net::UnixStream::connect(&vm.qmp).await.is_err() {
             if let Ok(Some(status)) = vm.child.try_wait() {
                 panic!("{QEMU} exited with {status}: {}", vm.stderr());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no QMP socket after 30 s"
+                "QMP does not accept connections after 30 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

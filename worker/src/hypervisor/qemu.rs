@@ -236,29 +236,55 @@ impl QemuHypervisor {
         )))
     }
 
-    /// `quit`, then waits for QEMU to close the monitor as it exits.
+    /// `quit`, then makes sure QEMU is gone: it closes the monitor as it
+    /// exits, and a new connection is refused.
     async fn hard_stop(&self, qmp: &mut Qmp) -> Result<String, DriverError> {
-        qmp.execute("quit", None)
-            .await
-            .map_err(|e| self.transient("hard power-off (quit)", e))?;
-        let exited = qmp
-            .closed(Instant::now() + self.qmp_timeout)
+        match qmp.execute("quit", None).await {
+            Ok(_) => {}
+            // QEMU may exit before its reply reaches us (over TCP the reply
+            // can be lost to a connection reset); the checks below decide.
+            Err(QmpError::Closed | QmpError::Io(_)) => {}
+            Err(e) => return Err(self.transient("hard power-off (quit)", e)),
+        }
+        let deadline = Instant::now() + self.qmp_timeout;
+        let closed = qmp
+            .closed(deadline)
             .await
             .map_err(|e| self.transient("waiting for QEMU to exit", e))?;
-        if !exited {
+        if !closed || !self.gone_by(deadline).await {
             return Err(DriverError::Transient(format!(
-                "QEMU on {} accepted quit but was still running after {:?}",
+                "QEMU on {} was told to quit but was still running after {:?}",
                 self.endpoint, self.qmp_timeout
             )));
         }
         // QEMU announces its own exit; keep its words for the record.
-        let mut reason = "host-qmp-quit".to_string();
+        let mut reason = None;
         while let Ok(Some(e)) = qmp.next_event(Instant::now()).await {
             if e.name == "SHUTDOWN" {
-                reason = e.data["reason"].as_str().unwrap_or("?").to_string();
+                reason = e.data["reason"].as_str().map(str::to_string);
             }
         }
-        Ok(format!("quit: QEMU exited (reason={reason})"))
+        Ok(match reason {
+            Some(r) => format!("quit: QEMU exited (SHUTDOWN guest=false reason={r})"),
+            None => "quit: QEMU exited".to_string(),
+        })
+    }
+
+    /// True once connecting is refused (or the socket is removed) before
+    /// `deadline`: the QEMU process has exited.
+    async fn gone_by(&self, deadline: Instant) -> bool {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match Qmp::connect(&self.endpoint, left.max(Duration::from_millis(10))).await {
+                Err(QmpError::Unreachable { .. }) => return true,
+                // Still listening while it shuts down, or it is another
+                // client's turn: look again shortly.
+                _ if Instant::now() + Duration::from_millis(20) < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return false,
+            }
+        }
     }
 
     fn transient(&self, during: &str, e: QmpError) -> DriverError {
