@@ -96,8 +96,9 @@ impl Hypervisor for FakeHypervisor {
         })
     }
 
+    /// The simulator keeps no state between calls.
     fn power_state(&self, _instance: Uuid) -> BoxFuture<'_, Result<PowerState, DriverError>> {
-        Box::pin(async { Ok(PowerState::Running) })
+        Box::pin(async { Ok(PowerState::NoState) })
     }
 }
 
