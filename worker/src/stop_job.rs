@@ -44,8 +44,9 @@ pub struct JobContext {
     pub publisher: Arc<Publisher>,
     pub worker_id: String,
     pub lease: Duration,
-    /// At least this long for a power-off; see [`run`].
+    /// A safety net for one power-off, stretched to the driver's own bound.
     pub power_off_timeout: Duration,
+    /// The worker's shutdown timings; an instance's address may override them.
     pub drivers: DriverSettings,
 }
 
