@@ -2,13 +2,16 @@
 //! inspect shutoff. Every argument is checked before anything is written.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use shutoff_core::config::Common;
 use shutoff_core::ids::ProjectId;
-use shutoff_core::state::VM_STATES;
+use shutoff_core::state::{PowerState, VM_STATES};
 use shutoff_core::store::{self, admin, reads};
+use shutoff_worker::hypervisor::DriverError;
+use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(name = "shutoff-admin", version, about = "Set up and inspect shutoff")]
@@ -103,9 +106,17 @@ enum ServerCommand {
         not_launched: bool,
         #[arg(long)]
         locked: bool,
-        /// Hypervisor address, e.g. fake://?delay_ms=200 or fake://?fail=always.
+        /// Hypervisor address: the simulator (fake://?delay_ms=200,
+        /// fake://?fail=always) or a QEMU VM's QMP monitor
+        /// (qmp+unix:///run/vm1.qmp, qmp+tcp://127.0.0.1:4444, optionally
+        /// with ?shutdown_timeout=SECS).
         #[arg(long, default_value = "fake://")]
         hypervisor: String,
+        /// Register without asking the hypervisor. By default the address
+        /// must reach the VM, and a running VM must be registered active and
+        /// a shut-off one stopped.
+        #[arg(long)]
+        no_verify: bool,
         #[arg(long, default_value = "sim-1")]
         host: String,
     },
@@ -123,11 +134,32 @@ async fn existing_project(pool: &sqlx::PgPool, s: &str) -> anyhow::Result<Projec
     Ok(id)
 }
 
-/// The worker's own driver lookup decides what a valid address is.
-fn check_hypervisor(address: &str) -> anyhow::Result<()> {
-    shutoff_worker::hypervisor::driver_for(address)
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("{e}"))
+/// The worker's own driver lookup decides what a valid address is; unless
+/// `verify` is off, the VM must also answer, in a power state that matches
+/// the vm_state it is registered with.
+async fn check_hypervisor(address: &str, vm_state: &str, verify: bool) -> anyhow::Result<()> {
+    let driver =
+        shutoff_worker::hypervisor::driver_for(address).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !verify {
+        return Ok(());
+    }
+    let state = tokio::time::timeout(Duration::from_secs(15), driver.power_state(Uuid::nil()))
+        .await
+        .unwrap_or_else(|_| Err(DriverError::Transient("no answer within 15 s".into())))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the VM at {address}: {e} (--no-verify registers it anyway)"
+            )
+        })?;
+    match (vm_state, state) {
+        ("active", PowerState::Shutdown | PowerState::Crashed) => bail!(
+            "the VM at {address} is not running ({state:?}): start it, register it with --vm-state stopped, or use --no-verify"
+        ),
+        ("stopped", PowerState::Running) => bail!(
+            "the VM at {address} is running but would be registered stopped: use --vm-state active, or --no-verify"
+        ),
+        _ => Ok(()),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -211,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     not_launched,
                     locked,
                     hypervisor,
+                    no_verify,
                     host,
                 },
         } => {
@@ -223,7 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if name.trim().is_empty() || name.len() > 255 {
                 bail!("server name must be 1 to 255 characters");
             }
-            check_hypervisor(&hypervisor)?;
+            check_hypervisor(&hypervisor, &vm_state, !no_verify).await?;
             let project = existing_project(&pool, &project).await?;
             let mut s = admin::NewServer::new(&project, &name);
             s.user_id = user;

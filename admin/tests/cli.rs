@@ -197,3 +197,61 @@ async fn bad_arguments_are_refused_and_change_nothing(pool: PgPool) {
     assert_eq!(count(&env, "tokens").await, 0);
     assert_eq!(count(&env, "instances").await, 0);
 }
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_running_qemu_vm_is_registered_by_its_qmp_address_once_it_answers(pool: PgPool) {
+    use shutoff_worker::testing::{Guest, TestVm, can_run};
+    if !can_run(Guest::None) {
+        return;
+    }
+    let env = TestEnv::new(pool);
+    let project = stdout(&admin(&env, &["project", "create", "--name", "demo"]));
+    let mut vm = TestVm::start(Guest::None, &[]).await;
+    let create = |address: &str, extra: &[&str]| {
+        let mut args = vec![
+            "server",
+            "create",
+            "--project",
+            &project,
+            "--name",
+            "vm",
+            "--host",
+            "qemu-1",
+            "--hypervisor",
+            address,
+        ];
+        args.extend_from_slice(extra);
+        admin(&env, &args)
+    };
+
+    refused(
+        &create("qmp+unix://relative/vm.qmp", &[]),
+        "must be absolute",
+    );
+    refused(
+        &create("qmp+unix:///nonexistent/vm.qmp", &[]),
+        "cannot reach the VM",
+    );
+    refused(
+        &create(&vm.address(""), &["--vm-state", "stopped"]),
+        "is running",
+    );
+    assert_eq!(count(&env, "instances").await, 0);
+
+    let address = vm.address("?shutdown_timeout=5");
+    let id = stdout(&create(&address, &[]));
+    let later = stdout(&create("qmp+unix:///nonexistent/vm.qmp", &["--no-verify"]));
+
+    let stored: String =
+        sqlx::query_scalar("SELECT hypervisor FROM instances WHERE uuid = $1::uuid")
+            .bind(&id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, address);
+    assert_eq!(later.len(), 36);
+    assert!(
+        vm.exit_status().is_none(),
+        "registering leaves the VM alone"
+    );
+}

@@ -7,8 +7,10 @@
 //!   off, record the result, then ack.
 //! - [`group_commit`]: claims and successes of concurrent jobs share one
 //!   statement and commit.
-//! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator).
+//! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator,
+//!   `qmp+unix://` and `qmp+tcp://` for QEMU).
 //! - [`health`]: `/healthz` and `/readyz` on a small port.
+//! - `testing` (feature `test-support`): real QEMU VMs for tests.
 
 pub mod consumer;
 pub mod group_commit;
@@ -16,6 +18,8 @@ pub mod health;
 pub mod hypervisor;
 pub mod settings;
 pub mod stop_job;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod worker;
 
 pub use settings::Settings;

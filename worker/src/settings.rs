@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use shutoff_core::config::Common;
 
+use crate::hypervisor::DriverSettings;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "shutoff-worker", version, about = "shutoff's stop worker")]
 pub struct Settings {
@@ -31,9 +33,31 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_LEASE_SECS", default_value_t = 30)]
     pub lease_secs: u64,
 
-    /// Longest a single power-off may take before it counts as a (transient) failure.
+    /// Longest a single power-off may take before it counts as a (transient)
+    /// failure. A safety net for a driver that hangs: it is stretched per
+    /// instance to the driver's own bound (for QEMU: the shutdown timeout
+    /// plus seven QMP timeouts), so it never cuts a clean shutdown short.
     #[arg(long, env = "SHUTOFF_POWER_OFF_TIMEOUT_SECS", default_value_t = 120)]
     pub power_off_timeout_secs: u64,
+
+    /// How long a guest has to shut down after the ACPI power button before
+    /// the hard power-off (Nova's `shutdown_timeout`); 0 powers off at once.
+    /// An instance's address may override it (`?shutdown_timeout=SECS`).
+    #[arg(long, env = "SHUTOFF_SHUTDOWN_TIMEOUT_SECS", default_value_t = 60)]
+    pub shutdown_timeout_secs: u64,
+
+    /// The power button is pressed again this often while waiting: a guest
+    /// that is still booting ignores it (Nova's `SHUTDOWN_RETRY_INTERVAL`).
+    #[arg(long, env = "SHUTOFF_SHUTDOWN_RETRY_INTERVAL_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub shutdown_retry_interval_secs: u64,
+
+    /// Longest wait for any single answer from a QEMU monitor (connect,
+    /// greeting, command reply, QEMU exiting after `quit`); a monitor that
+    /// stays silent longer fails the attempt, and the retry policy retries.
+    #[arg(long, env = "SHUTOFF_QMP_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub qmp_timeout_secs: u64,
 
     /// After SIGTERM, how long in-flight jobs may take to finish before the
     /// rest are returned to the queue.
@@ -65,6 +89,14 @@ impl Settings {
 
     pub fn power_off_timeout(&self) -> Duration {
         Duration::from_secs(self.power_off_timeout_secs.max(1))
+    }
+
+    pub fn drivers(&self) -> DriverSettings {
+        DriverSettings {
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            shutdown_retry_interval: Duration::from_secs(self.shutdown_retry_interval_secs.max(1)),
+            qmp_timeout: Duration::from_secs(self.qmp_timeout_secs.max(1)),
+        }
     }
 
     pub fn grace(&self) -> Duration {

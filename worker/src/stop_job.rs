@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::group_commit::JobStore;
-use crate::hypervisor::{DriverError, driver_for};
+use crate::hypervisor::{DriverError, DriverSettings, driver_with};
 
 /// A single database call may not hang longer than this.
 const DB_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,8 +45,11 @@ pub struct JobContext {
     pub publisher: Arc<Publisher>,
     pub worker_id: String,
     pub lease: Duration,
+    /// A safety net for one power-off, stretched to the driver's own bound.
     pub power_off_timeout: Duration,
-    /// Claims and successes, group-committed.
+    /// The worker's shutdown timings; an instance's address may override them.
+    pub drivers: DriverSettings,
+    /// Claims, lease renewals and successes, group-committed.
     pub store: JobStore,
 }
 
@@ -57,6 +60,7 @@ impl JobContext {
         worker_id: String,
         lease: Duration,
         power_off_timeout: Duration,
+        drivers: DriverSettings,
     ) -> Self {
         let store = JobStore::new(pool.clone(), worker_id.clone(), lease);
         JobContext {
@@ -65,6 +69,7 @@ impl JobContext {
             worker_id,
             lease,
             power_off_timeout,
+            drivers,
             store,
         }
     }
@@ -146,29 +151,30 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
         max_attempts = job.max_attempts,
         "powering off"
     );
-    let outcome = match driver_for(&job.hypervisor) {
+    let outcome = match driver_with(&job.hypervisor, &ctx.drivers) {
         Err(e) => Err(e),
         Ok(driver) => {
             let heartbeat = keep_lease(ctx, &job);
-            let result =
-                tokio::time::timeout(ctx.power_off_timeout, driver.power_off(job.instance_uuid))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(DriverError::Transient(format!(
-                            "power-off did not finish within {:?}",
-                            ctx.power_off_timeout
-                        )))
-                    });
+            // A safety net for a hung driver, never shorter than the
+            // driver's own bound (a long clean-shutdown wait runs its course).
+            let timeout = ctx.power_off_timeout.max(driver.longest_power_off());
+            let result = tokio::time::timeout(timeout, driver.power_off(job.instance_uuid))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DriverError::Transient(format!(
+                        "power-off did not finish within {timeout:?}"
+                    )))
+                });
             drop(heartbeat);
             result
         }
     };
     let recorded = match &outcome {
-        Ok(power_state) => {
+        Ok(stopped) => {
             let success = Success {
                 job: job.clone(),
-                power_state: power_state.as_i16(),
-                details: None,
+                power_state: stopped.power_state.as_i16(),
+                details: Some(stopped.details()),
             };
             db_retry("record success", || ctx.store.succeed(success.clone())).await
         }
@@ -192,7 +198,12 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
     match recorded {
         Ok(true) => {
             match &outcome {
-                Ok(_) => tracing::info!(attempt = job.attempts, "stopped"),
+                Ok(s) => tracing::info!(
+                    attempt = job.attempts,
+                    how = %s.how,
+                    elapsed_ms = s.elapsed.as_millis() as u64,
+                    "stopped"
+                ),
                 Err(e) => tracing::warn!(error = %e, "stop failed; fault recorded"),
             }
             Disposition::Ack

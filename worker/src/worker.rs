@@ -53,6 +53,7 @@ impl Worker {
             worker_id,
             settings.lease(),
             settings.power_off_timeout(),
+            settings.drivers(),
         ));
         Ok(Worker {
             settings,

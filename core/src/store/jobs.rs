@@ -261,18 +261,20 @@ pub struct Success {
     pub details: Option<String>,
 }
 
-/// Records a successful power-off: instance stopped, event Success, job
-/// succeeded, in one statement. False if our lease was taken over meanwhile
-/// (then the new holder decides, and we must not).
+/// Records a successful power-off: instance stopped, event Success with
+/// `details` (how the VM went off), job succeeded, in one statement. False
+/// if our lease was taken over meanwhile (then the new holder decides, and
+/// we must not).
 pub async fn succeed(
     pool: &PgPool,
     job: &ClaimedJob,
     power_state: i16,
+    details: &str,
 ) -> Result<bool, sqlx::Error> {
     let one = Success {
         job: job.clone(),
         power_state,
-        details: None,
+        details: Some(details.to_string()),
     };
     Ok(succeed_many(pool, std::slice::from_ref(&one)).await?[0])
 }

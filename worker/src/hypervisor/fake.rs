@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use shutoff_core::state::PowerState;
 use uuid::Uuid;
 
-use super::{DriverError, Hypervisor};
+use super::{DriverError, Hypervisor, StopMethod, Stopped};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeHypervisor {
@@ -65,8 +65,9 @@ impl FakeHypervisor {
 }
 
 impl Hypervisor for FakeHypervisor {
-    fn power_off(&self, instance: Uuid) -> BoxFuture<'_, Result<PowerState, DriverError>> {
+    fn power_off(&self, instance: Uuid) -> BoxFuture<'_, Result<Stopped, DriverError>> {
         Box::pin(async move {
+            let start = tokio::time::Instant::now();
             tokio::time::sleep(self.delay).await;
             match self.fail {
                 Fail::Always => {
@@ -86,8 +87,18 @@ impl Hypervisor for FakeHypervisor {
                     "simulated transient failure powering off {instance}"
                 )));
             }
-            Ok(PowerState::Shutdown)
+            Ok(Stopped {
+                power_state: PowerState::Shutdown,
+                how: StopMethod::Simulated,
+                elapsed: start.elapsed(),
+                note: "no VM behind fake://".into(),
+            })
         })
+    }
+
+    /// The simulator keeps no state between calls.
+    fn power_state(&self, _instance: Uuid) -> BoxFuture<'_, Result<PowerState, DriverError>> {
+        Box::pin(async { Ok(PowerState::NoState) })
     }
 }
 
@@ -112,9 +123,10 @@ mod tests {
     #[tokio::test]
     async fn powers_off_or_fails_as_configured() {
         let id = Uuid::new_v4();
+        let stopped = driver_for("fake://").unwrap().power_off(id).await.unwrap();
         assert_eq!(
-            driver_for("fake://").unwrap().power_off(id).await,
-            Ok(PowerState::Shutdown)
+            (stopped.power_state, stopped.how),
+            (PowerState::Shutdown, StopMethod::Simulated)
         );
         assert!(matches!(
             driver_for("fake://?fail=always")

@@ -1,8 +1,17 @@
 //! Hypervisor drivers behind one trait, chosen by each instance's address:
-//! `fake://...` is the built-in simulator; a real driver (QEMU) plugs in by
-//! adding a scheme to [`driver_for`].
+//!
+//! - `fake://...`: the built-in simulator ([`fake`]).
+//! - `qmp+unix:///path/to/vm.qmp` and `qmp+tcp://HOST:PORT`: a QEMU VM driven
+//!   over its QMP monitor ([`qemu`], on the client in [`qmp`]), stopped the
+//!   way Nova's libvirt driver does: power button first, hard power-off after
+//!   the shutdown timeout.
 
 pub mod fake;
+pub mod qemu;
+pub mod qmp;
+
+use std::fmt;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use shutoff_core::state::PowerState;
@@ -18,19 +27,130 @@ pub enum DriverError {
     Permanent(String),
 }
 
+/// A finished power-off, for the instance record and the action event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stopped {
+    /// Read back from the hypervisor after the stop (Nova's
+    /// `_get_power_state` after `power_off`).
+    pub power_state: PowerState,
+    pub how: StopMethod,
+    /// From the start of the driver call to the VM being off.
+    pub elapsed: Duration,
+    /// One line for the event's `details`, after `how` and `elapsed`: what
+    /// the hypervisor said.
+    pub note: String,
+}
+
+/// How the VM went off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMethod {
+    /// The guest shut itself down after the power button (`SHUTDOWN` with
+    /// `"guest": true`).
+    Clean,
+    /// Hard power-off: the guest did not shut down in time (or the clean
+    /// shutdown was skipped), and QEMU was told to `quit`.
+    Forced,
+    /// It was off (or gone) before we did anything.
+    AlreadyOff,
+    /// The simulator.
+    Simulated,
+}
+
+impl StopMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMethod::Clean => "clean",
+            StopMethod::Forced => "forced",
+            StopMethod::AlreadyOff => "already-off",
+            StopMethod::Simulated => "simulated",
+        }
+    }
+}
+
+impl Stopped {
+    /// The action event's `details`, e.g. `clean shutdown in 0.031 s:
+    /// SHUTDOWN guest=true reason=guest-shutdown after 1 power-button press`.
+    pub fn details(&self) -> String {
+        let what = match self.how {
+            StopMethod::Clean => "clean shutdown",
+            StopMethod::Forced => "forced power-off",
+            StopMethod::AlreadyOff => "already off",
+            StopMethod::Simulated => "simulated power-off",
+        };
+        format!(
+            "{what} in {:.3} s: {}",
+            self.elapsed.as_secs_f64(),
+            self.note
+        )
+    }
+}
+
+impl fmt::Display for StopMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Worker-wide driver settings; an instance's address may override some
+/// (see [`qemu`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverSettings {
+    /// How long a guest has to shut down cleanly before the hard power-off
+    /// (Nova's `shutdown_timeout`); zero powers off at once.
+    pub shutdown_timeout: Duration,
+    /// The power button is pressed again this often while waiting, because
+    /// a guest ignores presses while it boots (Nova's
+    /// `SHUTDOWN_RETRY_INTERVAL`).
+    pub shutdown_retry_interval: Duration,
+    /// Longest wait for any single QMP answer (connect, greeting, reply, or
+    /// QEMU exiting after `quit`).
+    pub qmp_timeout: Duration,
+}
+
+impl Default for DriverSettings {
+    fn default() -> Self {
+        DriverSettings {
+            shutdown_timeout: Duration::from_secs(60),
+            shutdown_retry_interval: Duration::from_secs(10),
+            qmp_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 pub trait Hypervisor: Send + Sync {
     /// Powers the VM off and returns the power state read back afterwards.
     /// "Already off" and "no such domain" are success, as in Nova.
-    fn power_off(&self, instance: Uuid) -> BoxFuture<'_, Result<PowerState, DriverError>>;
+    fn power_off(&self, instance: Uuid) -> BoxFuture<'_, Result<Stopped, DriverError>>;
+
+    /// Reads the power state without changing anything (an operator's check
+    /// that an address reaches a VM).
+    fn power_state(&self, instance: Uuid) -> BoxFuture<'_, Result<PowerState, DriverError>>;
+
+    /// The longest [`Hypervisor::power_off`] takes when it runs its course,
+    /// clean-shutdown wait included: the worker's own power-off timeout is
+    /// stretched to at least this, so it only cuts off a driver that hangs.
+    fn longest_power_off(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// The driver for an instance's hypervisor address, with the worker's
+/// default settings.
+pub fn driver_for(address: &str) -> Result<Box<dyn Hypervisor>, DriverError> {
+    driver_with(address, &DriverSettings::default())
 }
 
 /// The driver for an instance's hypervisor address.
-pub fn driver_for(address: &str) -> Result<Box<dyn Hypervisor>, DriverError> {
+pub fn driver_with(
+    address: &str,
+    settings: &DriverSettings,
+) -> Result<Box<dyn Hypervisor>, DriverError> {
     let url = url::Url::parse(address).map_err(|e| {
         DriverError::Permanent(format!("invalid hypervisor address {address:?}: {e}"))
     })?;
     match url.scheme() {
         "fake" => Ok(Box::new(fake::FakeHypervisor::from_url(&url)?)),
+        "qmp+unix" | "qmp+tcp" => Ok(Box::new(qemu::QemuHypervisor::from_url(&url, settings)?)),
         other => Err(DriverError::Permanent(format!(
             "no hypervisor driver for scheme {other:?}"
         ))),

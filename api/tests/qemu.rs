@@ -1,0 +1,113 @@
+//! The whole system with real VMs: the API accepts `os-stop`, the worker
+//! drives QEMU over QMP, and the servers end SHUTOFF with power state 4, the
+//! instance action saying how each went off.
+//!
+//! Skipped with a message when QEMU or the test guest is missing, unless
+//! `CI` is set (`.ci/run` installs QEMU and builds the guest).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::spawn;
+use serde_json::Value;
+use shutoff_worker::testing::{Guest, TestVm, can_run};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Booting the guest under TCG takes 3-5 s on an idle machine.
+const BOOT: Duration = Duration::from_secs(90);
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn stopping_real_vms_through_the_api_ends_shutoff_cleanly_or_by_force(pool: PgPool) {
+    if !can_run(Guest::Linux) {
+        return;
+    }
+    let app = spawn(pool).await;
+    let mut guest = TestVm::start(Guest::Linux, &[]).await;
+    let mut bare = TestVm::start(Guest::None, &[]).await;
+    assert!(guest.ready(BOOT).await, "{}", guest.console());
+    let clean = app
+        .server_with(|s| {
+            s.hypervisor = guest.address("");
+            s.host = "qemu-1".into();
+        })
+        .await;
+    // No guest hears the button: forced after the instance's own 2 s.
+    let forced = app
+        .server_with(|s| {
+            s.hypervisor = bare.address("?shutdown_timeout=2");
+            s.host = "qemu-1".into();
+        })
+        .await;
+
+    let t = Instant::now();
+    let mut requests = Vec::new();
+    for id in [clean, forced] {
+        let resp = app.stop(id).await;
+        assert_eq!(resp.status().as_u16(), 202);
+        requests.push(
+            resp.headers()["x-compute-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+
+    let mut took = Vec::new();
+    for id in [clean, forced] {
+        let server = shutoff(&app, id, Duration::from_secs(60)).await;
+        took.push(t.elapsed());
+        assert_eq!(server["status"], "SHUTOFF", "{server}");
+        assert_eq!(server["OS-EXT-STS:power_state"], 4);
+        assert_eq!(server["OS-EXT-STS:task_state"], Value::Null);
+    }
+    eprintln!(
+        "timing: API to SHUTOFF: clean {:?}, forced {:?}",
+        took[0], took[1]
+    );
+
+    let clean_event = stop_event(&app, clean, &requests[0]).await;
+    let forced_event = stop_event(&app, forced, &requests[1]).await;
+    assert_eq!(clean_event["result"], "Success");
+    let details = clean_event["details"].as_str().unwrap();
+    assert!(details.starts_with("clean shutdown in "), "{details}");
+    assert!(details.contains("SHUTDOWN guest=true"), "{details}");
+    assert_eq!(forced_event["result"], "Success");
+    let details = forced_event["details"].as_str().unwrap();
+    assert!(details.starts_with("forced power-off in 2."), "{details}");
+    assert!(details.contains("reason=host-qmp-quit"), "{details}");
+    assert!(took[0] < Duration::from_secs(10), "{:?}", took[0]);
+    assert!(took[1] >= Duration::from_secs(2), "{:?}", took[1]);
+
+    assert!(guest.exited(Duration::from_secs(10)).await.is_some());
+    assert!(bare.exited(Duration::from_secs(10)).await.is_some());
+    app.shut_down().await;
+}
+
+/// Polls the server until SHUTOFF (or the timeout) and returns it.
+async fn shutoff(app: &common::TestApp, id: Uuid, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let resp = app.get(&format!("/v2/{}/servers/{id}", app.project)).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        let doc: Value = resp.json().await.unwrap();
+        if doc["server"]["status"] == "SHUTOFF" || Instant::now() > deadline {
+            return doc["server"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop_event(app: &common::TestApp, id: Uuid, request_id: &str) -> Value {
+    let doc: Value = app
+        .get(&format!(
+            "/v2/{}/servers/{id}/os-instance-actions/{request_id}",
+            app.project
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    doc["instanceAction"]["events"][0].clone()
+}
