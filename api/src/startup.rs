@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::ApiMetrics;
 use crate::relay::{self, Relay};
 use crate::settings::Settings;
 use crate::token_cache::TokenCache;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Validated tokens, briefly, by SHA-256.
     pub tokens: Arc<TokenCache>,
+    /// What `GET /metrics` shows.
+    pub metrics: ApiMetrics,
 }
 
 pub struct Application {
@@ -59,7 +62,8 @@ impl Application {
             settings.common.topology(),
             BrokerTimeouts::default(),
         );
-        let (relay, confirmed) = Relay::new(pool.clone(), publisher.clone());
+        let metrics = ApiMetrics::new();
+        let (relay, confirmed) = Relay::new(pool.clone(), publisher.clone(), metrics.clone());
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -72,6 +76,7 @@ impl Application {
             tokens: Arc::new(TokenCache::new(Duration::from_secs(
                 settings.token_cache_secs,
             ))),
+            metrics,
         };
         Ok(Application {
             listener,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::broker::Topology;
+use crate::telemetry::LogFormat;
 
 /// PostgreSQL on a developer machine of ours.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shutoff";
@@ -92,6 +93,16 @@ pub struct Common {
         default_value_t = 32
     )]
     pub db_max_connections: u32,
+
+    /// How the API and the worker write log lines (`RUST_LOG` sets the filter).
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTOFF_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
 }
 
 impl Common {

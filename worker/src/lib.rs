@@ -6,11 +6,13 @@
 //! - [`stop_job`]: one job, end to end: claim it in PostgreSQL, power the VM
 //!   off, record the result, then ack.
 //! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator).
-//! - [`health`]: `/healthz` and `/readyz` on a small port.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on a small port.
+//! - [`metrics`]: job counters, power-off durations, jobs in flight.
 
 pub mod consumer;
 pub mod health;
 pub mod hypervisor;
+pub mod metrics;
 pub mod settings;
 pub mod stop_job;
 pub mod worker;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::hypervisor::{DriverError, driver_for};
+use crate::metrics::WorkerMetrics;
 
 /// A single database call may not hang longer than this.
 const DB_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,6 +46,7 @@ pub struct JobContext {
     pub worker_id: String,
     pub lease: Duration,
     pub power_off_timeout: Duration,
+    pub metrics: WorkerMetrics,
 }
 
 /// Handles one message body. `shutdown` is watched only before the power-off
@@ -54,16 +56,22 @@ pub async fn handle(ctx: &JobContext, body: &[u8], shutdown: &CancellationToken)
         Ok(m) => m,
         Err(e) => return Disposition::DeadLetter(format!("unparseable message: {e}")),
     };
-    let span = tracing::info_span!(
+    let span = job_span(&ctx.worker_id, &message);
+    handle_message(ctx, message, shutdown)
+        .instrument(span)
+        .await
+}
+
+/// The span of every log line about one job: its request id, job, instance
+/// and this worker.
+pub fn job_span(worker_id: &str, message: &StopJob) -> tracing::Span {
+    tracing::info_span!(
         "job",
         request_id = %message.request_id,
         job.id = %message.job_id,
         instance.uuid = %message.instance_uuid,
-        worker = %ctx.worker_id,
-    );
-    handle_message(ctx, message, shutdown)
-        .instrument(span)
-        .await
+        worker = %worker_id,
+    )
 }
 
 async fn handle_message(
@@ -102,7 +110,12 @@ async fn handle_message(
             })
             .await
             {
-                Ok(_) => Disposition::Ack,
+                Ok(recorded) => {
+                    if recorded {
+                        ctx.metrics.failed.inc();
+                    }
+                    Disposition::Ack
+                }
                 Err(_) => Disposition::Requeue,
             }
         }
@@ -118,6 +131,7 @@ async fn handle_message(
 
 /// Powers the VM off under our lease and records the outcome.
 async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
+    ctx.metrics.started.inc();
     tracing::info!(
         attempt = job.attempts,
         max_attempts = job.max_attempts,
@@ -127,6 +141,7 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
         Err(e) => Err(e),
         Ok(driver) => {
             let heartbeat = keep_lease(ctx, &job);
+            let started = std::time::Instant::now();
             let result =
                 tokio::time::timeout(ctx.power_off_timeout, driver.power_off(job.instance_uuid))
                     .await
@@ -137,6 +152,8 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
                         )))
                     });
             drop(heartbeat);
+            ctx.metrics
+                .power_off_done(&job.hypervisor, &result, started.elapsed());
             result
         }
     };
@@ -165,8 +182,14 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
     match recorded {
         Ok(true) => {
             match &outcome {
-                Ok(_) => tracing::info!(attempt = job.attempts, "stopped"),
-                Err(e) => tracing::warn!(error = %e, "stop failed; fault recorded"),
+                Ok(_) => {
+                    ctx.metrics.succeeded.inc();
+                    tracing::info!(attempt = job.attempts, "stopped")
+                }
+                Err(e) => {
+                    ctx.metrics.failed.inc();
+                    tracing::warn!(error = %e, "stop failed; fault recorded")
+                }
             }
             Disposition::Ack
         }
@@ -199,6 +222,7 @@ async fn retry_later(ctx: &JobContext, job: &ClaimedJob, error: &str) -> Disposi
     };
     match ctx.publisher.publish_to(&queue, &job.message()).await {
         Ok(()) => {
+            ctx.metrics.retried.inc();
             tracing::info!(attempt = job.attempts, error, retry_queue = %queue, "transient failure; retrying after back-off");
             Disposition::Ack
         }
@@ -224,7 +248,7 @@ fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> LeaseKeeper {
     let pool = ctx.pool.clone();
     let job = job.clone();
     let lease = ctx.lease;
-    LeaseKeeper(tokio::spawn(async move {
+    let renew = async move {
         loop {
             tokio::time::sleep(lease / 3).await;
             match tokio::time::timeout(DB_CALL_TIMEOUT, jobs::heartbeat(&pool, &job, lease)).await {
@@ -236,7 +260,9 @@ fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> LeaseKeeper {
                 _ => tracing::debug!(job.id = %job.id, "lease renewal failed; will retry"),
             }
         }
-    }))
+    };
+    // In the job's span, so its lines carry the request id too.
+    LeaseKeeper(tokio::spawn(renew.instrument(tracing::Span::current())))
 }
 
 /// Runs a database call until it succeeds. While PostgreSQL is unreachable it
