@@ -35,7 +35,8 @@ pub struct Common {
     )]
     pub amqp_url: String,
 
-    /// Prefix of every queue name; give each deployment (or test) its own.
+    /// Prefix of every queue name (`<prefix>.stop`, `.stop.dead`, `.stop.retry.<ms>ms`);
+    /// give each deployment (or test) its own.
     #[arg(
         long,
         global = true,
@@ -63,7 +64,7 @@ pub struct Common {
     )]
     pub retry_delays_ms: Vec<u64>,
 
-    /// Attempts per stop (the first one included) before it is recorded as failed.
+    /// Attempts per stop (the first one included, 1 to 100) before it is recorded as failed.
     #[arg(long, global = true, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub max_attempts: i32,
 
