@@ -144,7 +144,10 @@ async fn the_relay_backlog_counts_stops_committed_while_the_broker_is_away(pool:
     );
     let text = scrape(&app).await;
     assert_eq!(sample(&text, "shutoff_jobs_accepted_total"), Some(2.0));
-    assert_eq!(sample(&text, "shutoff_jobs_publish_failures_total"), Some(2.0));
+    assert_eq!(
+        sample(&text, "shutoff_jobs_publish_failures_total"),
+        Some(2.0)
+    );
     assert_eq!(
         sample(&text, r#"shutoff_jobs_published_total{via="request"}"#),
         None,

@@ -83,10 +83,26 @@ async fn jobs_are_counted_by_outcome_and_power_offs_timed_by_driver_and_outcome(
     let text = scrape(&worker).await;
     assert!(settled, "{text}");
 
-    assert_eq!(sample(&text, "shutoff_jobs_started_total"), Some(5.0), "{text}");
-    assert_eq!(sample(&text, "shutoff_jobs_succeeded_total"), Some(2.0), "{text}");
-    assert_eq!(sample(&text, "shutoff_jobs_failed_total"), Some(2.0), "{text}");
-    assert_eq!(sample(&text, "shutoff_jobs_retried_total"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "shutoff_jobs_started_total"),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "shutoff_jobs_succeeded_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "shutoff_jobs_failed_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "shutoff_jobs_retried_total"),
+        Some(1.0),
+        "{text}"
+    );
     let power_off = |outcome: &str, part: &str| {
         sample(
             &text,
