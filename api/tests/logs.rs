@@ -230,6 +230,16 @@ fn all_carry(who: &str, lines: &[String], rid: &str, expected: &[&str]) {
     }
 }
 
+/// One request of the request-id test and what it must log.
+struct Case {
+    server: Uuid,
+    status: u16,
+    /// The job's final state, when the stop is accepted.
+    settles_as: Option<&'static str>,
+    api_says: &'static [&'static str],
+    worker_says: &'static [&'static str],
+}
+
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn every_log_line_of_a_request_and_of_its_job_carries_the_request_id(pool: PgPool) {
     let run = Run::start(pool, OUR_CODE_AT_DEBUG).await;
@@ -240,29 +250,42 @@ async fn every_log_line_of_a_request_and_of_its_job_carries_the_request_id(pool:
 
     // Each case: one request, then nothing else until its job has settled,
     // so every line written meanwhile belongs to that request or its job.
-    let cases: [(Uuid, u16, Option<&str>, &[&str], &[&str]); 3] = [
-        (
-            healthy,
-            202,
-            Some("succeeded"),
-            &["stop accepted", "response"],
-            &["powering off", "stopped"],
-        ),
-        (
-            flaky,
-            202,
-            Some("failed"),
-            &["stop accepted", "response"],
-            &[
+    let cases = [
+        Case {
+            server: healthy,
+            status: 202,
+            settles_as: Some("succeeded"),
+            api_says: &["stop accepted", "response"],
+            worker_says: &["powering off", "stopped"],
+        },
+        Case {
+            server: flaky,
+            status: 202,
+            settles_as: Some("failed"),
+            api_says: &["stop accepted", "response"],
+            worker_says: &[
                 "powering off",
                 "transient failure; retrying after back-off",
                 "stop failed; fault recorded",
             ],
-        ),
+        },
         // Refused (already stopped): the API's lines only.
-        (healthy, 409, None, &["response"], &[]),
+        Case {
+            server: healthy,
+            status: 409,
+            settles_as: None,
+            api_says: &["response"],
+            worker_says: &[],
+        },
     ];
-    for (server, status, final_state, api_expects, worker_expects) in cases {
+    for Case {
+        server,
+        status,
+        settles_as,
+        api_says,
+        worker_says,
+    } in cases
+    {
         let (api_from, worker_from) = (run.api.line_count(), run.worker.line_count());
         let resp = run
             .client
@@ -277,7 +300,7 @@ async fn every_log_line_of_a_request_and_of_its_job_carries_the_request_id(pool:
             .to_str()
             .unwrap()
             .to_string();
-        if let Some(state) = final_state {
+        if let Some(state) = settles_as {
             let settled = run
                 .env
                 .eventually(Duration::from_secs(20), || async {
@@ -293,13 +316,13 @@ async fn every_log_line_of_a_request_and_of_its_job_carries_the_request_id(pool:
             "shutoff-api",
             &run.api.lines_since(api_from),
             &rid,
-            api_expects,
+            api_says,
         );
         let worker_lines = run.worker.lines_since(worker_from);
-        if worker_expects.is_empty() {
+        if worker_says.is_empty() {
             assert!(worker_lines.is_empty(), "{worker_lines:?}");
         } else {
-            all_carry("shutoff-worker", &worker_lines, &rid, worker_expects);
+            all_carry("shutoff-worker", &worker_lines, &rid, worker_says);
         }
     }
 
