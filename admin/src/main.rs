@@ -1,11 +1,13 @@
 //! `shutoff-admin`: what an operator (or the demo script) needs to set up and
 //! inspect shutoff. Every argument is checked before anything is written.
 
+mod config_doc;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use shutoff_core::config::Common;
 use shutoff_core::ids::ProjectId;
 use shutoff_core::state::{PowerState, VM_STATES};
@@ -45,10 +47,29 @@ enum Command {
     },
     /// List jobs, newest first.
     Jobs {
+        /// Only this server's jobs.
         #[arg(long)]
         instance: Option<uuid::Uuid>,
+        /// At most this many (1 to 10000).
         #[arg(long, default_value_t = 50)]
         limit: i64,
+    },
+    /// Documentation generated from the code.
+    Docs {
+        #[command(subcommand)]
+        command: DocsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DocsCommand {
+    /// Print every flag, environment variable and default of the three
+    /// binaries as Markdown tables (the README's configuration section).
+    Config {
+        /// Write them into this file between the generated-section markers
+        /// instead of printing them.
+        #[arg(long)]
+        write: Option<String>,
     },
 }
 
@@ -56,6 +77,7 @@ enum Command {
 enum ProjectCommand {
     /// Create a project and print its id.
     Create {
+        /// Its name (unique, 1 to 255 characters).
         #[arg(long)]
         name: String,
         /// 32 hex characters (default: random).
@@ -75,10 +97,13 @@ enum Role {
 enum TokenCommand {
     /// Create a token and print it.
     Create {
+        /// The project (32 hex characters) the token acts in.
         #[arg(long)]
         project: String,
+        /// User id recorded on the actions it starts.
         #[arg(long, default_value = "admin")]
         user: String,
+        /// reader: reads only; member: reads and stops; admin: all.
         #[arg(long, value_enum, default_value = "member")]
         role: Role,
         /// Lifetime in seconds.
@@ -91,19 +116,25 @@ enum TokenCommand {
 enum ServerCommand {
     /// Create a server and print its uuid.
     Create {
+        /// The project (32 hex characters) that owns it.
         #[arg(long)]
         project: String,
+        /// Its display name (1 to 255 characters).
         #[arg(long)]
         name: String,
+        /// Owner's user id.
         #[arg(long, default_value = "admin")]
         user: String,
+        /// Nova vm_state to start in (active, stopped, error, ...).
         #[arg(long, default_value = "active")]
         vm_state: String,
+        /// Nova task_state to start in (default: none).
         #[arg(long)]
         task_state: Option<String>,
         /// Leave launched_at NULL.
         #[arg(long)]
         not_launched: bool,
+        /// Locked, as by Nova's lock action: stops are refused with 409.
         #[arg(long)]
         locked: bool,
         /// Hypervisor address: the simulator (fake://?delay_ms=200,
@@ -117,6 +148,7 @@ enum ServerCommand {
         /// a shut-off one stopped.
         #[arg(long)]
         no_verify: bool,
+        /// Compute host name shown in its actions and faults.
         #[arg(long, default_value = "sim-1")]
         host: String,
     },
@@ -163,6 +195,17 @@ async fn check_hypervisor(address: &str, vm_state: &str, verify: bool) -> anyhow
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Docs {
+        command: DocsCommand::Config { write },
+    } = &cli.command
+    {
+        let doc = config_doc::markdown(&Cli::command());
+        match write {
+            Some(path) => config_doc::write(path, &doc)?,
+            None => print!("{doc}"),
+        }
+        return Ok(());
+    }
     if let Command::Migrate = cli.command {
         store::create_and_migrate(&cli.common.database_url).await?;
         println!("migrated");
@@ -191,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "shutoff-admin",
     )?;
     match cli.command {
-        Command::Migrate => unreachable!(),
+        Command::Migrate | Command::Docs { .. } => unreachable!(),
         Command::Project {
             command: ProjectCommand::Create { name, id },
         } => {

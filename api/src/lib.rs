@@ -10,12 +10,14 @@
 //! - [`request_id`]: the `req-<uuid>` every response carries and every log line shows.
 //! - [`relay`]: publishes jobs that were committed but never confirmed by RabbitMQ.
 //! - [`error`]: the one mapping from errors to OpenStack fault bodies.
+//! - [`metrics`]: `GET /metrics` (Prometheus) and the middleware that counts requests.
 
 pub mod acceptor;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod keystone;
+pub mod metrics;
 pub mod relay;
 pub mod request_id;
 pub mod routes;

@@ -18,11 +18,15 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::metrics::{ApiMetrics, PublishPath};
+
 /// Jobs younger than this are left to the request path that created them.
 const MIN_AGE: Duration = Duration::from_secs(2);
 const BATCH: i64 = 500;
 /// Longest one relay pass may take.
 const PASS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the backlog count may take; the gauge keeps its last value otherwise.
+const BACKLOG_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Relay {
     pool: PgPool,
@@ -31,12 +35,14 @@ pub struct Relay {
     wake: Notify,
     /// Confirmed job ids, waiting to be marked `published` in one UPDATE.
     confirmed: mpsc::UnboundedSender<Uuid>,
+    metrics: ApiMetrics,
 }
 
 impl Relay {
     pub fn new(
         pool: PgPool,
         publisher: Arc<Publisher>,
+        metrics: ApiMetrics,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Uuid>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let relay = Arc::new(Relay {
@@ -44,6 +50,7 @@ impl Relay {
             publisher,
             wake: Notify::new(),
             confirmed: tx,
+            metrics,
         });
         (relay, rx)
     }
@@ -53,9 +60,11 @@ impl Relay {
     pub async fn publish_now(&self, job: StopJob) {
         match self.publisher.publish(&job).await {
             Ok(()) => {
+                self.metrics.published(PublishPath::Request, 1);
                 let _ = self.confirmed.send(job.job_id);
             }
             Err(e) => {
+                self.metrics.publish_failures.inc();
                 tracing::warn!(error = %e, job.id = %job.job_id, "publish failed; the relay will publish it");
                 self.wake.notify_one();
             }
@@ -80,6 +89,8 @@ impl Relay {
                     }
                 }
             }
+            self.metrics
+                .published(PublishPath::Relay, done.len() as u64);
             jobs::mark_published(&self.pool, &done).await?;
             total += done.len();
             if done.len() < batch.len() {
@@ -100,6 +111,7 @@ impl Relay {
                 Ok(Err(e)) => tracing::debug!(error = %e, "relay pass failed; will retry"),
                 Err(_) => tracing::warn!("relay pass timed out; will retry"),
             }
+            self.update_backlog().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.wake.notified() => {
@@ -111,6 +123,18 @@ impl Relay {
                 }
                 _ = tokio::time::sleep(interval) => {}
             }
+        }
+    }
+}
+
+impl Relay {
+    /// Sets the backlog gauge, once per pass rather than per scrape, so a
+    /// scraper cannot add load to the database.
+    async fn update_backlog(&self) {
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(BACKLOG_TIMEOUT, jobs::count_queued(&self.pool)).await
+        {
+            self.metrics.relay_backlog.set(n);
         }
     }
 }

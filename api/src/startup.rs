@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::acceptor::Acceptor;
 use crate::auth::Authenticator;
+use crate::metrics::ApiMetrics;
 use crate::relay::{self, Relay};
 use crate::settings::Settings;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Who validates tokens (`--auth`): our table or Keystone, each with its cache.
     pub auth: Arc<Authenticator>,
+    /// What `GET /metrics` shows.
+    pub metrics: ApiMetrics,
 }
 
 pub struct Application {
@@ -63,7 +66,8 @@ impl Application {
             BrokerTimeouts::default(),
         );
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
-        let (relay, confirmed) = Relay::new(pool.clone(), publisher.clone());
+        let metrics = ApiMetrics::new();
+        let (relay, confirmed) = Relay::new(pool.clone(), publisher.clone(), metrics.clone());
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -75,6 +79,7 @@ impl Application {
             max_attempts: settings.common.max_attempts,
             max_body_bytes: settings.max_body_bytes,
             auth,
+            metrics,
         };
         Ok(Application {
             listener,

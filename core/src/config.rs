@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::broker::Topology;
+use crate::telemetry::LogFormat;
 
 /// PostgreSQL on a developer machine of ours.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shutoff";
@@ -34,7 +35,8 @@ pub struct Common {
     )]
     pub amqp_url: String,
 
-    /// Prefix of every queue name; give each deployment (or test) its own.
+    /// Prefix of every queue name (`<prefix>.stop`, `.stop.dead`, `.stop.retry.<ms>ms`);
+    /// give each deployment (or test) its own.
     #[arg(
         long,
         global = true,
@@ -62,7 +64,7 @@ pub struct Common {
     )]
     pub retry_delays_ms: Vec<u64>,
 
-    /// Attempts per stop (the first one included) before it is recorded as failed.
+    /// Attempts per stop (the first one included, 1 to 100) before it is recorded as failed.
     #[arg(long, global = true, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub max_attempts: i32,
 
@@ -92,6 +94,16 @@ pub struct Common {
         default_value_t = 16
     )]
     pub db_max_connections: u32,
+
+    /// How the API and the worker write log lines (`RUST_LOG` sets the filter).
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTOFF_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
 }
 
 impl Common {

@@ -6,7 +6,8 @@
 //! - [`message`]: the job message that travels through RabbitMQ.
 //! - [`store`]: every SQL statement, grouped by who runs it (accept, jobs, admin, reads).
 //! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
-//! - [`telemetry`]: tracing set-up.
+//! - [`telemetry`]: tracing set-up (text or JSON lines).
+//! - [`metrics`]: the registry and exposition behind `GET /metrics`.
 //!
 //! The database is the source of truth; the broker only carries wake-ups for
 //! jobs that are already committed, so losing a message never loses a stop.
@@ -17,6 +18,7 @@ pub mod broker;
 pub mod config;
 pub mod ids;
 pub mod message;
+pub mod metrics;
 pub mod readiness;
 pub mod rescuer;
 pub mod shutdown;

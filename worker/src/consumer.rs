@@ -16,9 +16,11 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::{self, Topology};
+use shutoff_core::message::StopJob;
 use shutoff_core::store::jobs;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::stop_job::{self, Disposition, JobContext};
 
@@ -176,7 +178,20 @@ async fn process(
     queue: String,
     shutdown: CancellationToken,
 ) {
+    let _in_flight = ctx.metrics.in_flight();
     let disposition = stop_job::handle(&ctx, &delivery.data, &shutdown).await;
+    // The ack and dead-letter lines belong to the job as well.
+    let span = match StopJob::from_bytes(&delivery.data) {
+        Ok(message) => stop_job::job_span(&ctx.worker_id, &message),
+        Err(_) => tracing::info_span!("message", worker = %ctx.worker_id),
+    };
+    settle(&ctx, delivery, &queue, disposition)
+        .instrument(span)
+        .await
+}
+
+/// Acks, requeues or dead-letters the delivery as the handler decided.
+async fn settle(ctx: &JobContext, delivery: Delivery, queue: &str, disposition: Disposition) {
     let acked = match disposition {
         Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Disposition::Requeue => {
@@ -189,6 +204,7 @@ async fn process(
                 .await
         }
         Disposition::DeadLetter(reason) => {
+            ctx.metrics.dead_lettered.inc();
             tracing::warn!(%reason, "poison message; dead-lettering it");
             let message_id = delivery
                 .properties
@@ -198,7 +214,7 @@ async fn process(
             let _ = stop_job::db_retry("record dead letter", || {
                 jobs::record_dead_letter(
                     &ctx.pool,
-                    &queue,
+                    queue,
                     &reason,
                     message_id.as_deref(),
                     &delivery.data,

@@ -5,17 +5,19 @@
 //!   deliveries, stops cleanly on SIGTERM.
 //! - [`stop_job`]: one job, end to end: claim it in PostgreSQL, power the VM
 //!   off, record the result, then ack.
-//! - [`group_commit`]: claims and successes of concurrent jobs share one
-//!   statement and commit.
+//! - [`group_commit`]: claims, lease renewals and successes of concurrent
+//!   jobs share one statement and commit.
 //! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator,
 //!   `qmp+unix://` and `qmp+tcp://` for QEMU).
-//! - [`health`]: `/healthz` and `/readyz` on a small port.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on a small port.
+//! - [`metrics`]: job counters, power-off durations, jobs in flight.
 //! - `testing` (feature `test-support`): real QEMU VMs for tests.
 
 pub mod consumer;
 pub mod group_commit;
 pub mod health;
 pub mod hypervisor;
+pub mod metrics;
 pub mod settings;
 pub mod stop_job;
 #[cfg(feature = "test-support")]

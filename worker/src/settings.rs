@@ -24,7 +24,7 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_PREFETCH", default_value_t = 10_000)]
     pub prefetch: u16,
 
-    /// Where `/healthz` and `/readyz` answer.
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
     #[arg(long, env = "SHUTOFF_HEALTH_LISTEN", default_value = "0.0.0.0:8775")]
     pub health_listen: SocketAddr,
 

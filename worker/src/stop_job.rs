@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::group_commit::JobStore;
 use crate::hypervisor::{DriverError, DriverSettings, driver_with};
+use crate::metrics::WorkerMetrics;
 
 /// A single database call may not hang longer than this.
 const DB_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -51,6 +52,7 @@ pub struct JobContext {
     pub drivers: DriverSettings,
     /// Claims, lease renewals and successes, group-committed.
     pub store: JobStore,
+    pub metrics: WorkerMetrics,
 }
 
 impl JobContext {
@@ -61,6 +63,7 @@ impl JobContext {
         lease: Duration,
         power_off_timeout: Duration,
         drivers: DriverSettings,
+        metrics: WorkerMetrics,
     ) -> Self {
         let store = JobStore::new(pool.clone(), worker_id.clone(), lease);
         JobContext {
@@ -71,6 +74,7 @@ impl JobContext {
             power_off_timeout,
             drivers,
             store,
+            metrics,
         }
     }
 }
@@ -82,16 +86,22 @@ pub async fn handle(ctx: &JobContext, body: &[u8], shutdown: &CancellationToken)
         Ok(m) => m,
         Err(e) => return Disposition::DeadLetter(format!("unparseable message: {e}")),
     };
-    let span = tracing::info_span!(
+    let span = job_span(&ctx.worker_id, &message);
+    handle_message(ctx, message, shutdown)
+        .instrument(span)
+        .await
+}
+
+/// The span of every log line about one job: its request id, job, instance
+/// and this worker.
+pub fn job_span(worker_id: &str, message: &StopJob) -> tracing::Span {
+    tracing::info_span!(
         "job",
         request_id = %message.request_id,
         job.id = %message.job_id,
         instance.uuid = %message.instance_uuid,
-        worker = %ctx.worker_id,
-    );
-    handle_message(ctx, message, shutdown)
-        .instrument(span)
-        .await
+        worker = %worker_id,
+    )
 }
 
 async fn handle_message(
@@ -130,7 +140,12 @@ async fn handle_message(
             })
             .await
             {
-                Ok(_) => Disposition::Ack,
+                Ok(recorded) => {
+                    if recorded {
+                        ctx.metrics.failed.inc();
+                    }
+                    Disposition::Ack
+                }
                 Err(_) => Disposition::Requeue,
             }
         }
@@ -146,6 +161,7 @@ async fn handle_message(
 
 /// Powers the VM off under our lease and records the outcome.
 async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
+    ctx.metrics.started.inc();
     tracing::info!(
         attempt = job.attempts,
         max_attempts = job.max_attempts,
@@ -155,6 +171,7 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
         Err(e) => Err(e),
         Ok(driver) => {
             let heartbeat = keep_lease(ctx, &job);
+            let started = std::time::Instant::now();
             // A safety net for a hung driver, never shorter than the
             // driver's own bound (a long clean-shutdown wait runs its course).
             let timeout = ctx.power_off_timeout.max(driver.longest_power_off());
@@ -166,6 +183,8 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
                     )))
                 });
             drop(heartbeat);
+            ctx.metrics
+                .power_off_done(&job.hypervisor, &result, started.elapsed());
             result
         }
     };
@@ -198,13 +217,19 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
     match recorded {
         Ok(true) => {
             match &outcome {
-                Ok(s) => tracing::info!(
-                    attempt = job.attempts,
-                    how = %s.how,
-                    elapsed_ms = s.elapsed.as_millis() as u64,
-                    "stopped"
-                ),
-                Err(e) => tracing::warn!(error = %e, "stop failed; fault recorded"),
+                Ok(s) => {
+                    ctx.metrics.succeeded.inc();
+                    tracing::info!(
+                        attempt = job.attempts,
+                        how = %s.how,
+                        elapsed_ms = s.elapsed.as_millis() as u64,
+                        "stopped"
+                    )
+                }
+                Err(e) => {
+                    ctx.metrics.failed.inc();
+                    tracing::warn!(error = %e, "stop failed; fault recorded")
+                }
             }
             Disposition::Ack
         }
@@ -237,6 +262,7 @@ async fn retry_later(ctx: &JobContext, job: &ClaimedJob, error: &str) -> Disposi
     };
     match ctx.publisher.publish_to(&queue, &job.message()).await {
         Ok(()) => {
+            ctx.metrics.retried.inc();
             tracing::info!(attempt = job.attempts, error, retry_queue = %queue, "transient failure; retrying after back-off");
             Disposition::Ack
         }
@@ -262,7 +288,7 @@ fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> LeaseKeeper {
     let store = ctx.store.clone();
     let job = job.clone();
     let lease = ctx.lease;
-    LeaseKeeper(tokio::spawn(async move {
+    let renew = async move {
         loop {
             tokio::time::sleep(lease / 3).await;
             match tokio::time::timeout(DB_CALL_TIMEOUT, store.heartbeat(&job)).await {
@@ -274,7 +300,9 @@ fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> LeaseKeeper {
                 _ => tracing::debug!(job.id = %job.id, "lease renewal failed; will retry"),
             }
         }
-    }))
+    };
+    // In the job's span, so its lines carry the request id too.
+    LeaseKeeper(tokio::spawn(renew.instrument(tracing::Span::current())))
 }
 
 /// Runs a database call until it succeeds. While PostgreSQL is unreachable it

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, ConsumerSettings};
 use crate::health::{self, Health};
+use crate::metrics::WorkerMetrics;
 use crate::settings::Settings;
 use crate::stop_job::JobContext;
 
@@ -54,6 +55,7 @@ impl Worker {
             settings.lease(),
             settings.power_off_timeout(),
             settings.drivers(),
+            WorkerMetrics::new(),
         ));
         Ok(Worker {
             settings,
@@ -86,6 +88,7 @@ impl Worker {
         let health = health::router(Health {
             pool: ctx.pool.clone(),
             consuming: consuming.clone(),
+            metrics: ctx.metrics.clone(),
         });
         let health_stop = background.clone();
         let health_task = tokio::spawn(async move {

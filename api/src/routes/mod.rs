@@ -52,9 +52,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(crate::metrics::scrape))
         .fallback(|| async { ApiError::NotFound("The resource could not be found.".into()) })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
+        // Outermost, so timed-out and refused requests are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -75,6 +75,7 @@ pub async fn action(
         .acceptor
         .accept(&caller, server, &request_id, state.max_attempts)
         .await?;
+    state.metrics.jobs_accepted.inc();
     tracing::info!(job.id = %job.job_id, instance.uuid = %server, user.id = %caller.user_id, "stop accepted");
     // Committed: from here the stop cannot be lost. Publishing now is the
     // fast path; if it fails the relay publishes it when the broker is back.

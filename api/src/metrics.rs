@@ -1,0 +1,192 @@
+//! The API's metrics, served at `GET /metrics`: requests by route template
+//! and status, jobs accepted and published, and the relay's backlog.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use shutoff_core::metrics::{self as core_metrics, Registry};
+
+use crate::startup::AppState;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: &'static str,
+    /// The matched route template (`/v2/{project_id}/servers`), never the
+    /// raw path: ids in labels would make the series unbounded.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub method: &'static str,
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum PublishPath {
+    /// Right after the commit, by the request that accepted the job.
+    Request,
+    /// Later, by the relay, after the request's own publish failed.
+    Relay,
+}
+
+impl EncodeLabelValue for PublishPath {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let label = match self {
+            PublishPath::Request => "request",
+            PublishPath::Relay => "relay",
+        };
+        EncodeLabelValue::encode(&label, encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    pub via: PublishPath,
+}
+
+/// Every metric of one API process. Cloning shares the counters.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    registry: std::sync::Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<DurationLabels, Histogram>,
+    pub jobs_accepted: Counter,
+    pub jobs_published: Family<PublishLabels, Counter>,
+    pub publish_failures: Counter,
+    /// Jobs committed but not yet marked published, as of the relay's last pass.
+    pub relay_backlog: Gauge,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ApiMetrics {
+    pub fn new() -> Self {
+        let mut registry = core_metrics::registry("shutoff-api");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route template and status",
+            requests.clone(),
+        );
+        let request_duration = Family::<DurationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(core_metrics::REQUEST_BUCKETS)
+        });
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request, by method and route template",
+            prometheus_client::registry::Unit::Seconds,
+            request_duration.clone(),
+        );
+        let jobs_accepted = Counter::default();
+        registry.register(
+            "jobs_accepted",
+            "Stops accepted (202) and committed as jobs",
+            jobs_accepted.clone(),
+        );
+        let jobs_published = Family::<PublishLabels, Counter>::default();
+        registry.register(
+            "jobs_published",
+            "Job messages confirmed by RabbitMQ, by who published them",
+            jobs_published.clone(),
+        );
+        let publish_failures = Counter::default();
+        registry.register(
+            "jobs_publish_failures",
+            "Publishes on the request path that failed, leaving the job to the relay",
+            publish_failures.clone(),
+        );
+        let relay_backlog = Gauge::default();
+        registry.register(
+            "relay_backlog",
+            "Jobs committed but not yet published (state queued), as of the relay's last pass",
+            relay_backlog.clone(),
+        );
+        ApiMetrics {
+            registry: std::sync::Arc::new(registry),
+            requests,
+            request_duration,
+            jobs_accepted,
+            jobs_published,
+            publish_failures,
+            relay_backlog,
+        }
+    }
+
+    pub fn published(&self, via: PublishPath, n: u64) {
+        self.jobs_published
+            .get_or_create(&PublishLabels { via })
+            .inc_by(n);
+    }
+
+    pub fn render(&self) -> String {
+        core_metrics::render(&self.registry)
+    }
+}
+
+/// Route label for requests no route matched (the 404 fallback).
+const UNMATCHED: &str = "unmatched";
+
+/// Counts and times every request, the timed-out and refused ones too.
+pub async fn track(State(metrics): State<ApiMetrics>, req: Request, next: Next) -> Response {
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, |p| p.as_str())
+        .to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    metrics
+        .request_duration
+        .get_or_create(&DurationLabels {
+            method,
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// `GET /metrics`.
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, core_metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// A client may send any method name; only the standard ones become labels.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
