@@ -36,11 +36,13 @@ pub async fn measure(
          INSERT INTO bench_ids SELECT g, gen_random_uuid() FROM generate_series(1, {rows}) g;
          INSERT INTO instances (uuid, project_id, user_id, name, launched_at)
               SELECT uuid, '{project}', 'pgbench', 'vm-' || n, now() FROM bench_ids;
-         CREATE SEQUENCE bench_seq;
-         VACUUM ANALYZE;"
+         CREATE SEQUENCE bench_seq;"
     )))
     .execute(pool)
     .await?;
+    // On its own: VACUUM cannot run inside the implicit transaction of a
+    // multi-statement query.
+    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
 
     let statement = ACCEPT_SQL
         .replace("$1", "(SELECT uuid FROM bench_ids WHERE n = :k)")
