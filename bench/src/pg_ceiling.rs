@@ -60,7 +60,11 @@ pub async fn measure(
         std::env::temp_dir().join(format!("shutoff-bench-{}.sql", std::process::id()));
     std::fs::write(&script_path, script)?;
 
+    // libpq options, not sqlx's URL (which carries sqlx-only parameters).
+    let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
     let out = Command::new("pgbench")
+        .args(["-h", opts.get_host(), "-p", &opts.get_port().to_string()])
+        .args(["-U", opts.get_username()])
         .args([
             "--no-vacuum",
             "--protocol=prepared",
@@ -73,7 +77,7 @@ pub async fn measure(
             "--file",
         ])
         .arg(&script_path)
-        .arg(url)
+        .arg(opts.get_database().unwrap_or("postgres"))
         .stdin(Stdio::null())
         .output()
         .await
