@@ -70,7 +70,7 @@ pub async fn run(target: Target, limit: Option<Duration>) -> Outcome {
                     break;
                 };
                 let url = format!(
-                    "http://{}/v2.1/{}/servers/{server}/action",
+                    "http://{}/v2/{}/servers/{server}/action",
                     target.api, target.project
                 );
                 let sent = Instant::now();
