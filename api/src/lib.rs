@@ -8,10 +8,12 @@
 //! - [`request_id`]: the `req-<uuid>` every response carries and every log line shows.
 //! - [`relay`]: publishes jobs that were committed but never confirmed by RabbitMQ.
 //! - [`error`]: the one mapping from errors to OpenStack fault bodies.
+//! - [`openapi`]: the OpenAPI document generated from the handlers, at `/openapi.json`.
 
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod relay;
 pub mod request_id;
 pub mod routes;

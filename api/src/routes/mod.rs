@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound("The resource could not be found.".into()) })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(crate::request_id::layer))

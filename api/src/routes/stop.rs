@@ -10,7 +10,12 @@ use shutoff_core::store::accept::{Refusal, accept_stop};
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, ServerPath, Unauthorized,
+    Unavailable,
+};
 use crate::startup::AppState;
+use utoipa::ToSchema;
 
 /// The server actions we know. Only `os-stop` today; the parse is where the
 /// next action is added.
@@ -60,6 +65,32 @@ impl<S: Send + Sync> FromRequest<S> for ActionBody {
     }
 }
 
+/// `{"os-stop": null}`: the one action shutoff performs. Nova does not look
+/// at the value.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"os-stop": null}))]
+pub struct StopActionBody {
+    #[serde(rename = "os-stop")]
+    #[schema(required = true)]
+    pub os_stop: Option<serde_json::Value>,
+}
+
+/// Stops a server: commits the stop, queues it and answers 202 at once; the
+/// server reaches SHUTOFF when a worker has powered it off (watch
+/// `GET /v2/{project_id}/servers/{server_id}`).
+#[utoipa::path(
+    post,
+    path = "/v2/{project_id}/servers/{server_id}/action",
+    tag = "servers",
+    params(ServerPath),
+    request_body(content = StopActionBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the stop is committed and queued. No body."),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+    ),
+    security(("token" = [])),
+)]
 pub async fn action(
     State(state): State<AppState>,
     axum::Extension(request_id): axum::Extension<RequestId>,
