@@ -28,6 +28,12 @@ pub enum ApiError {
     /// 413: body larger than the limit; it is not read.
     #[error("Request is too large.")]
     PayloadTooLarge,
+    /// 414: the path and query are longer than the limit.
+    #[error("The request URI is too long.")]
+    UriTooLong,
+    /// 431: the headers are larger than the limit.
+    #[error("The request headers are too large.")]
+    HeadersTooLarge,
     /// 503: PostgreSQL is unreachable; nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
@@ -46,6 +52,11 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "badMethod"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflictingRequest"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "overLimit"),
+            ApiError::UriTooLong => (StatusCode::URI_TOO_LONG, "uriTooLong"),
+            ApiError::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headersTooLarge",
+            ),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "serviceUnavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "computeFault"),
         }

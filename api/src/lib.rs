@@ -2,6 +2,7 @@
 //!
 //! - [`settings`]: flags and environment.
 //! - [`startup`]: builds the app (pool, publisher, relay, rescuer) and serves it.
+//! - [`server`]: the HTTP/1.1 loop with header deadlines and size limits.
 //! - [`routes`]: one module per endpoint group; [`routes::stop`] is where a stop
 //!   request is checked, accepted and published.
 //! - [`auth`]: the `X-Auth-Token` extractor, with [`token_cache`].
@@ -17,6 +18,7 @@ pub mod openapi;
 pub mod relay;
 pub mod request_id;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod startup;
 pub mod token_cache;

@@ -10,7 +10,9 @@
 use axum::Json;
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::openapi::{HeaderBuilder, ObjectBuilder, RefOr, Type};
+use utoipa::openapi::{
+    ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type,
+};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::routes::{actions, health, servers, stop, version};
@@ -218,6 +220,34 @@ impl Modify for Common {
                 &mut item.trace,
             ];
             for op in ops.into_iter().flatten() {
+                // Checked before routing, so any operation can answer them.
+                for (status, description, schema) in [
+                    (
+                        "414",
+                        "The path and query are longer than `--max-uri-bytes`.",
+                        "UriTooLongFault",
+                    ),
+                    (
+                        "431",
+                        "The headers are larger than `--max-header-bytes`.",
+                        "HeadersTooLargeFault",
+                    ),
+                ] {
+                    op.responses.responses.insert(
+                        status.to_string(),
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name(schema)))
+                                        .build(),
+                                )
+                                .build(),
+                        ),
+                    );
+                }
                 for resp in op.responses.responses.values_mut() {
                     let RefOr::T(resp) = resp else { continue };
                     for (name, description) in REQUEST_ID_HEADERS {

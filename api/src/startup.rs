@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::relay::{self, Relay};
+use crate::server::Limits;
 use crate::settings::Settings;
 use crate::token_cache::TokenCache;
 
@@ -26,6 +27,8 @@ pub struct AppState {
     /// Recorded on each job: attempts before the stop is recorded as failed.
     pub max_attempts: i32,
     pub max_body_bytes: usize,
+    /// URI and header limits, checked before routing.
+    pub limits: Limits,
     /// Validated tokens, briefly, by SHA-256.
     pub tokens: Arc<TokenCache>,
 }
@@ -69,6 +72,7 @@ impl Application {
             relay,
             max_attempts: settings.common.max_attempts,
             max_body_bytes: settings.max_body_bytes,
+            limits: settings.limits(),
             tokens: Arc::new(TokenCache::new(Duration::from_secs(
                 settings.token_cache_secs,
             ))),
@@ -118,20 +122,21 @@ impl Application {
         };
         tasks.spawn(rescuer.run(background.clone()));
 
+        let limits = state.limits;
         let router = crate::routes::router(state);
-        let mut serve = Box::pin(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
+        let mut serve = Box::pin(crate::server::serve(
+            listener,
+            router,
+            limits,
+            shutdown.clone(),
+        ));
         let drain = Duration::from_secs(settings.drain_secs);
-        let served = tokio::select! {
-            r = &mut serve => r,
+        tokio::select! {
+            _ = &mut serve => {}
             _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
                 tracing::warn!("drain period over; closing remaining connections");
-                Ok(())
             }
-        };
+        }
         // Dropping the server drops the router and with it the last sender
         // of confirmed job ids, so the marker flushes and ends.
         drop(serve);
@@ -139,6 +144,6 @@ impl Application {
         tasks.close();
         tasks.wait().await;
         tracing::info!("shutoff-api stopped");
-        Ok(served?)
+        Ok(())
     }
 }

@@ -16,6 +16,7 @@ use crate::startup::AppState;
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
+    let limits = state.limits;
     let not_allowed = || async { ApiError::MethodNotAllowed };
     Router::new()
         .route("/", get(version::root).fallback(not_allowed))
@@ -55,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound("The resource could not be found.".into()) })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            crate::server::layer,
+        ))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
         .with_state(state)
 }

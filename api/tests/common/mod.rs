@@ -31,6 +31,8 @@ pub struct Options {
     pub with_worker: bool,
     pub amqp_url: Option<String>,
     pub database_url: Option<String>,
+    /// Changes to the API's settings before it is built.
+    pub tweak: Option<fn(&mut Settings)>,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             with_worker: true,
             amqp_url: None,
             database_url: None,
+            tweak: None,
         }
     }
 }
@@ -63,6 +66,9 @@ pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
     let mut settings = Settings::for_tests(&env.database_url, &env.topology.prefix);
     settings.common.retry_delays_ms = env.topology.retry_delays_ms.clone();
     settings.relay_interval_ms = 200;
+    if let Some(tweak) = opts.tweak {
+        tweak(&mut settings);
+    }
     if let Some(u) = &opts.amqp_url {
         settings.common.amqp_url = u.clone();
     }
