@@ -5,12 +5,14 @@
 //! - [`server`]: the HTTP/1.1 loop with header deadlines and size limits.
 //! - [`routes`]: one module per endpoint group; [`routes::stop`] is where a stop
 //!   request is checked, accepted and published.
+//! - [`action`]: the action body's parser (pure; fuzzed by `fuzz/`).
 //! - [`auth`]: the `X-Auth-Token` extractor, with [`token_cache`].
 //! - [`request_id`]: the `req-<uuid>` every response carries and every log line shows.
 //! - [`relay`]: publishes jobs that were committed but never confirmed by RabbitMQ.
 //! - [`error`]: the one mapping from errors to OpenStack fault bodies.
 //! - [`openapi`]: the OpenAPI document generated from the handlers, at `/openapi.json`.
 
+pub mod action;
 pub mod auth;
 pub mod error;
 pub mod extract;

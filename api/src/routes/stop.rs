@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use shutoff_core::ids::{RequestId, ServerId};
 use shutoff_core::store::accept::{Refusal, accept_stop};
 
+use crate::action::{ActionError, ServerAction};
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::extract::Path;
@@ -17,33 +18,9 @@ use crate::openapi::{
 use crate::startup::AppState;
 use utoipa::ToSchema;
 
-/// The server actions we know. Only `os-stop` today; the parse is where the
-/// next action is added.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ServerAction {
-    Stop,
-}
-
-impl ServerAction {
-    /// Nova's rules: a JSON object with exactly one key; the key names the
-    /// action; the value of `os-stop` is not checked.
-    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| ApiError::malformed_body())?;
-        let obj = value.as_object().ok_or_else(ApiError::malformed_body)?;
-        if obj.len() != 1 {
-            return Err(ApiError::malformed_body());
-        }
-        let (key, _) = obj.iter().next().expect("one key");
-        match key.as_str() {
-            "os-stop" => Ok(ServerAction::Stop),
-            other => {
-                let shown: String = other.chars().take(255).collect();
-                Err(ApiError::BadRequest(format!(
-                    "There is no such action: {shown}"
-                )))
-            }
-        }
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        ApiError::BadRequest(e.to_string())
     }
 }
 
@@ -115,46 +92,4 @@ pub async fn action(
     // fast path; if it fails the relay publishes it when the broker is back.
     state.relay.publish_now(job).await;
     Ok(StatusCode::ACCEPTED)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(e: ApiError) -> String {
-        e.to_string()
-    }
-
-    #[test]
-    fn os_stop_with_any_value_is_a_stop() {
-        assert_eq!(
-            ServerAction::parse(br#"{"os-stop": null}"#).unwrap(),
-            ServerAction::Stop
-        );
-        assert_eq!(
-            ServerAction::parse(br#"{ "os-stop" : {} }"#).unwrap(),
-            ServerAction::Stop
-        );
-    }
-
-    #[test]
-    fn malformed_bodies_are_refused_with_nova_wording() {
-        for body in [
-            &b""[..],
-            b"not json",
-            b"[]",
-            b"null",
-            b"{}",
-            br#"{"os-stop": null, "x": 1}"#,
-        ] {
-            assert_eq!(
-                message(ServerAction::parse(body).unwrap_err()),
-                "Malformed request body"
-            );
-        }
-        assert_eq!(
-            message(ServerAction::parse(br#"{"os-start": null}"#).unwrap_err()),
-            "There is no such action: os-start"
-        );
-    }
 }
