@@ -22,6 +22,9 @@ pub enum ApiError {
     /// 405: a known path with a method it does not serve.
     #[error("The method is not allowed for the requested URL.")]
     MethodNotAllowed,
+    /// 408: the body did not arrive within the deadline.
+    #[error("The request body was not received in time.")]
+    RequestTimeout,
     /// 409: vm_state forbids the action, or the instance is locked.
     #[error("{0}")]
     Conflict(String),
@@ -50,6 +53,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "itemNotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "badMethod"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "requestTimeout"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflictingRequest"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "overLimit"),
             ApiError::UriTooLong => (StatusCode::URI_TOO_LONG, "uriTooLong"),

@@ -69,6 +69,14 @@ pub struct BadMethodFault {
     pub fault: FaultDetail,
 }
 
+/// The fault body of a 408: `{"requestTimeout": {"code": 408, "message": "..."}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestTimeoutFault {
+    #[serde(rename = "requestTimeout")]
+    pub fault: FaultDetail,
+}
+
 /// The fault body of a 409: `{"conflictingRequest": {"code": 409, "message": "..."}}`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +150,11 @@ pub struct Forbidden(pub ForbiddenFault);
 #[derive(IntoResponses)]
 #[response(status = 404, example = json!({"itemNotFound": {"code": 404, "message": "Instance 0199340e-0f3e-4612-96be-6f1861b192b5 could not be found."}}))]
 pub struct NotFound(pub ItemNotFoundFault);
+
+/// The body did not arrive within `--body-read-timeout-ms`.
+#[derive(IntoResponses)]
+#[response(status = 408, example = json!({"requestTimeout": {"code": 408, "message": "The request body was not received in time."}}))]
+pub struct RequestTimeout(pub RequestTimeoutFault);
 
 /// vm_state is not `active` or `error`, or the instance is locked.
 #[derive(IntoResponses)]
@@ -301,6 +314,7 @@ impl Modify for Common {
         ForbiddenFault,
         ItemNotFoundFault,
         BadMethodFault,
+        RequestTimeoutFault,
         ConflictingRequestFault,
         OverLimitFault,
         UriTooLongFault,

@@ -39,6 +39,10 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
 
+    /// Time a client gets to send a request's whole body; then 408.
+    #[arg(long, env = "SHUTOFF_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
     /// How often the relay looks for committed jobs whose publish did not go through.
     #[arg(long, env = "SHUTOFF_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,
@@ -76,6 +80,7 @@ impl Settings {
             max_uri_bytes: self.max_uri_bytes,
             max_header_bytes: self.max_header_bytes,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
         }
     }
 }

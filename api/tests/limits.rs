@@ -1,6 +1,7 @@
 //! The API reads only so much of a request, for only so long: an oversized
-//! URL or header set gets a clean 4xx (bodies: `stop.rs`), and a client that
-//! dribbles its headers or idles on a connection is cut off.
+//! URL or header set gets a clean 4xx (bodies: `stop.rs`), a client that
+//! dribbles its headers or idles on a connection is cut off, and one that
+//! dribbles its body gets 408.
 
 mod common;
 
@@ -16,7 +17,10 @@ async fn spawn_api(pool: PgPool) -> common::TestApp {
         pool,
         Options {
             with_worker: false,
-            tweak: Some(|s| s.header_read_timeout_ms = 600),
+            tweak: Some(|s| {
+                s.header_read_timeout_ms = 600;
+                s.body_read_timeout_ms = 800;
+            }),
             ..Options::default()
         },
     )
@@ -130,5 +134,55 @@ async fn an_idle_connection_is_closed_after_the_header_timeout(pool: PgPool) {
         "an idle connection stays open"
     );
     assert!(started.elapsed() >= Duration::from_millis(500));
+    app.shut_down().await;
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_body_sent_byte_by_byte_is_408_at_the_deadline_and_accepts_nothing(pool: PgPool) {
+    let app = spawn_api(pool).await;
+    let id = app.server("web-1").await;
+    let body = br#"{"os-stop": null}"#;
+    let head = format!(
+        "POST /v2/{}/servers/{id}/action HTTP/1.1\r\nHost: {}\r\nX-Auth-Token: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.project,
+        app.addr,
+        app.token,
+        body.len()
+    );
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // One byte every 150 ms: each arrives well within any inactivity
+    // timeout, the whole body would take 2.5 s; the deadline is 0.8 s.
+    let mut answer = Vec::new();
+    for byte in body {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(150), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest))
+        .await
+        .ok();
+    answer.extend_from_slice(&rest);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""requestTimeout""#), "{answer}");
+    assert!(
+        elapsed < Duration::from_millis(2000),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     app.shut_down().await;
 }

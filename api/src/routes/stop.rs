@@ -12,9 +12,10 @@ use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::extract::Path;
 use crate::openapi::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, ServerPath, Unauthorized,
-    Unavailable,
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RequestTimeout, ServerPath,
+    Unauthorized, Unavailable,
 };
+use crate::server::BodyTimedOut;
 use crate::startup::AppState;
 use utoipa::ToSchema;
 
@@ -25,7 +26,8 @@ impl From<ActionError> for ApiError {
 }
 
 /// The body, read up to the configured limit; a larger one is refused
-/// (413) without being read, and the refusal uses our fault body.
+/// (413) without being read, one that does not arrive in time is 408, and
+/// the refusals use our fault body.
 pub struct ActionBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for ActionBody {
@@ -37,6 +39,7 @@ impl<S: Send + Sync> FromRequest<S> for ActionBody {
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge)
             }
+            Err(rejection) if BodyTimedOut::caused(&rejection) => Err(ApiError::RequestTimeout),
             Err(_) => Err(ApiError::malformed_body()),
         }
     }
@@ -64,7 +67,8 @@ pub struct StopActionBody {
     request_body(content = StopActionBody, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted: the stop is committed and queued. No body."),
-        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unavailable,
+        BadRequest, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
+        Unavailable,
     ),
     security(("token" = [])),
 )]
