@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
     if let Some(p) = ProjectId::parse(&s) {
         let canonical = p.as_str();
         assert_eq!(canonical.len(), 32);
-        assert!(canonical.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        assert!(
+            canonical
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        );
         assert_eq!(ProjectId::parse(canonical).as_ref(), Some(&p));
     }
     if let Some(id) = ServerId::parse(&s) {
