@@ -24,12 +24,21 @@ pub enum ApiError {
     /// 405: a known path with a method it does not serve.
     #[error("The method is not allowed for the requested URL.")]
     MethodNotAllowed,
+    /// 408: the body did not arrive within the deadline.
+    #[error("The request body was not received in time.")]
+    RequestTimeout,
     /// 409: vm_state forbids the action, or the instance is locked.
     #[error("{0}")]
     Conflict(String),
     /// 413: body larger than the limit; it is not read.
     #[error("Request is too large.")]
     PayloadTooLarge,
+    /// 414: the path and query are longer than the limit.
+    #[error("The request URI is too long.")]
+    UriTooLong,
+    /// 431: the headers are larger than the limit.
+    #[error("The request headers are too large.")]
+    HeadersTooLarge,
     /// 503: PostgreSQL or Keystone is unreachable; nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
@@ -46,8 +55,14 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "itemNotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "badMethod"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "requestTimeout"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflictingRequest"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "overLimit"),
+            ApiError::UriTooLong => (StatusCode::URI_TOO_LONG, "uriTooLong"),
+            ApiError::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headersTooLarge",
+            ),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "serviceUnavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "computeFault"),
         }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 use shutoff_core::config::Common;
 
+use crate::server::Limits;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "shutoff-api",
@@ -23,6 +25,23 @@ pub struct Settings {
     /// Largest request body read; bigger ones are refused with 413 unread.
     #[arg(long, env = "SHUTOFF_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Longest path and query answered; longer ones get 414.
+    #[arg(long, env = "SHUTOFF_MAX_URI_BYTES", default_value_t = 8 * 1024)]
+    pub max_uri_bytes: usize,
+
+    /// Most bytes of header names and values answered; more get 431.
+    #[arg(long, env = "SHUTOFF_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Time a client gets to send a request's headers, and the longest an
+    /// idle keep-alive connection stays open; then the connection is closed.
+    #[arg(long, env = "SHUTOFF_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Time a client gets to send a request's whole body; then 408.
+    #[arg(long, env = "SHUTOFF_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
 
     /// How often the relay looks for committed jobs whose publish did not go through.
     #[arg(long, env = "SHUTOFF_RELAY_INTERVAL_MS", default_value_t = 1000)]
@@ -156,5 +175,14 @@ impl Settings {
 
     pub fn relay_interval(&self) -> Duration {
         Duration::from_millis(self.relay_interval_ms)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_uri_bytes: self.max_uri_bytes,
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+        }
     }
 }

@@ -17,6 +17,7 @@ use crate::acceptor::Acceptor;
 use crate::auth::Authenticator;
 use crate::metrics::ApiMetrics;
 use crate::relay::{self, Relay};
+use crate::server::Limits;
 use crate::settings::Settings;
 
 /// What every handler can reach.
@@ -34,6 +35,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// What `GET /metrics` shows.
     pub metrics: ApiMetrics,
+    /// URI and header limits, checked before routing.
+    pub limits: Limits,
 }
 
 pub struct Application {
@@ -80,6 +83,7 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             auth,
             metrics,
+            limits: settings.limits(),
         };
         Ok(Application {
             listener,
@@ -126,20 +130,21 @@ impl Application {
         };
         tasks.spawn(rescuer.run(background.clone()));
 
+        let limits = state.limits;
         let router = crate::routes::router(state);
-        let mut serve = Box::pin(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
+        let mut serve = Box::pin(crate::server::serve(
+            listener,
+            router,
+            limits,
+            shutdown.clone(),
+        ));
         let drain = Duration::from_secs(settings.drain_secs);
-        let served = tokio::select! {
-            r = &mut serve => r,
+        tokio::select! {
+            _ = &mut serve => {}
             _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
                 tracing::warn!("drain period over; closing remaining connections");
-                Ok(())
             }
-        };
+        }
         // Dropping the server drops the router and with it the last sender
         // of confirmed job ids, so the marker flushes and ends.
         drop(serve);
@@ -147,6 +152,6 @@ impl Application {
         tasks.close();
         tasks.wait().await;
         tracing::info!("shutoff-api stopped");
-        Ok(served?)
+        Ok(())
     }
 }

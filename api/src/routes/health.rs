@@ -6,15 +6,32 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
 use shutoff_core::readiness::Readiness;
+use utoipa::ToSchema;
 
 use crate::startup::AppState;
 
-pub async fn alive() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `{"status": "ok"}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive.", body = Alive)))]
+pub async fn alive() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// Whether PostgreSQL and RabbitMQ can be reached right now.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready: both reachable.", body = Readiness),
+        (status = 503, description = "Not ready: `database` or `broker` is false.", body = Readiness),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let db = shutoff_core::store::ping(&state.pool, Duration::from_secs(2)).await;
     let broker = tokio::time::timeout(Duration::from_secs(2), state.publisher.channel())

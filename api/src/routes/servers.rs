@@ -6,8 +6,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha224};
 use shutoff_core::ids::ServerId;
 use shutoff_core::state::server_status;
@@ -19,11 +20,17 @@ use super::base_url;
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
+use crate::openapi::{BadRequest, NotFound, ProjectPath, ServerPath, Unauthorized, Unavailable};
 use crate::startup::AppState;
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Debug, Deserialize)]
+/// The filters of a server list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Servers whose name contains this text (case-sensitive).
     name: Option<String>,
+    /// At most this many servers (0 to 1000; larger values mean 1000).
     limit: Option<i64>,
 }
 
@@ -33,120 +40,264 @@ fn nova_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn links(base: &str, project: &str, id: &str) -> Value {
-    json!([
-        {"rel": "self", "href": format!("{base}/v2/{project}/servers/{id}")},
-        {"rel": "bookmark", "href": format!("{base}/{project}/servers/{id}")},
-    ])
+/// A link to a resource, as Nova gives them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Link {
+    /// `self` or `bookmark`.
+    #[schema(example = "self")]
+    pub rel: String,
+    pub href: String,
 }
 
-/// Nova's full server document.
-pub fn document(s: &ServerRow, base: &str) -> Value {
-    let id = s.uuid.to_string();
-    let host_id = hex::encode(Sha224::digest(format!("{}{}", s.project_id, s.host)));
-    json!({
-        "id": id,
-        "name": s.name,
-        "status": server_status(&s.vm_state),
-        "tenant_id": s.project_id,
-        "user_id": s.user_id,
-        "created": nova_time(s.created_at),
-        "updated": nova_time(s.updated_at),
-        "hostId": host_id,
-        "OS-EXT-STS:vm_state": s.vm_state,
-        "OS-EXT-STS:task_state": s.task_state,
-        "OS-EXT-STS:power_state": s.power_state,
-        "OS-SRV-USG:launched_at": s.launched_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S.%6f").to_string()),
-        "OS-SRV-USG:terminated_at": null,
-        "OS-EXT-AZ:availability_zone": "nova",
-        "OS-DCF:diskConfig": "MANUAL",
-        "locked": s.locked,
-        "flavor": {
-            "id": s.flavor,
-            "links": [{"rel": "bookmark", "href": format!("{base}/{}/flavors/{}", s.project_id, s.flavor)}],
+fn links(base: &str, project: &str, id: &str) -> Vec<Link> {
+    vec![
+        Link {
+            rel: "self".into(),
+            href: format!("{base}/v2/{project}/servers/{id}"),
         },
-        "image": s.image,
-        "addresses": {},
-        "metadata": {},
-        "accessIPv4": "",
-        "accessIPv6": "",
-        "key_name": null,
-        "config_drive": "",
-        "progress": 0,
-        "security_groups": [],
-        "os-extended-volumes:volumes_attached": [],
-        "links": links(base, &s.project_id, &id),
-    })
+        Link {
+            rel: "bookmark".into(),
+            href: format!("{base}/{project}/servers/{id}"),
+        },
+    ]
 }
 
-/// Which shape a list answers with: `/servers` (id, name, links) or
-/// `/servers/detail` (full documents).
-#[derive(Clone, Copy)]
-enum Listing {
-    Brief,
-    Detail,
+/// The flavor reference of a server (microversion 2.1 shape).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlavorRef {
+    pub id: String,
+    pub links: Vec<Link>,
 }
 
-async fn list_servers(
-    listing: Listing,
-    state: AppState,
-    caller: Caller,
-    project_id: String,
-    q: ListQuery,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    check_project(&caller, &project_id)?;
-    let base = base_url(&headers);
-    let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
-    let rows = reads::servers(&state.pool, &caller, q.name.as_deref(), limit).await?;
-    let servers: Vec<Value> = rows
-        .iter()
-        .map(|s| match listing {
-            Listing::Detail => document(s, &base),
-            Listing::Brief => {
-                let id = s.uuid.to_string();
-                json!({"id": id, "name": s.name, "links": links(&base, &s.project_id, &id)})
-            }
-        })
-        .collect();
-    Ok(Json(json!({ "servers": servers })))
+/// Nova's full server document (microversion 2.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Server {
+    /// The instance UUID.
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub name: String,
+    /// ACTIVE, SHUTOFF, ERROR, ... derived from vm_state.
+    #[schema(example = "ACTIVE")]
+    pub status: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    /// `YYYY-MM-DDTHH:MM:SSZ`
+    pub created: String,
+    pub updated: String,
+    #[serde(rename = "hostId")]
+    pub host_id: String,
+    #[serde(rename = "OS-EXT-STS:vm_state")]
+    pub vm_state: String,
+    #[serde(rename = "OS-EXT-STS:task_state")]
+    pub task_state: Option<String>,
+    /// 1 RUNNING, 4 SHUTDOWN (Nova's power states).
+    #[serde(rename = "OS-EXT-STS:power_state")]
+    pub power_state: i16,
+    #[serde(rename = "OS-SRV-USG:launched_at")]
+    pub launched_at: Option<String>,
+    #[serde(rename = "OS-SRV-USG:terminated_at")]
+    pub terminated_at: Option<String>,
+    #[serde(rename = "OS-EXT-AZ:availability_zone")]
+    pub availability_zone: String,
+    #[serde(rename = "OS-DCF:diskConfig")]
+    pub disk_config: String,
+    pub locked: bool,
+    pub flavor: FlavorRef,
+    pub image: String,
+    /// Always empty: shutoff manages no networks.
+    pub addresses: BTreeMap<String, Vec<serde_json::Value>>,
+    pub metadata: BTreeMap<String, String>,
+    #[serde(rename = "accessIPv4")]
+    pub access_ipv4: String,
+    #[serde(rename = "accessIPv6")]
+    pub access_ipv6: String,
+    pub key_name: Option<String>,
+    pub config_drive: String,
+    pub progress: i32,
+    pub security_groups: Vec<serde_json::Value>,
+    #[serde(rename = "os-extended-volumes:volumes_attached")]
+    pub volumes_attached: Vec<serde_json::Value>,
+    pub links: Vec<Link>,
+}
+
+/// One server of `/servers`: id, name and links.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerBrief {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub name: String,
+    pub links: Vec<Link>,
+}
+
+/// `GET /v2/{project_id}/servers/{server_id}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerShow {
+    pub server: Server,
 }
 
 /// `GET /v2/{project_id}/servers`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerList {
+    pub servers: Vec<ServerBrief>,
+}
+
+/// `GET /v2/{project_id}/servers/detail`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerDetailList {
+    pub servers: Vec<Server>,
+}
+
+/// Nova's full server document.
+pub fn document(s: &ServerRow, base: &str) -> Server {
+    let id = s.uuid.to_string();
+    let host_id = hex::encode(Sha224::digest(format!("{}{}", s.project_id, s.host)));
+    Server {
+        name: s.name.clone(),
+        status: server_status(&s.vm_state).to_string(),
+        tenant_id: s.project_id.clone(),
+        user_id: s.user_id.clone(),
+        created: nova_time(s.created_at),
+        updated: nova_time(s.updated_at),
+        host_id,
+        vm_state: s.vm_state.clone(),
+        task_state: s.task_state.clone(),
+        power_state: s.power_state,
+        launched_at: s
+            .launched_at
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%S.%6f").to_string()),
+        terminated_at: None,
+        availability_zone: "nova".into(),
+        disk_config: "MANUAL".into(),
+        locked: s.locked,
+        flavor: FlavorRef {
+            id: s.flavor.clone(),
+            links: vec![Link {
+                rel: "bookmark".into(),
+                href: format!("{base}/{}/flavors/{}", s.project_id, s.flavor),
+            }],
+        },
+        image: s.image.clone(),
+        addresses: BTreeMap::new(),
+        metadata: BTreeMap::new(),
+        access_ipv4: String::new(),
+        access_ipv6: String::new(),
+        key_name: None,
+        config_drive: String::new(),
+        progress: 0,
+        security_groups: Vec::new(),
+        volumes_attached: Vec::new(),
+        links: links(base, &s.project_id, &id),
+        id,
+    }
+}
+
+/// The rows a list shows, after the project check.
+async fn visible_servers(
+    state: &AppState,
+    caller: &Caller,
+    project_id: &str,
+    q: &ListQuery,
+) -> Result<Vec<ServerRow>, ApiError> {
+    check_project(caller, project_id)?;
+    let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
+    let name = q.name.as_deref().map(checked_name).transpose()?;
+    Ok(reads::servers(&state.pool, caller, name, limit).await?)
+}
+
+/// PostgreSQL text cannot hold NUL, so a name with one matches nothing we
+/// could store; it is refused rather than sent to the database.
+fn checked_name(name: &str) -> Result<&str, ApiError> {
+    if name.contains('\0') {
+        return Err(ApiError::BadRequest("Invalid filter field: name.".into()));
+    }
+    Ok(name)
+}
+
+/// `GET /v2/{project_id}/servers`: id, name and links of each server.
+#[utoipa::path(
+    get,
+    path = "/v2/{project_id}/servers",
+    tag = "servers",
+    params(ProjectPath, ListQuery),
+    responses(
+        (status = 200, description = "The project's servers, newest first.", body = ServerList),
+        BadRequest, Unauthorized, NotFound, Unavailable,
+    ),
+    security(("token" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    list_servers(Listing::Brief, state, caller, project_id, q, headers).await
+) -> Result<Json<ServerList>, ApiError> {
+    let rows = visible_servers(&state, &caller, &project_id, &q).await?;
+    let base = base_url(&headers);
+    let servers = rows
+        .iter()
+        .map(|s| {
+            let id = s.uuid.to_string();
+            ServerBrief {
+                name: s.name.clone(),
+                links: links(&base, &s.project_id, &id),
+                id,
+            }
+        })
+        .collect();
+    Ok(Json(ServerList { servers }))
 }
 
-/// `GET /v2/{project_id}/servers/detail`
+/// `GET /v2/{project_id}/servers/detail`: the full document of each server.
+#[utoipa::path(
+    get,
+    path = "/v2/{project_id}/servers/detail",
+    tag = "servers",
+    params(ProjectPath, ListQuery),
+    responses(
+        (status = 200, description = "The project's servers, newest first.", body = ServerDetailList),
+        BadRequest, Unauthorized, NotFound, Unavailable,
+    ),
+    security(("token" = [])),
+)]
 pub async fn list_detail(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    list_servers(Listing::Detail, state, caller, project_id, q, headers).await
+) -> Result<Json<ServerDetailList>, ApiError> {
+    let rows = visible_servers(&state, &caller, &project_id, &q).await?;
+    let base = base_url(&headers);
+    let servers = rows.iter().map(|s| document(s, &base)).collect();
+    Ok(Json(ServerDetailList { servers }))
 }
 
+/// `GET /v2/{project_id}/servers/{server_id}`: one server's document.
+#[utoipa::path(
+    get,
+    path = "/v2/{project_id}/servers/{server_id}",
+    tag = "servers",
+    params(ServerPath),
+    responses(
+        (status = 200, description = "The server.", body = ServerShow),
+        BadRequest, Unauthorized, NotFound, Unavailable,
+    ),
+    security(("token" = [])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Path((project_id, server_id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServerShow>, ApiError> {
     check_project(&caller, &project_id)?;
     let not_found = || ApiError::from(Refusal::NotFound(server_id.clone()));
     let id = ServerId::parse(&server_id).ok_or_else(not_found)?;
     let row = reads::server(&state.pool, &caller, id.0)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(
-        json!({ "server": document(&row, &base_url(&headers)) }),
-    ))
+    Ok(Json(ServerShow {
+        server: document(&row, &base_url(&headers)),
+    }))
 }

@@ -7,43 +7,27 @@ use axum::http::StatusCode;
 use shutoff_core::ids::{RequestId, ServerId};
 use shutoff_core::store::accept::Refusal;
 
+use crate::action::{ActionError, ServerAction};
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RequestTimeout, ServerPath,
+    Unauthorized, Unavailable,
+};
+use crate::server::BodyTimedOut;
 use crate::startup::AppState;
+use utoipa::ToSchema;
 
-/// The server actions we know. Only `os-stop` today; the parse is where the
-/// next action is added.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ServerAction {
-    Stop,
-}
-
-impl ServerAction {
-    /// Nova's rules: a JSON object with exactly one key; the key names the
-    /// action; the value of `os-stop` is not checked.
-    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| ApiError::malformed_body())?;
-        let obj = value.as_object().ok_or_else(ApiError::malformed_body)?;
-        if obj.len() != 1 {
-            return Err(ApiError::malformed_body());
-        }
-        let (key, _) = obj.iter().next().expect("one key");
-        match key.as_str() {
-            "os-stop" => Ok(ServerAction::Stop),
-            other => {
-                let shown: String = other.chars().take(255).collect();
-                Err(ApiError::BadRequest(format!(
-                    "There is no such action: {shown}"
-                )))
-            }
-        }
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        ApiError::BadRequest(e.to_string())
     }
 }
 
 /// The body, read up to the configured limit; a larger one is refused
-/// (413) without being read, and the refusal uses our fault body.
+/// (413) without being read, one that does not arrive in time is 408, and
+/// the refusals use our fault body.
 pub struct ActionBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for ActionBody {
@@ -55,11 +39,39 @@ impl<S: Send + Sync> FromRequest<S> for ActionBody {
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge)
             }
+            Err(rejection) if BodyTimedOut::caused(&rejection) => Err(ApiError::RequestTimeout),
             Err(_) => Err(ApiError::malformed_body()),
         }
     }
 }
 
+/// `{"os-stop": null}`: the one action shutoff performs. Nova does not look
+/// at the value.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"os-stop": null}))]
+pub struct StopActionBody {
+    #[serde(rename = "os-stop")]
+    #[schema(required = true)]
+    pub os_stop: Option<serde_json::Value>,
+}
+
+/// Stops a server: commits the stop, queues it and answers 202 at once; the
+/// server reaches SHUTOFF when a worker has powered it off (watch
+/// `GET /v2/{project_id}/servers/{server_id}`).
+#[utoipa::path(
+    post,
+    path = "/v2/{project_id}/servers/{server_id}/action",
+    tag = "servers",
+    params(ServerPath),
+    request_body(content = StopActionBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the stop is committed and queued. No body."),
+        BadRequest, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
+        Unavailable,
+    ),
+    security(("token" = [])),
+)]
 pub async fn action(
     State(state): State<AppState>,
     axum::Extension(request_id): axum::Extension<RequestId>,
@@ -81,46 +93,4 @@ pub async fn action(
     // fast path; if it fails the relay publishes it when the broker is back.
     state.relay.publish_now(job).await;
     Ok(StatusCode::ACCEPTED)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(e: ApiError) -> String {
-        e.to_string()
-    }
-
-    #[test]
-    fn os_stop_with_any_value_is_a_stop() {
-        assert_eq!(
-            ServerAction::parse(br#"{"os-stop": null}"#).unwrap(),
-            ServerAction::Stop
-        );
-        assert_eq!(
-            ServerAction::parse(br#"{ "os-stop" : {} }"#).unwrap(),
-            ServerAction::Stop
-        );
-    }
-
-    #[test]
-    fn malformed_bodies_are_refused_with_nova_wording() {
-        for body in [
-            &b""[..],
-            b"not json",
-            b"[]",
-            b"null",
-            b"{}",
-            br#"{"os-stop": null, "x": 1}"#,
-        ] {
-            assert_eq!(
-                message(ServerAction::parse(body).unwrap_err()),
-                "Malformed request body"
-            );
-        }
-        assert_eq!(
-            message(ServerAction::parse(br#"{"os-start": null}"#).unwrap_err()),
-            "There is no such action: os-start"
-        );
-    }
 }

@@ -3,28 +3,100 @@
 
 use axum::Json;
 use axum::http::HeaderMap;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::base_url;
+use crate::openapi::ProjectPath;
+use crate::routes::servers::Link;
 
-fn v2(base: &str) -> Value {
-    json!({
-        "id": "v2.0",
-        "status": "SUPPORTED",
-        "version": "",
-        "min_version": "",
-        "updated": "2011-01-21T11:33:21Z",
-        "links": [{"rel": "self", "href": format!("{base}/v2/")}],
-        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2"}],
+/// A media type a version speaks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MediaType {
+    pub base: String,
+    #[serde(rename = "type")]
+    pub media_type: String,
+}
+
+/// One API version, as Nova describes it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Version {
+    #[schema(example = "v2.0")]
+    pub id: String,
+    #[schema(example = "SUPPORTED")]
+    pub status: String,
+    /// Empty: no microversions.
+    pub version: String,
+    pub min_version: String,
+    pub updated: String,
+    pub links: Vec<Link>,
+    #[serde(rename = "media-types")]
+    pub media_types: Vec<MediaType>,
+}
+
+/// `GET /v2[/{project_id}]`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionShow {
+    pub version: Version,
+}
+
+/// `GET /`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionList {
+    pub versions: Vec<Version>,
+}
+
+fn v2(base: &str) -> Version {
+    Version {
+        id: "v2.0".into(),
+        status: "SUPPORTED".into(),
+        version: String::new(),
+        min_version: String::new(),
+        updated: "2011-01-21T11:33:21Z".into(),
+        links: vec![Link {
+            rel: "self".into(),
+            href: format!("{base}/v2/"),
+        }],
+        media_types: vec![MediaType {
+            base: "application/json".into(),
+            media_type: "application/vnd.openstack.compute+json;version=2".into(),
+        }],
+    }
+}
+
+/// `GET /v2`, `/v2/` and `/v2/{project_id}[/]`: the v2 version document.
+pub async fn show(headers: HeaderMap) -> Json<VersionShow> {
+    Json(VersionShow {
+        version: v2(&base_url(&headers)),
     })
 }
 
-/// `GET /v2` and `GET /v2/{project_id}`.
-pub async fn show(headers: HeaderMap) -> Json<Value> {
-    Json(json!({ "version": v2(&base_url(&headers)) }))
+/// `GET /`: the list of versions.
+#[utoipa::path(get, path = "/", tag = "versions",
+    responses((status = 200, description = "The versions this API speaks.", body = VersionList)))]
+pub async fn root(headers: HeaderMap) -> Json<VersionList> {
+    Json(VersionList {
+        versions: vec![v2(&base_url(&headers))],
+    })
 }
 
-/// `GET /`: the list of versions.
-pub async fn root(headers: HeaderMap) -> Json<Value> {
-    Json(json!({ "versions": [v2(&base_url(&headers))] }))
-}
+// The same document under four paths; these items only describe them.
+#[utoipa::path(get, path = "/v2", tag = "versions",
+    responses((status = 200, description = "The v2 version document.", body = VersionShow)))]
+#[allow(dead_code)]
+pub(crate) fn doc_v2() {}
+
+#[utoipa::path(get, path = "/v2/", tag = "versions",
+    responses((status = 200, description = "The v2 version document.", body = VersionShow)))]
+#[allow(dead_code)]
+pub(crate) fn doc_v2_slash() {}
+
+#[utoipa::path(get, path = "/v2/{project_id}", tag = "versions", params(ProjectPath),
+    responses((status = 200, description = "The v2 version document (any project id).", body = VersionShow)))]
+#[allow(dead_code)]
+pub(crate) fn doc_v2_project() {}
+
+#[utoipa::path(get, path = "/v2/{project_id}/", tag = "versions", params(ProjectPath),
+    responses((status = 200, description = "The v2 version document (any project id).", body = VersionShow)))]
+#[allow(dead_code)]
+pub(crate) fn doc_v2_project_slash() {}

@@ -33,6 +33,8 @@ pub struct Options {
     pub database_url: Option<String>,
     /// Last changes to the API's settings (e.g. `--auth keystone`).
     pub configure: Option<Configure>,
+    /// Changes to the API's settings before it is built.
+    pub tweak: Option<fn(&mut Settings)>,
 }
 
 pub type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
@@ -44,6 +46,7 @@ impl Default for Options {
             amqp_url: None,
             database_url: None,
             configure: None,
+            tweak: None,
         }
     }
 }
@@ -68,6 +71,9 @@ pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
     let mut settings = Settings::for_tests(&env.database_url, &env.topology.prefix);
     settings.common.retry_delays_ms = env.topology.retry_delays_ms.clone();
     settings.relay_interval_ms = 200;
+    if let Some(tweak) = opts.tweak {
+        tweak(&mut settings);
+    }
     if let Some(u) = &opts.amqp_url {
         settings.common.amqp_url = u.clone();
     }
