@@ -66,6 +66,15 @@ struct Args {
     slow_stops: usize,
     #[arg(long, default_value_t = 2_000)]
     slow_delay_ms: u64,
+    /// Phases to leave out (ceiling, accept, e2e, slow), for profiling one.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, phase: &str) -> bool {
+        !self.skip.iter().any(|s| s == phase)
+    }
 }
 
 fn database_url(base: &str, name: &str) -> anyhow::Result<String> {
@@ -184,31 +193,32 @@ async fn run(
     run_id: &str,
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
-    // 1. The ceiling, in a scratch database of its own.
-    let ceiling_db = format!("{run_id}_ceiling");
-    let ceiling_url = database_url(&args.database_url, &ceiling_db)?;
-    store::create_and_migrate(&ceiling_url).await?;
-    let ceiling = async {
-        let pool = connect(&ceiling_url).await?;
-        let c = pg_ceiling::measure(
-            &pool,
-            &ceiling_url,
-            args.ceiling_clients,
-            Duration::from_secs(args.ceiling_secs),
-        )
+    if args.runs("ceiling") {
+        // 1. The ceiling, in a scratch database of its own.
+        let ceiling_db = format!("{run_id}_ceiling");
+        let ceiling_url = database_url(&args.database_url, &ceiling_db)?;
+        store::create_and_migrate(&ceiling_url).await?;
+        let ceiling = async {
+            let pool = connect(&ceiling_url).await?;
+            let c = pg_ceiling::measure(
+                &pool,
+                &ceiling_url,
+                args.ceiling_clients,
+                Duration::from_secs(args.ceiling_secs),
+            )
+            .await;
+            pool.close().await;
+            c
+        }
         .await;
-        pool.close().await;
-        c
+        drop_database(&args.database_url, &ceiling_db).await;
+        let ceiling = ceiling?;
+        figures.pg_ceiling_tps = ceiling.tps;
+        eprintln!(
+            "ceiling: {:.0} tx/s ({} transactions)",
+            ceiling.tps, ceiling.transactions
+        );
     }
-    .await;
-    drop_database(&args.database_url, &ceiling_db).await;
-    let ceiling = ceiling?;
-    figures.pg_ceiling_tps = ceiling.tps;
-    eprintln!(
-        "ceiling: {:.0} tx/s ({} transactions)",
-        ceiling.tps, ceiling.transactions
-    );
-
     let url = database_url(&args.database_url, run_id)?;
     store::create_and_migrate(&url).await?;
     let pool = connect(&url).await?;
@@ -222,112 +232,115 @@ async fn run(
             .join(phase),
     };
 
-    // 2. Accept rate: the API alone (workers elsewhere in a real cloud).
-    let expected = (args.accept_secs as usize) * 12_000;
-    let (project_a, tokens, servers) =
-        project(&pool, "accept", args.connections, expected, "fake://").await?;
-    let w = wiring("accept");
-    let (api, addr) = services::start_api(&w).await?;
-    let outcome = load::run(
-        load::Target {
-            api: addr,
-            project: project_a.to_string(),
-            tokens,
-            servers,
-        },
-        Some(Duration::from_secs(args.accept_secs)),
-    )
-    .await;
-    figures.api_peak_rss_mb = api.peak_rss_mb();
-    api.stop().await;
-    if outcome.ran_out {
-        eprintln!(
-            "shutoff-bench: accept run ran out of servers before {} s",
-            args.accept_secs
-        );
-    }
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid WHERE i.project_id = $1")
+    if args.runs("accept") {
+        // 2. Accept rate: the API alone (workers elsewhere in a real cloud).
+        let expected = (args.accept_secs as usize) * 12_000;
+        let (project_a, tokens, servers) =
+            project(&pool, "accept", args.connections, expected, "fake://").await?;
+        let w = wiring("accept");
+        let (api, addr) = services::start_api(&w).await?;
+        let outcome = load::run(
+            load::Target {
+                api: addr,
+                project: project_a.to_string(),
+                tokens,
+                servers,
+            },
+            Some(Duration::from_secs(args.accept_secs)),
+        )
+        .await;
+        figures.api_peak_rss_mb = api.peak_rss_mb();
+        api.stop().await;
+        if outcome.ran_out {
+            eprintln!(
+                "shutoff-bench: accept run ran out of servers before {} s",
+                args.accept_secs
+            );
+        }
+        let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid WHERE i.project_id = $1")
         .bind(project_a.as_str())
         .fetch_one(&pool)
         .await?;
-    if jobs as usize != outcome.accepted {
-        bail!(
-            "accept run: {} answered 202 but {jobs} jobs exist",
-            outcome.accepted
+        if jobs as usize != outcome.accepted {
+            bail!(
+                "accept run: {} answered 202 but {jobs} jobs exist",
+                outcome.accepted
+            );
+        }
+        figures.accept_per_s = outcome.per_second();
+        figures.accept_p50_ms = outcome.percentile_ms(50.0);
+        figures.accept_p99_ms = outcome.percentile_ms(99.0);
+        figures.accept_refused = outcome.refused + outcome.errors;
+        eprintln!(
+            "accept: {:.0}/s p50 {:.1} ms p99 {:.1} ms",
+            figures.accept_per_s, figures.accept_p50_ms, figures.accept_p99_ms
         );
     }
-    figures.accept_per_s = outcome.per_second();
-    figures.accept_p50_ms = outcome.percentile_ms(50.0);
-    figures.accept_p99_ms = outcome.percentile_ms(99.0);
-    figures.accept_refused = outcome.refused + outcome.errors;
-    eprintln!(
-        "accept: {:.0}/s p50 {:.1} ms p99 {:.1} ms",
-        figures.accept_per_s, figures.accept_p50_ms, figures.accept_p99_ms
-    );
-
-    // 3. End to end through two workers, simulated hypervisor, no delay.
-    let (project_e, tokens, servers) =
-        project(&pool, "e2e", args.connections, args.e2e_stops, "fake://").await?;
-    let w = wiring("e2e");
-    let mut svc = Vec::new();
-    for i in 0..args.e2e_workers {
-        svc.push(services::start_worker(&w, &format!("bench-e2e-{i}")).await?);
+    if args.runs("e2e") {
+        // 3. End to end through two workers, simulated hypervisor, no delay.
+        let (project_e, tokens, servers) =
+            project(&pool, "e2e", args.connections, args.e2e_stops, "fake://").await?;
+        let w = wiring("e2e");
+        let mut svc = Vec::new();
+        for i in 0..args.e2e_workers {
+            svc.push(services::start_worker(&w, &format!("bench-e2e-{i}")).await?);
+        }
+        let (api, addr) = services::start_api(&w).await?;
+        svc.push(api);
+        let outcome = load::run(
+            load::Target {
+                api: addr,
+                project: project_e.to_string(),
+                tokens,
+                servers,
+            },
+            None,
+        )
+        .await;
+        let done = wait_finished(&pool, &project_e, outcome.accepted).await;
+        stop_all(svc).await;
+        let done = done?;
+        figures.e2e_stops = outcome.accepted;
+        figures.e2e_succeeded = done.succeeded as usize;
+        figures.e2e_seconds = seconds(done.first_created, done.last_finished);
+        figures.e2e_per_s = done.succeeded as f64 / figures.e2e_seconds;
+        figures.e2e_accept_per_s = outcome.per_second();
+        eprintln!("e2e: {:.0}/s", figures.e2e_per_s);
     }
-    let (api, addr) = services::start_api(&w).await?;
-    svc.push(api);
-    let outcome = load::run(
-        load::Target {
-            api: addr,
-            project: project_e.to_string(),
-            tokens,
-            servers,
-        },
-        None,
-    )
-    .await;
-    let done = wait_finished(&pool, &project_e, outcome.accepted).await;
-    stop_all(svc).await;
-    let done = done?;
-    figures.e2e_stops = outcome.accepted;
-    figures.e2e_succeeded = done.succeeded as usize;
-    figures.e2e_seconds = seconds(done.first_created, done.last_finished);
-    figures.e2e_per_s = done.succeeded as f64 / figures.e2e_seconds;
-    figures.e2e_accept_per_s = outcome.per_second();
-    eprintln!("e2e: {:.0}/s", figures.e2e_per_s);
-
-    // 4. Slow power-offs through ONE worker.
-    let hypervisor = format!("fake://?delay_ms={}", args.slow_delay_ms);
-    let (project_s, tokens, servers) = project(
-        &pool,
-        "slow",
-        args.connections,
-        args.slow_stops,
-        &hypervisor,
-    )
-    .await?;
-    let w = wiring("slow");
-    let worker = services::start_worker(&w, "bench-slow-0").await?;
-    let (api, addr) = services::start_api(&w).await?;
-    let start = Utc::now();
-    let outcome = load::run(
-        load::Target {
-            api: addr,
-            project: project_s.to_string(),
-            tokens,
-            servers,
-        },
-        None,
-    )
-    .await;
-    let done = wait_finished(&pool, &project_s, outcome.accepted).await;
-    figures.worker_peak_rss_mb = worker.peak_rss_mb();
-    stop_all(vec![api, worker]).await;
-    let done = done?;
-    figures.slow_stops = outcome.accepted;
-    figures.slow_succeeded = done.succeeded as usize;
-    figures.slow_e2e_seconds = seconds(start, done.last_finished);
-    eprintln!("slow: {:.1} s", figures.slow_e2e_seconds);
-
+    if args.runs("slow") {
+        // 4. Slow power-offs through ONE worker.
+        let hypervisor = format!("fake://?delay_ms={}", args.slow_delay_ms);
+        let (project_s, tokens, servers) = project(
+            &pool,
+            "slow",
+            args.connections,
+            args.slow_stops,
+            &hypervisor,
+        )
+        .await?;
+        let w = wiring("slow");
+        let worker = services::start_worker(&w, "bench-slow-0").await?;
+        let (api, addr) = services::start_api(&w).await?;
+        let start = Utc::now();
+        let outcome = load::run(
+            load::Target {
+                api: addr,
+                project: project_s.to_string(),
+                tokens,
+                servers,
+            },
+            None,
+        )
+        .await;
+        let done = wait_finished(&pool, &project_s, outcome.accepted).await;
+        figures.worker_peak_rss_mb = worker.peak_rss_mb();
+        stop_all(vec![api, worker]).await;
+        let done = done?;
+        figures.slow_stops = outcome.accepted;
+        figures.slow_succeeded = done.succeeded as usize;
+        figures.slow_e2e_seconds = seconds(start, done.last_finished);
+        eprintln!("slow: {:.1} s", figures.slow_e2e_seconds);
+    }
     pool.close().await;
     Ok(())
 }
