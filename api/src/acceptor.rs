@@ -11,10 +11,11 @@ use shutoff_core::store::accept::{self, AcceptError, AcceptRequest};
 use shutoff_core::store::{self, auth::Caller};
 use sqlx::PgPool;
 
-/// Most requests in one statement: about the connections a busy API serves.
-const MAX_BATCH: usize = 128;
+/// Most requests in one statement. Small batches, several at once, beat big
+/// ones on two cores (measured: 32 x 4 gave ~10% more accepts/s than 128 x 2).
+const MAX_BATCH: usize = 32;
 /// Statements running at once.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 4;
 
 pub struct Acceptor {
     pool: PgPool,

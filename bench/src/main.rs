@@ -270,6 +270,14 @@ async fn run(
         figures.accept_per_s = outcome.per_second();
         figures.accept_p50_ms = outcome.percentile_ms(50.0);
         figures.accept_p99_ms = outcome.percentile_ms(99.0);
+        eprintln!(
+            "accept latency: p90 {:.1} p95 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} ms",
+            outcome.percentile_ms(90.0),
+            outcome.percentile_ms(95.0),
+            outcome.percentile_ms(99.0),
+            outcome.percentile_ms(99.9),
+            outcome.percentile_ms(100.0)
+        );
         figures.accept_refused = outcome.refused + outcome.errors;
         eprintln!(
             "accept: {:.0}/s p50 {:.1} ms p99 {:.1} ms",
