@@ -36,6 +36,8 @@ pub struct Relay {
     /// Confirmed job ids, waiting to be marked `published` in one UPDATE.
     confirmed: mpsc::UnboundedSender<Uuid>,
     metrics: ApiMetrics,
+    /// Jobs older than this are the rescuer's (its `rescue_after`).
+    window: Duration,
 }
 
 impl Relay {
@@ -43,6 +45,7 @@ impl Relay {
         pool: PgPool,
         publisher: Arc<Publisher>,
         metrics: ApiMetrics,
+        window: Duration,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Uuid>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let relay = Arc::new(Relay {
@@ -51,6 +54,7 @@ impl Relay {
             wake: Notify::new(),
             confirmed: tx,
             metrics,
+            window,
         });
         (relay, rx)
     }
@@ -75,7 +79,7 @@ impl Relay {
     pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
         let mut total = 0;
         loop {
-            let batch = jobs::unpublished(&self.pool, MIN_AGE, BATCH).await?;
+            let batch = jobs::unpublished(&self.pool, MIN_AGE, self.window, BATCH).await?;
             if batch.is_empty() {
                 return Ok(total);
             }
@@ -132,7 +136,7 @@ impl Relay {
     /// scraper cannot add load to the database.
     async fn update_backlog(&self) {
         if let Ok(Ok(n)) =
-            tokio::time::timeout(BACKLOG_TIMEOUT, jobs::count_queued(&self.pool)).await
+            tokio::time::timeout(BACKLOG_TIMEOUT, jobs::count_queued(&self.pool, self.window)).await
         {
             self.metrics.relay_backlog.set(n);
         }

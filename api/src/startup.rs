@@ -70,7 +70,12 @@ impl Application {
         );
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
         let metrics = ApiMetrics::new();
-        let (relay, confirmed) = Relay::new(pool.clone(), publisher.clone(), metrics.clone());
+        let (relay, confirmed) = Relay::new(
+            pool.clone(),
+            publisher.clone(),
+            metrics.clone(),
+            settings.common.rescue_after(),
+        );
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -68,3 +68,35 @@ async fn with_the_database_down_a_stop_is_503_and_accepted_once_it_returns(pool:
     assert!(app.stopped(id, Duration::from_secs(15)).await);
     app.shut_down().await;
 }
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_confirmed_publish_is_recorded_and_never_relayed_again(pool: PgPool) {
+    // No worker: the message stays in the queue for us to count.
+    let app = common::spawn_api_only(pool).await;
+    let ids = [app.server("a").await, app.server("b").await];
+    for id in ids {
+        assert_eq!(app.stop(id).await.status().as_u16(), 202);
+    }
+    let recorded = app
+        .env
+        .eventually(Duration::from_secs(10), || async {
+            app.count(
+                "SELECT count(*) FROM jobs WHERE state = 'queued' AND published_at IS NOT NULL",
+            )
+            .await
+                == 2
+        })
+        .await;
+    assert!(recorded, "published_at not set after the broker's confirm");
+    // Past the relay's minimum age and several of its passes: still one
+    // message per stop, and no state change besides the insert.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let queue = app.env.topology.work_queue();
+    assert_eq!(app.env.ready_messages(&queue).await, 2);
+    assert_eq!(
+        app.count("SELECT count(*) FROM job_transitions").await,
+        2,
+        "only the two inserts"
+    );
+    app.shut_down().await;
+}

@@ -68,10 +68,12 @@ pub const VM_STATES: [&str; 12] = [
 /// in [`crate::store::jobs`], so an illegal move fails in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
-    /// Committed with the accepted request; the API (or its relay) moves it to
-    /// `Published` once the broker confirmed the message.
+    /// Committed with the accepted request; the API (or its relay) sets
+    /// `published_at` once the broker confirmed the message, and a worker
+    /// moves it to `Running`.
     Queued,
-    /// The broker holds a message for it; a worker moves it to `Running`.
+    /// Handed back to the queue (by the rescuer, or by a worker that stopped
+    /// before powering off); a worker moves it to `Running`.
     Published,
     /// A worker holds a lease on it; that worker moves it to `Succeeded`,
     /// `Failed` or `Retrying`. If the lease expires, another worker or the

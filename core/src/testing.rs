@@ -101,6 +101,27 @@ impl TestEnv {
         .unwrap()
     }
 
+    /// Ready messages in one of this test's queues.
+    pub async fn ready_messages(&self, queue: &str) -> u32 {
+        let conn = lapin::Connection::connect(&self.amqp_url, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+        q.message_count()
+    }
+
     /// Publishes raw bytes to a queue of this test.
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
         let conn = lapin::Connection::connect(&self.amqp_url, Default::default())

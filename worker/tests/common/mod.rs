@@ -162,22 +162,6 @@ impl Ctx {
 
     /// Ready messages in one of this test's queues.
     pub async fn ready_messages(&self, queue: &str) -> u32 {
-        let conn = lapin::Connection::connect(&self.env.amqp_url, Default::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        let _ = conn.close(200, "done".into()).await;
-        q.message_count()
+        self.env.ready_messages(queue).await
     }
 }
