@@ -43,6 +43,7 @@ pub async fn measure(
     // On its own: VACUUM cannot run inside the implicit transaction of a
     // multi-statement query.
     sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+    crate::settle(pool).await;
 
     let statement = ACCEPT_SQL
         .replace("$1", "(SELECT uuid FROM bench_ids WHERE n = :k)")
