@@ -4,11 +4,11 @@
 //! Each request still gets its own answer; a request the batch did not
 //! accept is diagnosed alone, in Nova's order, exactly as before.
 
-use shutoff_core::batch::{BatchError, Batcher};
+use shutoff_core::batch::{self, BatchError, Batcher};
 use shutoff_core::ids::{RequestId, ServerId};
 use shutoff_core::message::StopJob;
 use shutoff_core::store::accept::{self, AcceptError, AcceptRequest};
-use shutoff_core::store::{self, auth::Caller};
+use shutoff_core::store::auth::Caller;
 use sqlx::PgPool;
 
 /// Most requests in one statement. Small batches, several at once, beat big
@@ -28,25 +28,11 @@ impl Acceptor {
         let batch = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<AcceptRequest>| {
             let pool = p.clone();
             async move {
-                match accept::try_accept_many(&pool, &batch).await {
-                    Ok(accepted) => accepted.into_iter().map(Ok).collect(),
-                    Err(e) if batch.len() == 1 || store::is_unavailable(&e) => {
-                        BatchError::for_all(batch.len(), &e)
-                    }
-                    // One bad request must not fail its neighbours.
-                    Err(_) => {
-                        let mut out = Vec::with_capacity(batch.len());
-                        for r in &batch {
-                            out.push(
-                                accept::try_accept_many(&pool, std::slice::from_ref(r))
-                                    .await
-                                    .map(|a| a[0])
-                                    .map_err(|e| BatchError::from_sqlx(&e)),
-                            );
-                        }
-                        out
-                    }
-                }
+                let all = accept::try_accept_many(&pool, &batch).await;
+                batch::or_each(batch.len(), all, |i| {
+                    accept::try_accept_many(&pool, std::slice::from_ref(&batch[i]))
+                })
+                .await
             }
         });
         Acceptor { pool, batch }

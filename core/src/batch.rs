@@ -49,6 +49,39 @@ impl BatchError {
     }
 }
 
+/// A batch's answers from its statement run on all of it. If that failed for
+/// a reason other than an unreachable database, the statement runs again for
+/// each item alone (`one(i)` for item `i`), so one bad item cannot fail its
+/// neighbours.
+pub async fn or_each<R, F, Fut>(
+    n: usize,
+    all: Result<Vec<R>, sqlx::Error>,
+    one: F,
+) -> Vec<Result<R, BatchError>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, sqlx::Error>>,
+{
+    match all {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) if n == 1 || crate::store::is_unavailable(&e) => BatchError::for_all(n, &e),
+        Err(_) => {
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                out.push(match one(i).await {
+                    Ok(mut answer) if !answer.is_empty() => Ok(answer.swap_remove(0)),
+                    Ok(_) => Err(BatchError::Failed {
+                        message: "no answer for the item".into(),
+                        unavailable: false,
+                    }),
+                    Err(e) => Err(BatchError::from_sqlx(&e)),
+                });
+            }
+            out
+        }
+    }
+}
+
 type Pending<Req, Resp> = (Req, oneshot::Sender<Result<Resp, BatchError>>);
 
 pub struct Batcher<Req, Resp> {
@@ -161,5 +194,37 @@ mod tests {
         assert_eq!(b.call(1).await, Ok(1));
         assert!(matches!(b.call(3).await, Err(BatchError::Failed { .. })));
         assert_eq!(b.call(4).await, Ok(4));
+    }
+
+    #[tokio::test]
+    async fn a_failed_statement_is_retried_item_by_item_unless_the_database_is_gone() {
+        let one = |i: usize| async move {
+            if i == 1 {
+                Err(sqlx::Error::Protocol("bad item".into()))
+            } else {
+                Ok(vec![i * 10])
+            }
+        };
+        let bug = Err(sqlx::Error::Protocol("constraint".into()));
+        let answers = or_each(3, bug, one).await;
+        assert_eq!(answers[0], Ok(0));
+        assert!(matches!(
+            &answers[1],
+            Err(BatchError::Failed {
+                unavailable: false,
+                ..
+            })
+        ));
+        assert_eq!(answers[2], Ok(20));
+
+        let gone = or_each(3, Err(sqlx::Error::PoolTimedOut), one).await;
+        assert!(gone.iter().all(|a| matches!(
+            a,
+            Err(BatchError::Failed {
+                unavailable: true,
+                ..
+            })
+        )));
+        assert_eq!(or_each(2, Ok(vec![7, 8]), one).await, vec![Ok(7), Ok(8)]);
     }
 }

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use shutoff_core::batch::{BatchError, Batcher};
+use shutoff_core::batch::{self, BatchError, Batcher};
 use shutoff_core::message::StopJob;
+use shutoff_core::store::jobs;
 use shutoff_core::store::jobs::{Claim, ClaimedJob, Success};
-use shutoff_core::store::{self, jobs};
 use sqlx::PgPool;
 
 /// Most items in one statement.
@@ -31,24 +31,11 @@ impl JobStore {
         let claims = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<StopJob>| {
             let (pool, worker) = (p.clone(), worker_id.clone());
             async move {
-                match jobs::claim_many(&pool, &batch, &worker, lease).await {
-                    Ok(claims) => claims.into_iter().map(Ok).collect(),
-                    Err(e) if batch.len() == 1 || store::is_unavailable(&e) => {
-                        BatchError::for_all(batch.len(), &e)
-                    }
-                    // One bad item must not fail its neighbours: one by one.
-                    Err(_) => {
-                        let mut out = Vec::with_capacity(batch.len());
-                        for m in &batch {
-                            out.push(
-                                jobs::claim(&pool, m, &worker, lease)
-                                    .await
-                                    .map_err(|e| BatchError::from_sqlx(&e)),
-                            );
-                        }
-                        out
-                    }
-                }
+                let all = jobs::claim_many(&pool, &batch, &worker, lease).await;
+                batch::or_each(batch.len(), all, |i| {
+                    jobs::claim_many(&pool, std::slice::from_ref(&batch[i]), &worker, lease)
+                })
+                .await
             }
         });
         let p = pool.clone();
@@ -66,24 +53,11 @@ impl JobStore {
         let successes = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<Success>| {
             let pool = pool.clone();
             async move {
-                match jobs::succeed_many(&pool, &batch).await {
-                    Ok(recorded) => recorded.into_iter().map(Ok).collect(),
-                    Err(e) if batch.len() == 1 || store::is_unavailable(&e) => {
-                        BatchError::for_all(batch.len(), &e)
-                    }
-                    Err(_) => {
-                        let mut out = Vec::with_capacity(batch.len());
-                        for s in &batch {
-                            out.push(
-                                jobs::succeed_many(&pool, std::slice::from_ref(s))
-                                    .await
-                                    .map(|r| r[0])
-                                    .map_err(|e| BatchError::from_sqlx(&e)),
-                            );
-                        }
-                        out
-                    }
-                }
+                let all = jobs::succeed_many(&pool, &batch).await;
+                batch::or_each(batch.len(), all, |i| {
+                    jobs::succeed_many(&pool, std::slice::from_ref(&batch[i]))
+                })
+                .await
             }
         });
         JobStore {

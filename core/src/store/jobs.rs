@@ -84,22 +84,10 @@ SELECT j.id, j.instance_uuid, j.request_id, j.action_id, j.attempts, j.max_attem
        i.hypervisor, i.host
   FROM j JOIN instances i ON i.uuid = j.instance_uuid";
 
-/// Tries to take the job a message names for `worker` with a lease of
-/// `lease`. The message's instance must match the job's, or the job is
-/// treated as unknown.
-pub async fn claim(
-    pool: &PgPool,
-    message: &StopJob,
-    worker: &str,
-    lease: Duration,
-) -> Result<Claim, sqlx::Error> {
-    let mut claims = claim_many(pool, std::slice::from_ref(message), worker, lease).await?;
-    Ok(claims.pop().expect("one claim per message"))
-}
-
-/// [`claim`] for many messages in one statement (a group commit): one answer
-/// per message, in order. A job named twice is claimed once; the other copy
-/// finds it held.
+/// Tries to take the jobs the messages name for `worker` with a lease of
+/// `lease`, in one statement (a group commit): one answer per message, in
+/// order. A message whose instance is not its job's is treated as unknown. A
+/// job named twice is claimed once; the other copy finds it held.
 pub async fn claim_many(
     pool: &PgPool,
     messages: &[StopJob],
@@ -182,16 +170,8 @@ impl JobRow {
     }
 }
 
-/// Extends our lease while a slow power-off runs. False if we lost it.
-pub async fn heartbeat(
-    pool: &PgPool,
-    job: &ClaimedJob,
-    lease: Duration,
-) -> Result<bool, sqlx::Error> {
-    Ok(heartbeat_many(pool, std::slice::from_ref(job), lease).await?[0])
-}
-
-/// [`heartbeat`] for many jobs in one statement: one answer per job.
+/// Extends our leases while slow power-offs run, in one statement: one
+/// answer per job, false where we lost the lease.
 pub async fn heartbeat_many(
     pool: &PgPool,
     held: &[ClaimedJob],
@@ -213,8 +193,7 @@ pub async fn heartbeat_many(
     .bind(lease.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    let renewed: std::collections::HashSet<Uuid> = renewed.into_iter().collect();
-    Ok(ids.iter().map(|id| renewed.contains(id)).collect())
+    Ok(super::returned(&ids, renewed))
 }
 
 const SUCCEED_SQL: &str = "
@@ -261,26 +240,10 @@ pub struct Success {
     pub details: Option<String>,
 }
 
-/// Records a successful power-off: instance stopped, event Success with
-/// `details` (how the VM went off), job succeeded, in one statement. False
-/// if our lease was taken over meanwhile (then the new holder decides, and
-/// we must not).
-pub async fn succeed(
-    pool: &PgPool,
-    job: &ClaimedJob,
-    power_state: i16,
-    details: &str,
-) -> Result<bool, sqlx::Error> {
-    let one = Success {
-        job: job.clone(),
-        power_state,
-        details: Some(details.to_string()),
-    };
-    Ok(succeed_many(pool, std::slice::from_ref(&one)).await?[0])
-}
-
-/// [`succeed`] for many jobs in one statement (a group commit): one answer
-/// per job, in order.
+/// Records successful power-offs: instance stopped, event Success with the
+/// driver's details, job succeeded, in one statement (a group commit). One
+/// answer per job, in order: false if our lease was taken over meanwhile
+/// (then the new holder decides, and we must not).
 pub async fn succeed_many(pool: &PgPool, done: &[Success]) -> Result<Vec<bool>, sqlx::Error> {
     let ids: Vec<Uuid> = done.iter().map(|s| s.job.id).collect();
     let workers: Vec<&str> = done.iter().map(|s| s.job.worker.as_str()).collect();
@@ -295,8 +258,7 @@ pub async fn succeed_many(pool: &PgPool, done: &[Success]) -> Result<Vec<bool>, 
         .bind(&details)
         .fetch_all(pool)
         .await?;
-    let recorded: std::collections::HashSet<Uuid> = recorded.into_iter().collect();
-    Ok(ids.iter().map(|id| recorded.contains(id)).collect())
+    Ok(super::returned(&ids, recorded))
 }
 
 /// The failure statement, for a condition on the job row. $1 job, $2 message,

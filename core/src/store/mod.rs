@@ -97,6 +97,13 @@ pub async fn create_and_migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For a statement over many ids that returns the ids it changed: whether
+/// each of `ids` is among them, in order.
+fn returned(ids: &[uuid::Uuid], changed: Vec<uuid::Uuid>) -> Vec<bool> {
+    let changed: std::collections::HashSet<uuid::Uuid> = changed.into_iter().collect();
+    ids.iter().map(|id| changed.contains(id)).collect()
+}
+
 /// True when the error means "PostgreSQL is not reachable" rather than a bug.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
