@@ -139,54 +139,23 @@ async fn bad_arguments_are_refused_and_change_nothing(pool: PgPool) {
         ),
         "does not exist",
     );
-    refused(
-        &admin(
-            &env,
-            &[
-                "server",
-                "create",
-                "--project",
-                &project,
-                "--name",
-                "vm",
-                "--vm-state",
-                "sleepy",
-            ],
-        ),
-        "vm_state",
-    );
-    refused(
-        &admin(
-            &env,
-            &[
-                "server",
-                "create",
-                "--project",
-                &project,
-                "--name",
-                "vm",
-                "--hypervisor",
-                "fake://?fail=often",
-            ],
-        ),
-        "fail=often",
-    );
-    refused(
-        &admin(
-            &env,
-            &[
-                "server",
-                "create",
-                "--project",
-                &project,
-                "--name",
-                "vm",
-                "--hypervisor",
-                "vmware://h",
-            ],
-        ),
-        "scheme",
-    );
+    for (flag, value, needle) in [
+        ("--vm-state", "sleepy", "vm_state"),
+        ("--hypervisor", "fake://?fail=often", "fail=often"),
+        ("--hypervisor", "vmware://h", "scheme"),
+    ] {
+        let args = [
+            "server",
+            "create",
+            "--project",
+            &project,
+            "--name",
+            "vm",
+            flag,
+            value,
+        ];
+        refused(&admin(&env, &args), needle);
+    }
     let bad_role = admin(
         &env,
         &["token", "create", "--project", &project, "--role", "root"],
