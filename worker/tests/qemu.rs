@@ -315,14 +315,7 @@ async fn a_job_records_a_forced_stop_and_its_duration_in_the_event(pool: PgPool)
             .await
     );
     assert_eq!(c.instance(server).await, ("stopped".into(), None, 4));
-    let (result, details): (String, String) = sqlx::query_as(
-        "SELECT e.result, e.details FROM instance_actions_events e
-           JOIN jobs j ON j.action_id = e.action_id WHERE j.id = $1",
-    )
-    .bind(job.job_id)
-    .fetch_one(&c.env.pool)
-    .await
-    .unwrap();
+    let (result, details) = c.event(job.job_id).await;
     assert_eq!(result, "Success");
     assert!(details.starts_with("forced power-off in 2."), "{details}");
     assert!(

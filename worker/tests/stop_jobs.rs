@@ -76,14 +76,7 @@ async fn a_driver_error_records_a_fault_and_an_error_event_and_reverts_task_stat
         ("active".into(), None, 1),
         "vm_state unchanged, task_state reverted"
     );
-    let (result, details): (String, String) = sqlx::query_as(
-        "SELECT e.result, e.details FROM instance_actions_events e
-           JOIN jobs j ON j.action_id = e.action_id WHERE j.id = $1",
-    )
-    .bind(job.job_id)
-    .fetch_one(&c.env.pool)
-    .await
-    .unwrap();
+    let (result, details) = c.event(job.job_id).await;
     assert_eq!(result, "Error");
     let action_message: Option<String> =
         sqlx::query_scalar("SELECT a.message FROM instance_actions a JOIN jobs j ON j.action_id = a.id WHERE j.id = $1")

@@ -160,6 +160,18 @@ impl Ctx {
             .unwrap()
     }
 
+    /// Result and details of the stop event of a job's action.
+    pub async fn event(&self, job: Uuid) -> (String, String) {
+        sqlx::query_as(
+            "SELECT e.result, e.details FROM instance_actions_events e
+               JOIN jobs j ON j.action_id = e.action_id WHERE j.id = $1",
+        )
+        .bind(job)
+        .fetch_one(&self.env.pool)
+        .await
+        .unwrap()
+    }
+
     /// Ready messages in one of this test's queues.
     pub async fn ready_messages(&self, queue: &str) -> u32 {
         self.env.ready_messages(queue).await
