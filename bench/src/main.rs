@@ -383,7 +383,7 @@ async fn main() -> anyhow::Result<()> {
     let bin_dir = services::build_binaries().await?;
     let run_id = format!("shutoff_bench_{}", std::process::id());
     let vhost = Vhost::create(&run_id.replace('_', "-")).await;
-    let mut figures = Figures::new(&args.connections, args.ceiling_clients);
+    let mut figures = Figures::new(args.connections, args.ceiling_clients);
 
     let result = run(&args, bin_dir, &vhost, &run_id, &mut figures).await;
     drop_database(&args.database_url, &run_id).await;

@@ -44,9 +44,9 @@ fn targets(f: &Figures) -> Vec<(&'static str, bool)> {
 }
 
 impl Figures {
-    pub fn new(connections: &usize, ceiling_clients: u32) -> Self {
+    pub fn new(connections: usize, ceiling_clients: u32) -> Self {
         Figures {
-            connections: *connections,
+            connections,
             ceiling_clients,
             ..Default::default()
         }
