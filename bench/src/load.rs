@@ -23,6 +23,8 @@ pub struct Outcome {
     pub errors: usize,
     /// Latency of every 202, in ms.
     pub latencies_ms: Vec<f64>,
+    /// When each 202 was sent (seconds into the run), matching `latencies_ms`.
+    pub sent_s: Vec<f64>,
     pub elapsed: Duration,
     /// True when the run ended because every server had been stopped.
     pub ran_out: bool,
@@ -31,6 +33,22 @@ pub struct Outcome {
 impl Outcome {
     pub fn per_second(&self) -> f64 {
         self.accepted as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Per second of the run: (answers, answers slower than `slow_ms`, max ms),
+    /// to tell a steady tail from a burst at start-up or one stall.
+    pub fn timeline(&self, slow_ms: f64) -> Vec<(usize, usize, f64)> {
+        let mut t: Vec<(usize, usize, f64)> = Vec::new();
+        for (&at, &ms) in self.sent_s.iter().zip(&self.latencies_ms) {
+            let s = at as usize;
+            if t.len() <= s {
+                t.resize(s + 1, (0, 0, 0.0));
+            }
+            t[s].0 += 1;
+            t[s].1 += usize::from(ms > slow_ms);
+            t[s].2 = t[s].2.max(ms);
+        }
+        t
     }
 
     pub fn percentile_ms(&self, p: f64) -> f64 {
@@ -85,6 +103,7 @@ pub async fn run(target: Target, limit: Option<Duration>) -> Outcome {
                     Ok(202) => {
                         out.accepted += 1;
                         out.latencies_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+                        out.sent_s.push((sent - start).as_secs_f64());
                     }
                     Ok(_) => out.refused += 1,
                     Err(_) => out.errors += 1,
@@ -101,6 +120,7 @@ pub async fn run(target: Target, limit: Option<Duration>) -> Outcome {
         total.errors += o.errors;
         total.ran_out |= o.ran_out;
         total.latencies_ms.extend(o.latencies_ms);
+        total.sent_s.extend(o.sent_s);
     }
     total.elapsed = start.elapsed();
     total
