@@ -23,6 +23,10 @@ use crate::metrics::{ApiMetrics, PublishPath};
 /// Jobs younger than this are left to the request path that created them.
 const MIN_AGE: Duration = Duration::from_secs(2);
 const BATCH: i64 = 500;
+/// How long a confirmed job waits for its mark (see [`mark_confirmed`]).
+const MARK_DELAY: Duration = Duration::from_millis(250);
+/// Most jobs marked by one statement.
+const MARK_BATCH: usize = 4096;
 /// Longest one relay pass may take.
 const PASS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest the backlog count may take; the gauge keeps its last value otherwise.
@@ -145,9 +149,20 @@ impl Relay {
 
 /// Marks confirmed jobs `published`, many per statement. Ends when every
 /// sender is gone (the relay is dropped at shutdown), after a last flush.
+///
+/// A mark waits [`MARK_DELAY`] after the first confirm of its batch: by then
+/// a running worker has usually claimed the job, which needs no mark, so the
+/// statement skips it instead of writing the row a second time. The delay is
+/// well inside the relay's [`MIN_AGE`], so a confirmed job is still marked
+/// before the relay would publish it again.
 pub async fn mark_confirmed(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Uuid>) {
     let mut ids = Vec::with_capacity(256);
-    while rx.recv_many(&mut ids, 1024).await > 0 {
+    while rx.recv_many(&mut ids, MARK_BATCH).await > 0 {
+        tokio::time::sleep(MARK_DELAY).await;
+        let room = MARK_BATCH.saturating_sub(ids.len());
+        if room > 0 && !rx.is_empty() {
+            rx.recv_many(&mut ids, room).await;
+        }
         if let Err(e) = jobs::mark_published(&pool, &ids).await {
             // The jobs stay `queued`; the relay republishes them later.
             tracing::warn!(error = %e, count = ids.len(), "could not mark jobs published");

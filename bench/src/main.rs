@@ -208,7 +208,10 @@ async fn wait_finished(
         .fetch_one(pool)
         .await?;
         if (row.0 as usize) < accepted {
-            bail!("{accepted} stops answered 202 but only {} jobs finished", row.0);
+            bail!(
+                "{accepted} stops answered 202 but only {} jobs finished",
+                row.0
+            );
         }
         Ok(Finished {
             first_created: row.2.context("no jobs")?,
