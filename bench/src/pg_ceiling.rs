@@ -23,6 +23,9 @@ pub async fn measure(
     clients: u32,
     duration: Duration,
 ) -> anyhow::Result<Ceiling> {
+    // The same history as every phase's database, so both sides of the
+    // ratio run on tables of the same shape.
+    crate::seed_history(pool).await?;
     let project = "0123456789abcdef0123456789abcdef";
     sqlx::query("INSERT INTO projects (id, name) VALUES ($1, 'pgbench')")
         .bind(project)
@@ -102,9 +105,10 @@ pub async fn measure(
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
         .with_context(|| format!("no tps in pgbench output:\n{stdout}"))?;
-    let transactions: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(pool)
-        .await?;
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE request_id LIKE 'req-bench-%'")
+            .fetch_one(pool)
+            .await?;
     let calls: i64 = sqlx::query_scalar("SELECT last_value FROM bench_seq")
         .fetch_one(pool)
         .await?;
