@@ -382,7 +382,7 @@ pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<bool, sqlx::Erro
 ///
 /// Only `published_at` changes: no indexed column, so PostgreSQL updates the
 /// row in place (a HOT update; `jobs` keeps free space for it) and the
-/// state trigger does not fire. Moving the state as well cost a second
+/// state trigger writes no transition. Moving the state as well cost a second
 /// index-maintaining write per stop, a quarter of the API's accept rate.
 ///
 /// A row another transaction holds is skipped, not waited for: that is a
