@@ -183,7 +183,7 @@ async fn wait_finished(
     loop {
         let unfinished: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
-              WHERE j.state NOT IN ('succeeded', 'failed') AND i.project_id = $1",
+              WHERE j.finished_at IS NULL AND i.project_id = $1",
         )
         .bind(project.as_str())
         .fetch_one(pool)

@@ -170,6 +170,13 @@ impl JobRow {
     }
 }
 
+const HEARTBEAT_SQL: &str = "
+UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
+  FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS t(id, worker, attempts)
+ WHERE jobs.id = t.id AND jobs.state = 'running'
+   AND jobs.worker = t.worker AND jobs.attempts = t.attempts
+RETURNING jobs.id";
+
 /// Extends our leases while slow power-offs run, in one statement: one
 /// answer per job, false where we lost the lease.
 pub async fn heartbeat_many(
@@ -180,19 +187,13 @@ pub async fn heartbeat_many(
     let ids: Vec<Uuid> = held.iter().map(|j| j.id).collect();
     let workers: Vec<&str> = held.iter().map(|j| j.worker.as_str()).collect();
     let attempts: Vec<i32> = held.iter().map(|j| j.attempts).collect();
-    let renewed: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
-           FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS t(id, worker, attempts)
-          WHERE jobs.id = t.id AND jobs.state = 'running'
-            AND jobs.worker = t.worker AND jobs.attempts = t.attempts
-         RETURNING jobs.id",
-    )
-    .bind(&ids)
-    .bind(&workers)
-    .bind(&attempts)
-    .bind(lease.as_secs_f64())
-    .fetch_all(pool)
-    .await?;
+    let renewed: Vec<Uuid> = sqlx::query_scalar(HEARTBEAT_SQL)
+        .bind(&ids)
+        .bind(&workers)
+        .bind(&attempts)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
     Ok(super::returned(&ids, renewed))
 }
 
@@ -341,6 +342,10 @@ pub async fn fail_exhausted(
     Ok(n == 1)
 }
 
+const RETRY_SQL: &str = "
+UPDATE jobs SET state = 'retrying', last_error = $4, lease_expires_at = NULL, updated_at = now()
+ WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3";
+
 /// Moves a job we hold to `retrying` before its message goes to a delay
 /// queue. False if our lease was taken over.
 pub async fn schedule_retry(
@@ -348,37 +353,47 @@ pub async fn schedule_retry(
     job: &ClaimedJob,
     error: &str,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE jobs SET state = 'retrying', last_error = $4, lease_expires_at = NULL, updated_at = now()
-          WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3",
-    )
-    .bind(job.id)
-    .bind(&job.worker)
-    .bind(job.attempts)
-    .bind(error)
-    .execute(pool)
-    .await?;
+    let r = sqlx::query(RETRY_SQL)
+        .bind(job.id)
+        .bind(&job.worker)
+        .bind(job.attempts)
+        .bind(error)
+        .execute(pool)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
+
+const RELEASE_SQL: &str = "
+UPDATE jobs SET state = 'published', attempts = attempts - 1, lease_expires_at = NULL,
+       worker = NULL, updated_at = now()
+ WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3";
 
 /// Gives a job we hold back without using up an attempt (graceful shutdown
 /// before the power-off started).
 pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE jobs SET state = 'published', attempts = attempts - 1, lease_expires_at = NULL,
-                worker = NULL, updated_at = now()
-          WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3",
-    )
-    .bind(job.id)
-    .bind(&job.worker)
-    .bind(job.attempts)
-    .execute(pool)
-    .await?;
+    let r = sqlx::query(RELEASE_SQL)
+        .bind(job.id)
+        .bind(&job.worker)
+        .bind(job.attempts)
+        .execute(pool)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 
+const MARK_PUBLISHED_SQL: &str = "
+UPDATE jobs SET published_at = now()
+ WHERE id IN (SELECT id FROM jobs
+               WHERE id = ANY($1) AND published_at IS NULL AND started_at IS NULL
+                 FOR NO KEY UPDATE SKIP LOCKED)";
+
 /// Records that the broker confirmed a job's message: `published_at`, on a
-/// job still `queued` (a worker may already have moved it further).
+/// job no worker has taken yet (a worker may already have moved it further).
+/// "Not taken yet" is `started_at IS NULL` (set by the first claim, never
+/// cleared) rather than `state = 'queued'`: the same jobs, but a condition
+/// that does not match the partial index `jobs_queued`. Matching it, the
+/// planner read the mark's few jobs out of that index whenever the
+/// statistics called it near empty, which during a worker outage meant
+/// walking every published, unclaimed job for each mark.
 ///
 /// Only `published_at` changes: no indexed column, so PostgreSQL updates the
 /// row in place (a HOT update; `jobs` keeps free space for it) and the
@@ -392,15 +407,10 @@ pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<bool, sqlx::Erro
 /// the job stays unmarked and the relay publishes it once more: a duplicate
 /// message, which workers already treat as normal.
 pub async fn mark_published(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE jobs SET published_at = now()
-          WHERE id IN (SELECT id FROM jobs
-                        WHERE id = ANY($1) AND state = 'queued' AND published_at IS NULL
-                          FOR NO KEY UPDATE SKIP LOCKED)",
-    )
-    .bind(ids)
-    .execute(pool)
-    .await?;
+    let r = sqlx::query(MARK_PUBLISHED_SQL)
+        .bind(ids)
+        .execute(pool)
+        .await?;
     Ok(r.rows_affected())
 }
 
@@ -459,7 +469,7 @@ pub async fn rescue(
     let mut tx = pool.begin().await?;
     let rows: Vec<(Uuid, Uuid, String, i32, i32)> = sqlx::query_as(
         "SELECT id, instance_uuid, request_id, attempts, max_attempts FROM jobs
-          WHERE state NOT IN ('succeeded', 'failed')
+          WHERE finished_at IS NULL
             AND ((state = 'running' AND lease_expires_at < now())
                  OR (state <> 'running' AND updated_at < now() - make_interval(secs => $1)))
           ORDER BY updated_at
@@ -547,4 +557,101 @@ pub async fn count_queued(pool: &PgPool, window: Duration) -> Result<i64, sqlx::
     .bind(window.as_secs_f64())
     .fetch_one(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Acquire, PgConnection};
+
+    /// The plan PostgreSQL keeps for `sql` once it caches a generic plan, as
+    /// it does for every prepared statement after five runs.
+    async fn generic_plan(conn: &mut PgConnection, name: &str, sql: &str) -> String {
+        let params = (1..=9).filter(|i| sql.contains(&format!("${i}"))).count();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET plan_cache_mode = force_generic_plan; PREPARE {name} AS {sql}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let nulls = vec!["NULL"; params].join(", ");
+        let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "EXPLAIN (COSTS OFF) EXECUTE {name}({nulls})"
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        rows.join("\n")
+    }
+
+    /// Statistics taken while every job was finished (a quiet moment, or a
+    /// fresh deployment's history), then a backlog the planner has not seen:
+    /// the situation after a worker outage. The statements that run once
+    /// per job must still find their jobs by primary key; read from a
+    /// partial index that the statistics call empty, each batch walked the
+    /// whole backlog.
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn hot_statements_find_their_jobs_by_key_whatever_the_statistics(pool: PgPool) {
+        sqlx::raw_sql(
+            "INSERT INTO projects (id, name) VALUES ('0123456789abcdef0123456789abcdef', 'p');
+             CREATE FUNCTION pg_temp.stops(n int, finished boolean) RETURNS void
+             LANGUAGE sql AS $$
+                 WITH inst AS (
+                     INSERT INTO instances (uuid, project_id, user_id, name, launched_at, task_state)
+                     SELECT gen_random_uuid(), '0123456789abcdef0123456789abcdef', 'u', 'vm', now(),
+                            CASE WHEN finished THEN NULL ELSE 'powering-off' END
+                       FROM generate_series(1, n)
+                     RETURNING uuid
+                 ), act AS (
+                     INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
+                     SELECT 'stop', uuid, 'req-' || uuid, 'u', '0123456789abcdef0123456789abcdef' FROM inst
+                     RETURNING id, instance_uuid, request_id
+                 )
+                 INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, state,
+                                   attempts, started_at, finished_at)
+                 SELECT gen_random_uuid(), instance_uuid, request_id, id, 5,
+                        CASE WHEN finished THEN 'succeeded' ELSE 'queued' END,
+                        CASE WHEN finished THEN 1 ELSE 0 END,
+                        CASE WHEN finished THEN now() END, CASE WHEN finished THEN now() END
+                   FROM act
+             $$;
+             SELECT pg_temp.stops(2000, true);
+             ANALYZE;
+             SELECT pg_temp.stops(20000, false);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        let mut conn = pool.acquire().await.unwrap();
+        let conn = conn.acquire().await.unwrap();
+        let statements = [
+            ("claim", CLAIM_SQL.to_string()),
+            ("succeed", SUCCEED_SQL.to_string()),
+            ("heartbeat", HEARTBEAT_SQL.to_string()),
+            ("retry", RETRY_SQL.to_string()),
+            ("release", RELEASE_SQL.to_string()),
+            ("mark_published", MARK_PUBLISHED_SQL.to_string()),
+            (
+                "fail",
+                fail_sql("state = 'running' AND worker = $5 AND attempts = $6").0,
+            ),
+        ];
+        for (name, sql) in statements {
+            let plan = generic_plan(conn, name, &sql).await;
+            assert!(
+                !plan.contains("jobs_unfinished") && !plan.contains("jobs_queued"),
+                "{name} reads a partial index of jobs:\n{plan}"
+            );
+            assert!(
+                !plan.contains("Seq Scan on jobs"),
+                "{name} scans jobs:\n{plan}"
+            );
+            // By job id, or by instance (a few jobs per instance, ever).
+            assert!(
+                plan.contains("using jobs_pkey") || plan.contains("using jobs_instance"),
+                "{name} does not look its jobs up by key:\n{plan}"
+            );
+        }
+    }
 }
