@@ -31,11 +31,7 @@ impl Acceptor {
         let batch = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<AcceptRequest>| {
             let pool = p.clone();
             async move {
-                let all = accept::try_accept_many(&pool, &batch).await;
-                batch::or_each(batch.len(), all, |i| {
-                    accept::try_accept_many(&pool, std::slice::from_ref(&batch[i]))
-                })
-                .await
+                batch::all_or_each(&batch, |items| accept::try_accept_many(&pool, items)).await
             }
         });
         Acceptor { pool, batch }

@@ -83,6 +83,17 @@ where
     }
 }
 
+/// `run` on the whole batch, then, if that failed (see [`or_each`]), on each
+/// item alone: the shape of every group-committed statement.
+pub async fn all_or_each<'a, T, R, F, Fut>(items: &'a [T], run: F) -> Vec<Result<R, BatchError>>
+where
+    F: Fn(&'a [T]) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, sqlx::Error>>,
+{
+    let all = run(items).await;
+    or_each(items.len(), all, |i| run(std::slice::from_ref(&items[i]))).await
+}
+
 type Pending<Req, Resp> = (Req, oneshot::Sender<Result<Resp, BatchError>>);
 
 pub struct Batcher<Req, Resp> {
@@ -299,5 +310,27 @@ mod tests {
             })
         )));
         assert_eq!(or_each(2, Ok(vec![7, 8]), one).await, vec![Ok(7), Ok(8)]);
+    }
+
+    #[tokio::test]
+    async fn all_or_each_runs_the_batch_then_each_item_when_it_failed() {
+        let seen = Mutex::new(Vec::new());
+        let run = |items: &[u32]| {
+            seen.lock().unwrap().push(items.to_vec());
+            let items = items.to_vec();
+            async move {
+                if items.len() > 1 {
+                    Err(sqlx::Error::Protocol("one bad row".into()))
+                } else {
+                    Ok(vec![items[0] * 2])
+                }
+            }
+        };
+        let answers = all_or_each(&[1, 2, 3], run).await;
+        assert_eq!(answers, vec![Ok(2), Ok(4), Ok(6)]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![vec![1, 2, 3], vec![1], vec![2], vec![3]]
+        );
     }
 }

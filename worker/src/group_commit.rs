@@ -37,9 +37,8 @@ impl JobStore {
             Batcher::spawn_lingering(MAX_BATCH, IN_FLIGHT, linger, move |batch: Vec<StopJob>| {
                 let (pool, worker) = (p.clone(), worker_id.clone());
                 async move {
-                    let all = jobs::claim_many(&pool, &batch, &worker, lease).await;
-                    batch::or_each(batch.len(), all, |i| {
-                        jobs::claim_many(&pool, std::slice::from_ref(&batch[i]), &worker, lease)
+                    batch::all_or_each(&batch, |items| {
+                        jobs::claim_many(&pool, items, &worker, lease)
                     })
                     .await
                 }
@@ -56,17 +55,15 @@ impl JobStore {
                 }
             }
         });
-        let successes =
-            Batcher::spawn_lingering(MAX_BATCH, IN_FLIGHT, linger, move |batch: Vec<Success>| {
+        let successes = Batcher::spawn_lingering(
+            MAX_BATCH,
+            IN_FLIGHT,
+            linger,
+            move |batch: Vec<Success>| {
                 let pool = pool.clone();
-                async move {
-                    let all = jobs::succeed_many(&pool, &batch).await;
-                    batch::or_each(batch.len(), all, |i| {
-                        jobs::succeed_many(&pool, std::slice::from_ref(&batch[i]))
-                    })
-                    .await
-                }
-            });
+                async move { batch::all_or_each(&batch, |items| jobs::succeed_many(&pool, items)).await }
+            },
+        );
         JobStore {
             claims,
             successes,
