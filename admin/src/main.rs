@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use shutoff_core::config::Common;
 use shutoff_core::ids::ProjectId;
-use shutoff_core::state::{PowerState, VM_STATES};
+use shutoff_core::state::{PowerState, TaskState, VmState};
 use shutoff_core::store::{self, admin, reads};
 use shutoff_worker::hypervisor::DriverError;
 use uuid::Uuid;
@@ -169,7 +169,7 @@ async fn existing_project(pool: &sqlx::PgPool, s: &str) -> anyhow::Result<Projec
 /// The worker's own driver lookup decides what a valid address is; unless
 /// `verify` is off, the VM must also answer, in a power state that matches
 /// the vm_state it is registered with.
-async fn check_hypervisor(address: &str, vm_state: &str, verify: bool) -> anyhow::Result<()> {
+async fn check_hypervisor(address: &str, vm_state: VmState, verify: bool) -> anyhow::Result<()> {
     let driver =
         shutoff_worker::hypervisor::driver_for(address).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !verify {
@@ -184,10 +184,10 @@ async fn check_hypervisor(address: &str, vm_state: &str, verify: bool) -> anyhow
             )
         })?;
     match (vm_state, state) {
-        ("active", PowerState::Shutdown | PowerState::Crashed) => bail!(
+        (VmState::Active, PowerState::Shutdown | PowerState::Crashed) => bail!(
             "the VM at {address} is not running ({state:?}): start it, register it with --vm-state stopped, or use --no-verify"
         ),
-        ("stopped", PowerState::Running) => bail!(
+        (VmState::Stopped, PowerState::Running) => bail!(
             "the VM at {address} is running but would be registered stopped: use --vm-state active, or --no-verify"
         ),
         _ => Ok(()),
@@ -290,21 +290,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     host,
                 },
         } => {
-            if !VM_STATES.contains(&vm_state.as_str()) {
-                bail!(
-                    "vm_state {vm_state:?} is not one of {}",
-                    VM_STATES.join(", ")
-                );
-            }
+            let Some(vm_state) = VmState::parse(&vm_state) else {
+                let known: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
+                bail!("vm_state {vm_state:?} is not one of {}", known.join(", "));
+            };
             if name.trim().is_empty() || name.len() > 255 {
                 bail!("server name must be 1 to 255 characters");
             }
-            check_hypervisor(&hypervisor, &vm_state, !no_verify).await?;
+            check_hypervisor(&hypervisor, vm_state, !no_verify).await?;
             let project = existing_project(&pool, &project).await?;
             let mut s = admin::NewServer::new(&project, &name);
             s.user_id = user;
             s.vm_state = vm_state;
-            s.task_state = task_state;
+            s.task_state = task_state.as_deref().map(TaskState::parse);
             s.launched = !not_launched;
             s.locked = locked;
             s.hypervisor = hypervisor;

@@ -6,7 +6,8 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use shutoff_core::store::auth::{self, Caller};
+use shutoff_core::policy::Caller;
+use shutoff_core::store::auth;
 use sqlx::PgPool;
 
 use crate::error::ApiError;

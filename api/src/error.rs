@@ -3,7 +3,12 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use shutoff_core::store::accept::{AcceptError, Refusal};
+use shutoff_core::acceptor::AcceptError;
+use shutoff_core::policy::Refusal;
+use shutoff_core::store::StoreError;
+
+/// What a 503 tells the client to wait before trying again.
+const RETRY_AFTER_SECS: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -39,7 +44,9 @@ pub enum ApiError {
     /// 431: the headers are larger than the limit.
     #[error("The request headers are too large.")]
     HeadersTooLarge,
-    /// 503: PostgreSQL or Keystone is unreachable; nothing was accepted.
+    /// 503: PostgreSQL or Keystone is unreachable, another transaction held
+    /// what the request needed, or the request ran out of time before its
+    /// statement started; nothing was accepted. Sent with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
     /// 500: a bug or an unexpected database error. Details are logged, not sent.
@@ -73,14 +80,31 @@ impl ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) | StoreError::Stopped => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable("The database is unavailable; please retry later.".into())
+            }
+            StoreError::Contention(_) => {
+                tracing::warn!(error = %e, "gave way to another transaction");
+                ApiError::Unavailable(
+                    "Another request is changing this server; nothing was accepted. Please retry later."
+                        .into(),
+                )
+            }
+            StoreError::TimedOut(_) | StoreError::Abandoned => ApiError::Unavailable(
+                "The request timed out; nothing was accepted. Please retry later.".into(),
+            ),
+            StoreError::Failed(_) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if shutoff_core::store::is_unavailable(&e) {
-            tracing::warn!(error = %e, "database unavailable");
-            ApiError::Unavailable("The database is unavailable; please retry later.".into())
-        } else {
-            ApiError::Internal(e.into())
-        }
+        StoreError::from(e).into()
     }
 }
 
@@ -101,7 +125,7 @@ impl From<AcceptError> for ApiError {
     fn from(e: AcceptError) -> Self {
         match e {
             AcceptError::Refused(r) => r.into(),
-            AcceptError::Database(e) => e.into(),
+            AcceptError::Store(e) => e.into(),
         }
     }
 }
@@ -123,6 +147,13 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=UTF-8"),
         );
+        if let ApiError::Unavailable(_) = &self {
+            // Every 503 is "nothing was done, try again": say when.
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
         if let ApiError::Unauthorized {
             keystone_uri: Some(uri),
         } = &self

@@ -5,7 +5,6 @@
 //! - [`server`]: the HTTP/1.1 loop with header deadlines and size limits.
 //! - [`routes`]: one module per endpoint group; [`routes::stop`] is where a stop
 //!   request is checked, accepted and published.
-//! - [`acceptor`]: stop acceptance, group-committed across concurrent requests.
 //! - [`action`]: the action body's parser (pure; fuzzed by `fuzz/`).
 //! - [`auth`]: the `X-Auth-Token` extractor and the [`auth::Authenticator`]:
 //!   our token table (with [`token_cache`]) or [`keystone`].
@@ -15,7 +14,6 @@
 //! - [`metrics`]: `GET /metrics` (Prometheus) and the middleware that counts requests.
 //! - [`openapi`]: the OpenAPI document generated from the handlers, at `/openapi.json`.
 
-pub mod acceptor;
 pub mod action;
 pub mod auth;
 pub mod error;

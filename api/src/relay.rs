@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use shutoff_core::broker::Publisher;
 use shutoff_core::message::StopJob;
-use shutoff_core::store::jobs;
+use shutoff_core::store::publish;
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -83,7 +83,7 @@ impl Relay {
     pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
         let mut total = 0;
         loop {
-            let batch = jobs::unpublished(&self.pool, MIN_AGE, self.window, BATCH).await?;
+            let batch = publish::unpublished(&self.pool, MIN_AGE, self.window, BATCH).await?;
             if batch.is_empty() {
                 return Ok(total);
             }
@@ -99,7 +99,7 @@ impl Relay {
             }
             self.metrics
                 .published(PublishPath::Relay, done.len() as u64);
-            jobs::mark_published(&self.pool, &done).await?;
+            publish::mark_published(&self.pool, &done).await?;
             total += done.len();
             if done.len() < batch.len() {
                 // The broker is still away; the next pass goes on.
@@ -139,8 +139,11 @@ impl Relay {
     /// Sets the backlog gauge, once per pass rather than per scrape, so a
     /// scraper cannot add load to the database.
     async fn update_backlog(&self) {
-        if let Ok(Ok(n)) =
-            tokio::time::timeout(BACKLOG_TIMEOUT, jobs::count_queued(&self.pool, self.window)).await
+        if let Ok(Ok(n)) = tokio::time::timeout(
+            BACKLOG_TIMEOUT,
+            publish::count_queued(&self.pool, self.window),
+        )
+        .await
         {
             self.metrics.relay_backlog.set(n);
         }
@@ -163,7 +166,7 @@ pub async fn mark_confirmed(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Uuid>)
         if room > 0 && !rx.is_empty() {
             rx.recv_many(&mut ids, room).await;
         }
-        if let Err(e) = jobs::mark_published(&pool, &ids).await {
+        if let Err(e) = publish::mark_published(&pool, &ids).await {
             // The jobs stay `queued`; the relay republishes them later.
             tracing::warn!(error = %e, count = ids.len(), "could not mark jobs published");
         }

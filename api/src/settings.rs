@@ -43,6 +43,12 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_read_timeout_ms: u64,
 
+    /// Longest a request may take, database and broker calls included. Past
+    /// it the request is answered 503 if nothing it asked for has started;
+    /// a stop whose statement has started is answered with its true outcome.
+    #[arg(long, env = "SHUTOFF_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
     /// How often the relay looks for committed jobs whose publish did not go through.
     #[arg(long, env = "SHUTOFF_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,
@@ -171,6 +177,10 @@ impl Settings {
         s.common.database_url = database_url.to_string();
         s.common.queue_prefix = queue_prefix.to_string();
         s
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     pub fn relay_interval(&self) -> Duration {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shutoff_core::acceptor::Acceptor;
 use shutoff_core::broker::{BrokerTimeouts, Publisher};
 use shutoff_core::rescuer::Rescuer;
 use shutoff_core::store;
@@ -13,7 +14,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::acceptor::Acceptor;
 use crate::auth::Authenticator;
 use crate::metrics::ApiMetrics;
 use crate::relay::{self, Relay};
@@ -37,6 +37,9 @@ pub struct AppState {
     pub metrics: ApiMetrics,
     /// URI and header limits, checked before routing.
     pub limits: Limits,
+    /// Longest a request may take before it is answered 503 (if nothing it
+    /// asked for has started).
+    pub request_timeout: Duration,
 }
 
 pub struct Application {
@@ -89,6 +92,7 @@ impl Application {
             auth,
             metrics,
             limits: settings.limits(),
+            request_timeout: settings.request_timeout(),
         };
         Ok(Application {
             listener,

@@ -5,11 +5,15 @@
 //! Only valid tokens are cached: an unknown token is looked up every time.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+// A poisoned lock is recovered, not unwrapped: a panic elsewhere must not
+// turn every later request into a 500, and a cache entry is never left
+// half-written (each is one insert or clear).
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use shutoff_core::store::auth::{Authenticated, Caller};
+use shutoff_core::policy::Caller;
+use shutoff_core::store::auth::Authenticated;
 
 /// Entries kept at most; past it the cache starts over (cheaper than an LRU,
 /// and a full cache means many distinct tokens, where caching helps little).
@@ -39,7 +43,7 @@ impl TokenCache {
         if self.ttl.is_zero() {
             return None;
         }
-        let entries = self.entries.lock().expect("token cache lock");
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
             .get(sha256)
             .filter(|e| e.fetched.elapsed() < self.ttl && e.expires_at > Utc::now())
@@ -50,7 +54,7 @@ impl TokenCache {
         if self.ttl.is_zero() {
             return;
         }
-        let mut entries = self.entries.lock().expect("token cache lock");
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }

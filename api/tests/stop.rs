@@ -3,6 +3,7 @@
 
 mod common;
 
+use shutoff_core::state::{TaskState, VmState};
 use std::time::Duration;
 
 use common::{fault, spawn, spawn_api_only};
@@ -225,7 +226,9 @@ async fn a_reader_is_403_but_an_admin_may_stop_any_projects_server(pool: PgPool)
 async fn vm_states_other_than_active_or_error_are_409_and_error_is_stoppable(pool: PgPool) {
     let app = spawn(pool).await;
     for state in ["stopped", "building", "paused", "suspended", "shelved"] {
-        let id = app.server_with(|s| s.vm_state = state.into()).await;
+        let id = app
+            .server_with(|s| s.vm_state = VmState::parse(state).unwrap())
+            .await;
         let msg = fault(app.stop(id).await, 409, "conflictingRequest").await;
         assert_eq!(
             msg,
@@ -235,7 +238,7 @@ async fn vm_states_other_than_active_or_error_are_409_and_error_is_stoppable(poo
     }
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
 
-    let errored = app.server_with(|s| s.vm_state = "error".into()).await;
+    let errored = app.server_with(|s| s.vm_state = VmState::Error).await;
     assert_eq!(app.stop(errored).await.status().as_u16(), 202);
     assert!(app.stopped(errored, Duration::from_secs(15)).await);
     app.shut_down().await;
@@ -267,7 +270,7 @@ async fn a_locked_server_is_409_for_a_member_but_not_for_an_admin(pool: PgPool) 
 async fn a_task_in_progress_or_a_server_never_launched_is_400(pool: PgPool) {
     let app = spawn_api_only(pool).await;
     let busy = app
-        .server_with(|s| s.task_state = Some("rebooting".into()))
+        .server_with(|s| s.task_state = Some(TaskState::parse("rebooting")))
         .await;
     let unlaunched = app.server_with(|s| s.launched = false).await;
 

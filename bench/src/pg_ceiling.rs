@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use shutoff_core::state::{TaskState, VmState};
 use shutoff_core::store::accept::ACCEPT_SQL;
 use sqlx::PgPool;
 use tokio::process::Command;
@@ -52,6 +53,10 @@ pub async fn measure(
     crate::analyze_filled(pool).await?;
     crate::settle(pool).await;
 
+    let stoppable = format!(
+        "ARRAY[{}]",
+        VmState::STOPPABLE.map(|s| format!("'{s}'")).join(", ")
+    );
     let statement = ACCEPT_SQL
         .replace("$1", "(SELECT uuid FROM bench_ids WHERE n = :k)")
         .replace("$2", "false")
@@ -59,7 +64,9 @@ pub async fn measure(
         .replace("$4", "'req-bench-' || :k")
         .replace("$5", "'pgbench'")
         .replace("$6", "gen_random_uuid()")
-        .replace("$7", "5");
+        .replace("$7", "5")
+        .replace("$8", &format!("'{}'", TaskState::PoweringOff))
+        .replace("$9", &stoppable);
     let script = format!(
         "SELECT nextval('bench_seq') AS k \\gset\n{};\n",
         statement.split_whitespace().collect::<Vec<_>>().join(" ")

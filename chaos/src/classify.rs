@@ -14,6 +14,7 @@
 //!   event is not `Success`; a failed job without exactly one fault, ...).
 //! - **ok**: none of these; then it either succeeded or failed for good.
 
+use shutoff_core::state::{TaskState, VmState};
 use std::collections::HashMap;
 
 use anyhow::Result;
@@ -79,8 +80,8 @@ struct Transition {
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct InstanceRow {
     uuid: Uuid,
-    vm_state: String,
-    task_state: Option<String>,
+    vm_state: VmState,
+    task_state: Option<TaskState>,
     power_state: i16,
 }
 
@@ -292,7 +293,7 @@ fn judge(sent: &[Sent], jobs: &[JobRow], instances: &[InstanceRow]) -> Verdict {
         }
 
         let inst = instances.get(&server);
-        let stuck = inst.is_some_and(|i| i.task_state.as_deref() == Some("powering-off"));
+        let stuck = inst.is_some_and(|i| i.task_state == Some(TaskState::PoweringOff));
         if stuck {
             v.stuck.push(found(format!(
                 "instance still powering-off ({} jobs: {})",
@@ -305,13 +306,13 @@ fn judge(sent: &[Sent], jobs: &[JobRow], instances: &[InstanceRow]) -> Verdict {
         }
         let succeeded = jobs.iter().any(|j| j.state == "succeeded");
         if let Some(i) = inst {
-            if succeeded && (i.vm_state != "stopped" || i.power_state != 4) {
+            if succeeded && (i.vm_state != VmState::Stopped || i.power_state != 4) {
                 inconsistent.push(format!(
                     "a job succeeded but the instance is {} with power_state {}",
                     i.vm_state, i.power_state
                 ));
             }
-            if !succeeded && i.vm_state != "active" {
+            if !succeeded && i.vm_state != VmState::Active {
                 inconsistent.push(format!(
                     "no job succeeded but the instance is {}",
                     i.vm_state
@@ -410,8 +411,8 @@ mod tests {
     fn instance(uuid: Uuid, vm_state: &str, task_state: Option<&str>) -> InstanceRow {
         InstanceRow {
             uuid,
-            vm_state: vm_state.into(),
-            task_state: task_state.map(str::to_string),
+            vm_state: VmState::parse(vm_state).unwrap(),
+            task_state: task_state.map(TaskState::parse),
             power_state: if vm_state == "stopped" { 4 } else { 1 },
         }
     }

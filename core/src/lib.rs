@@ -1,10 +1,17 @@
 //! What the shutoff API, worker and admin share.
 //!
-//! - [`state`]: Nova's vm_state / task_state / power_state and our job states,
-//!   each documenting who moves a record out of it.
+//! - [`state`]: Nova's vm_state / task_state / power_state and our job states
+//!   as enums that read and write their columns, each documenting who moves a
+//!   record out of it.
+//! - [`policy`]: who may stop what, and Nova's order of refusals (pure).
+//! - [`acceptor`]: the one acceptor of stops (API, admin tools, tests), with
+//!   group commit and [`batch::Ticket`]s so an answer always matches the commit.
+//! - [`batch`]: group commit of concurrent callers into one statement.
 //! - [`ids`]: identifiers parsed once at the edge (`ProjectId`, `ServerId`, `RequestId`).
 //! - [`message`]: the job message that travels through RabbitMQ.
-//! - [`store`]: every SQL statement, grouped by who runs it (accept, jobs, admin, reads).
+//! - [`store`]: every SQL statement, grouped by who runs it (accept, publish,
+//!   claim, rescue, dead letters, auth, reads, admin), and [`store::StoreError`].
+//! - [`rescuer`]: the loop that hands back or fails jobs nobody is moving.
 //! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
 //! - [`telemetry`]: tracing set-up (text or JSON lines).
 //! - [`metrics`]: the registry and exposition behind `GET /metrics`.
@@ -12,6 +19,7 @@
 //! The database is the source of truth; the broker only carries wake-ups for
 //! jobs that are already committed, so losing a message never loses a stop.
 
+pub mod acceptor;
 pub mod backoff;
 pub mod batch;
 pub mod broker;
@@ -19,6 +27,7 @@ pub mod config;
 pub mod ids;
 pub mod message;
 pub mod metrics;
+pub mod policy;
 pub mod readiness;
 pub mod rescuer;
 pub mod shutdown;

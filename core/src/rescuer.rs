@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::broker::Publisher;
-use crate::store::jobs::{self, Rescue};
+use crate::store::rescue::{self, Rescue};
 
 pub struct Rescuer {
     pub pool: PgPool,
@@ -25,7 +25,7 @@ pub struct Rescuer {
 impl Rescuer {
     /// One pass: returns how many jobs were republished and failed.
     pub async fn run_once(&self) -> Result<(usize, usize), sqlx::Error> {
-        let rescued = jobs::rescue(&self.pool, self.stale_after, &self.host, 500).await?;
+        let rescued = rescue::rescue(&self.pool, self.stale_after, &self.host, 500).await?;
         let (mut republished, mut failed) = (0, 0);
         for r in rescued {
             match r {

@@ -17,7 +17,6 @@ use lapin::types::FieldTable;
 use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::{self, Topology};
 use shutoff_core::message::StopJob;
-use shutoff_core::store::jobs;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -212,14 +211,8 @@ async fn settle(ctx: &JobContext, delivery: Delivery, queue: &str, disposition: 
                 .as_ref()
                 .map(|m| m.to_string());
             let _ = stop_job::db_retry("record dead letter", || {
-                jobs::record_dead_letter(
-                    &ctx.pool,
-                    queue,
-                    &reason,
-                    message_id.as_deref(),
-                    &delivery.data,
-                    &ctx.worker_id,
-                )
+                ctx.store
+                    .record_dead_letter(queue, &reason, message_id.as_deref(), &delivery.data)
             })
             .await;
             delivery

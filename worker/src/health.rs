@@ -11,13 +11,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use shutoff_core::readiness::Readiness;
-use sqlx::PgPool;
 
+use crate::job_store::JobStore;
 use crate::metrics::WorkerMetrics;
 
 #[derive(Clone)]
 pub struct Health {
-    pub pool: PgPool,
+    pub store: JobStore,
     /// Set by the consumer while it is attached to the queue.
     pub consuming: Arc<AtomicBool>,
     pub metrics: WorkerMetrics,
@@ -32,7 +32,7 @@ pub fn router(health: Health) -> Router {
 }
 
 async fn ready(State(h): State<Health>) -> (StatusCode, Json<Readiness>) {
-    let db = shutoff_core::store::ping(&h.pool, Duration::from_secs(2)).await;
+    let db = h.store.ping(Duration::from_secs(2)).await;
     let broker = h.consuming.load(Ordering::SeqCst);
     let readiness = Readiness::new(db, broker);
     let status = StatusCode::from_u16(readiness.status_code()).expect("200 or 503");

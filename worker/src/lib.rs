@@ -5,8 +5,8 @@
 //!   deliveries, stops cleanly on SIGTERM.
 //! - [`stop_job`]: one job, end to end: claim it in PostgreSQL, power the VM
 //!   off, record the result, then ack.
-//! - [`group_commit`]: claims, lease renewals and successes of concurrent
-//!   jobs share one statement and commit.
+//! - [`job_store`]: the worker's one way into the jobs table; claims, lease
+//!   renewals and successes of concurrent jobs share one statement and commit.
 //! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator,
 //!   `qmp+unix://` and `qmp+tcp://` for QEMU).
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on a small port.
@@ -14,9 +14,9 @@
 //! - `testing` (feature `test-support`): real QEMU VMs for tests.
 
 pub mod consumer;
-pub mod group_commit;
 pub mod health;
 pub mod hypervisor;
+pub mod job_store;
 pub mod metrics;
 pub mod settings;
 pub mod stop_job;

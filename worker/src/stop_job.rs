@@ -9,23 +9,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shutoff_core::backoff::Backoff;
+use shutoff_core::batch::Ticket;
 use shutoff_core::broker::Publisher;
 use shutoff_core::message::StopJob;
-use shutoff_core::store::jobs::{Claim, ClaimedJob, Success};
-use shutoff_core::store::{self, jobs};
+use shutoff_core::store::StoreError;
+use shutoff_core::store::claim::{Claim, ClaimedJob, Success};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::group_commit::JobStore;
 use crate::hypervisor::{DriverError, DriverSettings, driver_with};
+use crate::job_store::JobStore;
 use crate::metrics::WorkerMetrics;
 use crate::settings::Settings;
 
 /// A single database call may not hang longer than this.
 const DB_CALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// Non-connection database errors (bugs, constraint violations) are retried
-/// this often before the message is handed back to the broker.
+/// Database failures that are not transient (bugs, constraint violations) are
+/// retried this often before the message is handed back to the broker.
 const DB_BUG_RETRIES: u32 = 3;
 
 /// What the consumer does with the message once the handler is done.
@@ -42,7 +43,6 @@ pub enum Disposition {
 
 /// What every job needs; shared by all in-flight jobs of a worker.
 pub struct JobContext {
-    pub pool: PgPool,
     /// For putting a message on a retry (delay) queue.
     pub publisher: Arc<Publisher>,
     pub worker_id: String,
@@ -51,12 +51,14 @@ pub struct JobContext {
     pub power_off_timeout: Duration,
     /// The worker's shutdown timings; an instance's address may override them.
     pub drivers: DriverSettings,
-    /// Claims, lease renewals and successes, group-committed.
+    /// Every move of a job: claims, lease renewals and successes
+    /// group-committed, the rarer moves one statement each.
     pub store: JobStore,
     pub metrics: WorkerMetrics,
 }
 
 impl JobContext {
+    /// The store is built on `pool`; the context keeps only the store.
     pub fn new(
         pool: PgPool,
         publisher: Arc<Publisher>,
@@ -65,14 +67,8 @@ impl JobContext {
     ) -> Self {
         let worker_id = settings.worker_id();
         let lease = settings.lease();
-        let store = JobStore::new(
-            pool.clone(),
-            worker_id.clone(),
-            lease,
-            settings.batch_linger(),
-        );
+        let store = JobStore::new(pool, worker_id.clone(), lease, settings.batch_linger());
         JobContext {
-            pool,
             publisher,
             worker_id,
             lease,
@@ -114,9 +110,22 @@ async fn handle_message(
     message: StopJob,
     shutdown: &CancellationToken,
 ) -> Disposition {
+    // A claim given up at shutdown must not take the job afterwards, or the
+    // job would sit under a lease nobody works on until it lapses. So the
+    // claim runs under a ticket: at shutdown it is abandoned if its statement
+    // has not started, and otherwise waited for (and a job it took released
+    // below).
+    let ticket = Ticket::new();
+    let claim = db_retry("claim", || ctx.store.claim(&message, &ticket));
+    tokio::pin!(claim);
     let claim = tokio::select! {
-        _ = shutdown.cancelled() => return Disposition::Requeue,
-        c = db_retry("claim", || ctx.store.claim(&message)) => c,
+        _ = shutdown.cancelled() => {
+            if ticket.try_abandon() {
+                return Disposition::Requeue;
+            }
+            claim.await
+        }
+        c = &mut claim => c,
     };
     let claim = match claim {
         Ok(c) => c,
@@ -141,7 +150,7 @@ async fn handle_message(
             );
             tracing::warn!("{msg}");
             match db_retry("fail exhausted", || {
-                jobs::fail_exhausted(&ctx.pool, message.job_id, &msg, &ctx.worker_id)
+                ctx.store.fail_exhausted(message.job_id, &msg)
             })
             .await
             {
@@ -156,7 +165,9 @@ async fn handle_message(
         }
         Claim::Claimed(job) => {
             if shutdown.is_cancelled() {
-                let _ = db_retry("release", || jobs::release(&ctx.pool, &job)).await;
+                if let Ok(true) = db_retry("release", || ctx.store.release(&job)).await {
+                    tracing::info!("shutting down before the power-off; job released");
+                }
                 return Disposition::Requeue;
             }
             run(ctx, job).await
@@ -213,10 +224,7 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
                 "{msg} (attempt {} of {} on {})",
                 job.attempts, job.max_attempts, ctx.worker_id
             );
-            db_retry("record failure", || {
-                jobs::fail(&ctx.pool, &job, &msg, &details)
-            })
-            .await
+            db_retry("record failure", || ctx.store.fail(&job, &msg, &details)).await
         }
     };
     match recorded {
@@ -252,11 +260,7 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
 /// this attempt. If the delay queue cannot take it, the message is requeued
 /// at once and the next delivery retries without delay.
 async fn retry_later(ctx: &JobContext, job: &ClaimedJob, error: &str) -> Disposition {
-    match db_retry("schedule retry", || {
-        jobs::schedule_retry(&ctx.pool, job, error)
-    })
-    .await
-    {
+    match db_retry("schedule retry", || ctx.store.schedule_retry(job, error)).await {
         Ok(true) => {}
         Ok(false) => return Disposition::Ack,
         Err(_) => return Disposition::Requeue,
@@ -310,13 +314,15 @@ fn keep_lease(ctx: &JobContext, job: &ClaimedJob) -> LeaseKeeper {
     LeaseKeeper(tokio::spawn(renew.instrument(tracing::Span::current())))
 }
 
-/// Runs a database call until it succeeds. While PostgreSQL is unreachable it
-/// keeps trying with back-off (the job completes when it returns, and nothing
-/// is acked before); other errors are given up after a few tries.
-pub async fn db_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, sqlx::Error>
+/// Runs a database call until it succeeds. While the store's trouble is
+/// transient (PostgreSQL unreachable, a lock held by another transaction, no
+/// answer in time) it keeps trying with back-off: the job completes when it
+/// returns, and nothing is acked before. Failures are given up after a few
+/// tries; a call its caller abandoned, or a store shutting down, at once.
+pub async fn db_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, sqlx::Error>>,
+    Fut: Future<Output = Result<T, StoreError>>,
 {
     let mut failures = 0u32;
     let mut bugs = 0u32;
@@ -324,10 +330,13 @@ where
         let err = match tokio::time::timeout(DB_CALL_TIMEOUT, op()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e,
-            Err(_) => sqlx::Error::PoolTimedOut,
+            Err(_) => StoreError::TimedOut(DB_CALL_TIMEOUT),
         };
-        if store::is_unavailable(&err) {
-            tracing::warn!(error = %err, what, "database unavailable; retrying");
+        if matches!(err, StoreError::Abandoned | StoreError::Stopped) {
+            return Err(err);
+        }
+        if err.is_transient() {
+            tracing::warn!(error = %err, what, "database call did not go through; retrying");
         } else {
             bugs += 1;
             tracing::error!(error = %err, what, "database call failed");

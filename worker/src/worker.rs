@@ -22,6 +22,8 @@ use crate::stop_job::JobContext;
 
 pub struct Worker {
     settings: Settings,
+    /// For the rescuer, which works on every worker's stale jobs, not ours.
+    pool: PgPool,
     ctx: Arc<JobContext>,
     health_listener: TcpListener,
 }
@@ -49,13 +51,14 @@ impl Worker {
             .await
             .with_context(|| format!("cannot listen on {}", settings.health_listen))?;
         let ctx = Arc::new(JobContext::new(
-            pool,
+            pool.clone(),
             publisher,
             &settings,
             WorkerMetrics::new(),
         ));
         Ok(Worker {
             settings,
+            pool,
             ctx,
             health_listener,
         })
@@ -75,6 +78,7 @@ impl Worker {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Worker {
             settings,
+            pool,
             ctx,
             health_listener,
         } = self;
@@ -83,7 +87,7 @@ impl Worker {
         let background = CancellationToken::new();
 
         let health = health::router(Health {
-            pool: ctx.pool.clone(),
+            store: ctx.store.clone(),
             consuming: consuming.clone(),
             metrics: ctx.metrics.clone(),
         });
@@ -95,7 +99,7 @@ impl Worker {
         });
 
         let rescuer = Rescuer {
-            pool: ctx.pool.clone(),
+            pool,
             publisher: ctx.publisher.clone(),
             stale_after: settings.common.rescue_after(),
             interval: settings.common.rescue_interval(),

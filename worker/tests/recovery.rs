@@ -281,7 +281,7 @@ async fn a_worker_rides_out_a_broker_outage_and_reports_not_ready_meanwhile(pool
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
-    use shutoff_core::store::jobs::{self, Rescue};
+    use shutoff_core::store::rescue::{self, Rescue};
     let c = common::ctx(pool).await;
     let mut ids = Vec::new();
     for _ in 0..60 {
@@ -297,7 +297,7 @@ async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
     let passes = futures::future::join_all((0..4).map(|i| {
         let pool = c.env.pool.clone();
         async move {
-            jobs::rescue(&pool, Duration::from_secs(60), &format!("r{i}"), 500)
+            rescue::rescue(&pool, Duration::from_secs(60), &format!("r{i}"), 500)
                 .await
                 .unwrap()
         }
@@ -317,7 +317,7 @@ async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
     assert_eq!(handed_out, ids, "every stale job handed out exactly once");
     // Touched: a pass right after finds nothing stale.
     assert!(
-        jobs::rescue(&c.env.pool, Duration::from_secs(60), "r", 500)
+        rescue::rescue(&c.env.pool, Duration::from_secs(60), "r", 500)
             .await
             .unwrap()
             .is_empty()

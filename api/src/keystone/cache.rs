@@ -9,11 +9,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+// Poisoned locks are recovered (see token_cache.rs).
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use shutoff_core::store::auth::Caller;
+use shutoff_core::policy::Caller;
 use tokio::sync::OnceCell;
 
 /// Entries kept at most; past it the expired ones go, and if that is not
@@ -100,7 +101,7 @@ impl<E: Clone> ValidationCache<E> {
     /// The slot to wait on: the current one if still usable, else a new one.
     fn slot(&self, sha256: &str) -> Arc<Slot<E>> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("validation cache lock");
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = entries.get(sha256)
             && usable(slot, now)
         {

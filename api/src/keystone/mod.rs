@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shutoff_core::ids::ProjectId;
-use shutoff_core::store::auth::{self, Caller};
+use shutoff_core::policy::Caller;
+use shutoff_core::store::auth;
 use sqlx::PgPool;
 
 use self::cache::{Fresh, ValidationCache, Verdict};

@@ -51,7 +51,10 @@ pub fn router(state: AppState) -> Router {
             limits,
             crate::server::layer,
         ))
-        .layer(axum::middleware::from_fn(crate::request_id::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            state.request_timeout,
+            crate::request_id::layer,
+        ))
         // Outermost, so timed-out and refused requests are counted too.
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

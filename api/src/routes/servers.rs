@@ -11,9 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha224};
 use shutoff_core::ids::ServerId;
-use shutoff_core::state::server_status;
-use shutoff_core::store::accept::Refusal;
-use shutoff_core::store::auth::Caller;
+use shutoff_core::policy::Caller;
+use shutoff_core::policy::Refusal;
 use shutoff_core::store::reads::{self, ServerRow};
 
 use super::base_url;
@@ -153,14 +152,14 @@ pub fn document(s: &ServerRow, base: &str) -> Server {
     let host_id = hex::encode(Sha224::digest(format!("{}{}", s.project_id, s.host)));
     Server {
         name: s.name.clone(),
-        status: server_status(&s.vm_state).to_string(),
+        status: s.vm_state.status().to_string(),
         tenant_id: s.project_id.clone(),
         user_id: s.user_id.clone(),
         created: nova_time(s.created_at),
         updated: nova_time(s.updated_at),
         host_id,
-        vm_state: s.vm_state.clone(),
-        task_state: s.task_state.clone(),
+        vm_state: s.vm_state.to_string(),
+        task_state: s.task_state.as_ref().map(|t| t.to_string()),
         power_state: s.power_state,
         launched_at: s
             .launched_at

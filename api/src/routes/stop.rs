@@ -4,8 +4,10 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
+use shutoff_core::acceptor::StopRequest;
+use shutoff_core::batch::Ticket;
 use shutoff_core::ids::{RequestId, ServerId};
-use shutoff_core::store::accept::Refusal;
+use shutoff_core::policy::Refusal;
 
 use crate::action::{ActionError, ServerAction};
 use crate::auth::{Authenticated, check_project};
@@ -75,6 +77,7 @@ pub struct StopActionBody {
 pub async fn action(
     State(state): State<AppState>,
     axum::Extension(request_id): axum::Extension<RequestId>,
+    axum::Extension(ticket): axum::Extension<Ticket>,
     Authenticated(caller): Authenticated,
     Path((project_id, server_id)): Path<(String, String)>,
     ActionBody(body): ActionBody,
@@ -83,10 +86,13 @@ pub async fn action(
     check_project(&caller, &project_id)?;
     let server = ServerId::parse(&server_id)
         .ok_or_else(|| ApiError::from(Refusal::NotFound(server_id.clone())))?;
-    let job = state
-        .acceptor
-        .accept(&caller, server, &request_id, state.max_attempts)
-        .await?;
+    let stop = StopRequest {
+        caller: &caller,
+        server,
+        request_id: &request_id,
+        max_attempts: state.max_attempts,
+    };
+    let job = state.acceptor.accept(stop, &ticket).await?;
     state.metrics.jobs_accepted.inc();
     tracing::info!(job.id = %job.job_id, instance.uuid = %server, user.id = %caller.user_id, "stop accepted");
     // Committed: from here the stop cannot be lost. Publishing now is the

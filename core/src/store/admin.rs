@@ -1,5 +1,6 @@
 //! What `shutoff-admin` (and tests) create: projects, tokens, servers.
 
+use crate::state::{PowerState, TaskState, VmState};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -61,8 +62,8 @@ pub struct NewServer {
     pub project: ProjectId,
     pub user_id: String,
     pub name: String,
-    pub vm_state: String,
-    pub task_state: Option<String>,
+    pub vm_state: VmState,
+    pub task_state: Option<TaskState>,
     pub launched: bool,
     pub locked: bool,
     pub hypervisor: String,
@@ -75,7 +76,7 @@ impl NewServer {
             project: project.clone(),
             user_id: "admin".into(),
             name: name.into(),
-            vm_state: "active".into(),
+            vm_state: VmState::Active,
             task_state: None,
             launched: true,
             locked: false,
@@ -87,7 +88,12 @@ impl NewServer {
 
 pub async fn create_server(pool: &PgPool, s: &NewServer) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::new_v4();
-    let power_state: i16 = if s.vm_state == "stopped" { 4 } else { 1 };
+    let power_state = if s.vm_state == VmState::Stopped {
+        PowerState::Shutdown
+    } else {
+        PowerState::Running
+    }
+    .as_i16();
     sqlx::query(
         "INSERT INTO instances (uuid, project_id, user_id, name, host, vm_state, task_state,
                                 power_state, launched_at, locked, hypervisor)
@@ -98,7 +104,7 @@ pub async fn create_server(pool: &PgPool, s: &NewServer) -> Result<Uuid, sqlx::E
     .bind(&s.user_id)
     .bind(&s.name)
     .bind(&s.host)
-    .bind(&s.vm_state)
+    .bind(s.vm_state)
     .bind(&s.task_state)
     .bind(power_state)
     .bind(s.launched)

@@ -5,27 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::ids::ProjectId;
-
-/// Who is calling, as the token says.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub project_id: ProjectId,
-    pub user_id: String,
-    pub roles: Vec<String>,
-    /// False when the token's project is disabled or deleted (→ 404).
-    pub project_active: bool,
-}
-
-impl Caller {
-    pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin")
-    }
-
-    /// Nova's `project_member_or_admin`: may stop servers.
-    pub fn may_stop(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin" || r == "member")
-    }
-}
+use crate::policy::Caller;
 
 /// project, user, roles, project active, expires at
 type TokenRow = (String, String, Vec<String>, bool, DateTime<Utc>);

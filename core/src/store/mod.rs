@@ -1,10 +1,18 @@
 //! Every SQL statement shutoff runs, grouped by who runs it.
 //!
-//! - [`accept`]: the API's one-statement acceptance of a stop.
-//! - [`jobs`]: the job state machine (relay, worker, rescuer).
+//! - [`accept`]: the acceptance statement (run by [`crate::acceptor`]).
+//! - [`publish`]: which jobs still need their message, and the mark that the
+//!   broker confirmed one (the API's request path and relay).
+//! - [`claim`]: the worker's moves of a job: claim, lease, succeed, fail,
+//!   retry, release.
+//! - [`rescue`]: jobs nobody is moving, handed back or failed (the rescuer).
+//! - [`dead_letters`]: messages no job matches.
 //! - [`auth`]: token lookup.
 //! - [`reads`]: what the GET endpoints show.
 //! - [`admin`]: what `shutoff-admin` creates.
+//!
+//! Every call answers a [`StoreError`] when it fails: unavailable,
+//! contention, or a failure, with the database's error as its source.
 //!
 //! State moves by compare-and-swap (`UPDATE ... WHERE state = ... RETURNING`),
 //! so two processes racing over one row cannot both win.
@@ -12,8 +20,14 @@
 pub mod accept;
 pub mod admin;
 pub mod auth;
-pub mod jobs;
+pub mod claim;
+pub mod dead_letters;
+mod error;
+pub mod publish;
 pub mod reads;
+pub mod rescue;
+
+pub use error::{StoreError, is_contention, is_unavailable};
 
 use std::time::Duration;
 
@@ -102,23 +116,6 @@ pub async fn create_and_migrate(url: &str) -> anyhow::Result<()> {
 fn returned(ids: &[uuid::Uuid], changed: Vec<uuid::Uuid>) -> Vec<bool> {
     let changed: std::collections::HashSet<uuid::Uuid> = changed.into_iter().collect();
     ids.iter().map(|id| changed.contains(id)).collect()
-}
-
-/// True when the error means "PostgreSQL is not reachable" rather than a bug.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_)
-    ) || e
-        .as_database_error()
-        .and_then(|d| d.code())
-        // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
-        // 08xxx connection exceptions, 53300 too many connections.
-        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "53300")
 }
 
 /// True when PostgreSQL answers a trivial query within `timeout` (for `/readyz`).

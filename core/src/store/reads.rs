@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
-use super::auth::Caller;
+use crate::policy::Caller;
+use crate::state::{TaskState, VmState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ServerRow {
@@ -13,8 +14,8 @@ pub struct ServerRow {
     pub user_id: String,
     pub name: String,
     pub host: String,
-    pub vm_state: String,
-    pub task_state: Option<String>,
+    pub vm_state: VmState,
+    pub task_state: Option<TaskState>,
     pub power_state: i16,
     pub launched_at: Option<DateTime<Utc>>,
     pub locked: bool,

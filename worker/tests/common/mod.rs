@@ -1,5 +1,5 @@
 //! Runs real workers against this test's own database and queues, and
-//! accepts stops the way the API does (same store call, same publisher).
+//! accepts stops the way the API does (the same acceptor, same publisher).
 
 #![allow(dead_code)]
 
@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shutoff_core::acceptor::{Acceptor, StopRequest};
+use shutoff_core::batch::Ticket;
 use shutoff_core::broker::{BrokerTimeouts, Publisher};
 use shutoff_core::ids::{ProjectId, RequestId, ServerId};
 use shutoff_core::message::StopJob;
-use shutoff_core::store::accept::accept_stop;
+use shutoff_core::policy::Caller;
 use shutoff_core::store::admin::NewServer;
-use shutoff_core::store::auth::Caller;
 use shutoff_core::testing::TestEnv;
 use shutoff_worker::{Settings, Worker};
 use sqlx::PgPool;
@@ -101,15 +102,16 @@ impl Ctx {
             roles: vec!["member".into()],
             project_active: true,
         };
-        accept_stop(
-            &self.env.pool,
-            &caller,
-            ServerId(server),
-            &RequestId::new(),
+        let stop = StopRequest {
+            caller: &caller,
+            server: ServerId(server),
+            request_id: &RequestId::new(),
             max_attempts,
-        )
-        .await
-        .unwrap()
+        };
+        Acceptor::new(self.env.pool.clone())
+            .accept(stop, &Ticket::new())
+            .await
+            .unwrap()
     }
 
     /// Accepts and publishes a stop, as the API does.

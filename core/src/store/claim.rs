@@ -1,7 +1,7 @@
-//! The job state machine. Every move is a conditional UPDATE on the job's
-//! current state (and, for a running job, on the lease holder and attempt
-//! number, our fencing token), so duplicate deliveries and racing workers
-//! reach exactly one decision, made here in PostgreSQL.
+//! Claim and finish: the worker's moves of a job. Every move is a conditional
+//! UPDATE on the job's current state (and, for a running job, on the lease
+//! holder and attempt number, our fencing token), so duplicate deliveries and
+//! racing workers reach exactly one decision, made here in PostgreSQL.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use crate::message::StopJob;
-use crate::state::JobState;
+use crate::state::{JobState, TaskState, VmState};
 
 /// A job this worker holds a lease on.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -211,10 +211,10 @@ WITH input AS (
     RETURNING jobs.id, jobs.instance_uuid, jobs.action_id, input.power_state, input.details
 ), i AS (
     UPDATE instances
-       SET vm_state = 'stopped', power_state = j.power_state, task_state = NULL,
+       SET vm_state = $6, power_state = j.power_state, task_state = NULL,
            updated_at = now()
       FROM j
-     WHERE instances.uuid = j.instance_uuid AND instances.task_state = 'powering-off'
+     WHERE instances.uuid = j.instance_uuid AND instances.task_state = $7
     RETURNING instances.uuid
 ), e AS (
     UPDATE instance_actions_events
@@ -257,14 +257,17 @@ pub async fn succeed_many(pool: &PgPool, done: &[Success]) -> Result<Vec<bool>, 
         .bind(&attempts)
         .bind(&power)
         .bind(&details)
+        .bind(VmState::Stopped)
+        .bind(TaskState::PoweringOff)
         .fetch_all(pool)
         .await?;
     Ok(super::returned(&ids, recorded))
 }
 
 /// The failure statement, for a condition on the job row. $1 job, $2 message,
-/// $3 details, $4 event host; the condition may use $5 and $6.
-fn fail_sql(condition: &'static str) -> AssertSqlSafe<String> {
+/// $3 details, $4 event host, $5 [`TaskState::PoweringOff`]; the condition
+/// may use $6 and $7.
+pub(super) fn fail_sql(condition: &'static str) -> AssertSqlSafe<String> {
     // Built only from constants: the condition is always a literal.
     AssertSqlSafe(format!(
         "
@@ -276,7 +279,7 @@ WITH j AS (
     RETURNING instance_uuid, action_id, request_id
 ), i AS (
     UPDATE instances SET task_state = NULL, updated_at = now()
-     WHERE uuid IN (SELECT instance_uuid FROM j) AND task_state = 'powering-off'
+     WHERE uuid IN (SELECT instance_uuid FROM j) AND task_state = $5
     RETURNING uuid
 ), e AS (
     INSERT INTO instance_actions_events (action_id, event, host, finish_time, result, details)
@@ -299,6 +302,9 @@ SELECT count(*) FROM j"
     ))
 }
 
+/// The condition of [`fail`]: the job is running under our lease.
+pub(super) const FAIL_HELD: &str = "state = 'running' AND worker = $6 AND attempts = $7";
+
 /// Records a failed stop we hold the lease for: job failed, event Error,
 /// an instance fault, task_state back to NULL (vm_state unchanged, as Nova).
 pub async fn fail(
@@ -307,17 +313,16 @@ pub async fn fail(
     message: &str,
     details: &str,
 ) -> Result<bool, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(fail_sql(
-        "state = 'running' AND worker = $5 AND attempts = $6",
-    ))
-    .bind(job.id)
-    .bind(message)
-    .bind(details)
-    .bind(&job.worker)
-    .bind(&job.worker)
-    .bind(job.attempts)
-    .fetch_one(pool)
-    .await?;
+    let n: i64 = sqlx::query_scalar(fail_sql(FAIL_HELD))
+        .bind(job.id)
+        .bind(message)
+        .bind(details)
+        .bind(&job.worker)
+        .bind(TaskState::PoweringOff)
+        .bind(&job.worker)
+        .bind(job.attempts)
+        .fetch_one(pool)
+        .await?;
     Ok(n == 1)
 }
 
@@ -337,6 +342,7 @@ pub async fn fail_exhausted(
     .bind(message)
     .bind(message)
     .bind(host)
+    .bind(TaskState::PoweringOff)
     .fetch_one(pool)
     .await?;
     Ok(n == 1)
@@ -378,185 +384,6 @@ pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<bool, sqlx::Erro
         .execute(pool)
         .await?;
     Ok(r.rows_affected() == 1)
-}
-
-const MARK_PUBLISHED_SQL: &str = "
-UPDATE jobs SET published_at = now()
- WHERE id IN (SELECT id FROM jobs
-               WHERE id = ANY($1) AND published_at IS NULL AND started_at IS NULL
-                 FOR NO KEY UPDATE SKIP LOCKED)";
-
-/// Records that the broker confirmed a job's message: `published_at`, on a
-/// job no worker has taken yet (a worker may already have moved it further).
-/// "Not taken yet" is `started_at IS NULL` (set by the first claim, never
-/// cleared) rather than `state = 'queued'`: the same jobs, but a condition
-/// that does not match the partial index `jobs_queued`. Matching it, the
-/// planner read the mark's few jobs out of that index whenever the
-/// statistics called it near empty, which during a worker outage meant
-/// walking every published, unclaimed job for each mark.
-///
-/// Only `published_at` changes: no indexed column, so PostgreSQL updates the
-/// row in place (a HOT update; `jobs` keeps free space for it) and the
-/// state trigger writes no transition. Moving the state as well cost a second
-/// index-maintaining write per stop, a quarter of the API's accept rate.
-///
-/// A row another transaction holds is skipped, not waited for: that is a
-/// worker claiming the job, which takes it out of `queued`, where the mark
-/// no longer matters. Waiting made claims and marks queue behind each other
-/// (the most common wait in the end-to-end run). If that claim rolls back,
-/// the job stays unmarked and the relay publishes it once more: a duplicate
-/// message, which workers already treat as normal.
-pub async fn mark_published(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(MARK_PUBLISHED_SQL)
-        .bind(ids)
-        .execute(pool)
-        .await?;
-    Ok(r.rows_affected())
-}
-
-/// Committed jobs whose message was never confirmed, oldest first. `min_age`
-/// leaves the request path time to publish its own job first; jobs older
-/// than `window` are the rescuer's (so a pass never walks a huge backlog).
-pub async fn unpublished(
-    pool: &PgPool,
-    min_age: Duration,
-    window: Duration,
-    limit: i64,
-) -> Result<Vec<StopJob>, sqlx::Error> {
-    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-        "SELECT id, instance_uuid, request_id FROM jobs
-          WHERE state = 'queued' AND published_at IS NULL
-            AND created_at < now() - make_interval(secs => $1)
-            AND created_at > now() - make_interval(secs => $2)
-          ORDER BY created_at LIMIT $3",
-    )
-    .bind(min_age.as_secs_f64())
-    .bind(window.as_secs_f64())
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(job_id, instance_uuid, request_id)| StopJob {
-            job_id,
-            instance_uuid,
-            request_id,
-        })
-        .collect())
-}
-
-/// What the rescuer decided for one stale job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rescue {
-    /// Handed back to the queue: publish this message again.
-    Republish(StopJob),
-    /// Out of attempts: recorded as failed.
-    Failed(Uuid),
-}
-
-/// Finds unfinished jobs that nobody is moving — a running job whose lease
-/// expired, a published/retrying job untouched for `stale_after`, a queued
-/// job the relay never got out — and either hands them back (state
-/// `published`, touched so other rescuers skip them) or fails them when no
-/// attempts are left. Safe to run in every process at once: rows are taken
-/// with `FOR UPDATE SKIP LOCKED` and moved by compare-and-swap.
-pub async fn rescue(
-    pool: &PgPool,
-    stale_after: Duration,
-    host: &str,
-    limit: i64,
-) -> Result<Vec<Rescue>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, Uuid, String, i32, i32)> = sqlx::query_as(
-        "SELECT id, instance_uuid, request_id, attempts, max_attempts FROM jobs
-          WHERE finished_at IS NULL
-            AND ((state = 'running' AND lease_expires_at < now())
-                 OR (state <> 'running' AND updated_at < now() - make_interval(secs => $1)))
-          ORDER BY updated_at
-          LIMIT $2
-          FOR UPDATE SKIP LOCKED",
-    )
-    .bind(stale_after.as_secs_f64())
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    let mut republish = Vec::new();
-    for (id, instance_uuid, request_id, attempts, max_attempts) in rows {
-        if attempts >= max_attempts {
-            let n: i64 = sqlx::query_scalar(fail_sql(
-                "state NOT IN ('succeeded', 'failed')",
-            ))
-            .bind(id)
-            .bind(format!("gave up after {attempts} attempts: the job stalled (worker lost or message lost)"))
-            .bind("rescued by shutoff after its deadline passed")
-            .bind(host)
-            .fetch_one(&mut *tx)
-            .await?;
-            if n == 1 {
-                out.push(Rescue::Failed(id));
-            }
-        } else {
-            republish.push(id);
-            out.push(Rescue::Republish(StopJob {
-                job_id: id,
-                instance_uuid,
-                request_id,
-            }));
-        }
-    }
-    if !republish.is_empty() {
-        sqlx::query(
-            "UPDATE jobs SET state = 'published', worker = NULL, lease_expires_at = NULL,
-                    updated_at = now(), published_at = coalesce(published_at, now())
-              WHERE id = ANY($1)",
-        )
-        .bind(&republish)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(out)
-}
-
-/// Records a poison message (its payload, shortened, and why).
-pub async fn record_dead_letter(
-    pool: &PgPool,
-    queue: &str,
-    reason: &str,
-    message_id: Option<&str>,
-    payload: &[u8],
-    worker: &str,
-) -> Result<(), sqlx::Error> {
-    let shown: String = String::from_utf8_lossy(payload)
-        .chars()
-        .take(4096)
-        .collect();
-    sqlx::query(
-        "INSERT INTO dead_letters (queue, reason, message_id, payload, worker) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(queue)
-    .bind(reason)
-    .bind(message_id)
-    .bind(shown)
-    .bind(worker)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Jobs committed but not yet published: the relay's backlog. Read from the
-/// partial index `jobs_queued`, so it costs nothing while the backlog is
-/// empty, however many finished jobs the table holds.
-pub async fn count_queued(pool: &PgPool, window: Duration) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM jobs
-          WHERE state = 'queued' AND published_at IS NULL
-            AND created_at > now() - make_interval(secs => $1)",
-    )
-    .bind(window.as_secs_f64())
-    .fetch_one(pool)
-    .await
 }
 
 #[cfg(test)]
@@ -631,11 +458,11 @@ mod tests {
             ("heartbeat", HEARTBEAT_SQL.to_string()),
             ("retry", RETRY_SQL.to_string()),
             ("release", RELEASE_SQL.to_string()),
-            ("mark_published", MARK_PUBLISHED_SQL.to_string()),
             (
-                "fail",
-                fail_sql("state = 'running' AND worker = $5 AND attempts = $6").0,
+                "mark_published",
+                super::super::publish::MARK_PUBLISHED_SQL.to_string(),
             ),
+            ("fail", fail_sql(FAIL_HELD).0),
         ];
         for (name, sql) in statements {
             let plan = generic_plan(conn, name, &sql).await;
