@@ -95,6 +95,17 @@ pub struct Common {
     )]
     pub db_max_connections: u32,
 
+    /// Server-side limit on any one statement, in milliseconds. A statement
+    /// that waits this long on another transaction's lock is rolled back and
+    /// answered as contention (503 with Retry-After on the API), never 500.
+    #[arg(
+        long,
+        global = true,
+        env = "SHUTOFF_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub db_statement_timeout_ms: u64,
+
     /// How the API and the worker write log lines (`RUST_LOG` sets the filter).
     #[arg(
         long,
@@ -126,6 +137,7 @@ impl Common {
     pub fn pool_settings(&self) -> crate::store::PoolSettings {
         crate::store::PoolSettings {
             max_connections: self.db_max_connections,
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
             ..Default::default()
         }
     }

@@ -323,3 +323,57 @@ async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
             .is_empty()
     );
 }
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_claim_under_way_at_sigterm_is_released_not_left_to_its_lease(pool: PgPool) {
+    let c = common::ctx(pool).await;
+    // A long lease and no rescue in sight: only a release frees the job soon.
+    let first = c
+        .worker(|s| {
+            s.grace_secs = 10;
+            s.lease_secs = 300;
+            s.common.rescue_after_secs = 3600;
+        })
+        .await;
+    let vm = c.server("fake://").await;
+    let job = c.accept(vm, 5).await;
+    // An operator's transaction holds the job's row, so the worker's claim
+    // statement starts and waits on it.
+    let mut lock = c.env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(job.job_id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    c.publisher.publish(&job).await.unwrap();
+    let waiting = c
+        .env
+        .eventually(T, || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&c.env.pool)
+            .await
+            .unwrap()
+                == 1
+        })
+        .await;
+    assert!(waiting, "the claim never reached the locked row");
+
+    // SIGTERM while the claim waits; then the claim goes through.
+    first.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.commit().await.unwrap();
+    first.handle.await.unwrap().unwrap();
+
+    assert_eq!(
+        c.job(job.job_id).await,
+        ("published".into(), 0),
+        "the job the claim took was handed back, its attempt not used"
+    );
+    let second = c.worker(|_| {}).await;
+    assert!(c.until_job(job.job_id, "succeeded", T).await);
+    assert_eq!(c.instance(vm).await.0, "stopped");
+    second.terminate().await;
+}
