@@ -64,7 +64,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum DocsCommand {
     /// Print every flag, environment variable and default of the three
-    /// binaries as Markdown tables (the README's configuration section).
+    /// binaries as Markdown tables (the tables of docs/configuration.md).
     Config {
         /// Write them into this file between the generated-section markers
         /// instead of printing them.
