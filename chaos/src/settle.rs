@@ -1,6 +1,7 @@
 //! Waiting for the system to finish what it accepted: no unfinished job and
 //! no instance left `powering-off`.
 
+use shutoff_core::state::TaskState;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -29,8 +30,9 @@ pub async fn wait(pool: &PgPool, fleet: &mut Fleet, limit: Duration) -> Result<S
         // The database may be briefly unreachable; just look again.
         if let Ok((u, p)) = sqlx::query_as::<_, (i64, i64)>(
             "SELECT (SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'failed')),
-                    (SELECT count(*) FROM instances WHERE task_state = 'powering-off')",
+                    (SELECT count(*) FROM instances WHERE task_state = $1)",
         )
+        .bind(TaskState::PoweringOff)
         .fetch_one(pool)
         .await
         {
