@@ -40,10 +40,11 @@ impl Authenticator {
 
     /// The 401 for this mode: Keystone's names the identity service.
     pub fn unauthorized(&self) -> ApiError {
-        match self {
-            Authenticator::Local(_) => ApiError::Unauthorized { keystone_uri: None },
-            Authenticator::Keystone(k) => k.unauthorized(),
-        }
+        let keystone_uri = match self {
+            Authenticator::Local(_) => None,
+            Authenticator::Keystone(k) => Some(k.uri().to_string()),
+        };
+        ApiError::Unauthorized { keystone_uri }
     }
 
     pub async fn authenticate(&self, pool: &PgPool, token: &str) -> Result<Caller, ApiError> {
@@ -59,7 +60,10 @@ impl Authenticator {
                 cache.put(sha256, &valid);
                 Ok(valid.caller)
             }
-            Authenticator::Keystone(keystone) => keystone.authenticate(pool, token, &sha256).await,
+            Authenticator::Keystone(keystone) => keystone
+                .authenticate(pool, token, &sha256)
+                .await?
+                .ok_or_else(|| self.unauthorized()),
         }
     }
 }

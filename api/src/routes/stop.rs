@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use shutoff_core::ids::{RequestId, ServerId};
 use shutoff_core::store::accept::Refusal;
 
-use crate::action::{ActionError, ServerAction};
+use crate::action::ServerAction;
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::extract::Path;
@@ -18,12 +18,6 @@ use crate::openapi::{
 use crate::server::BodyTimedOut;
 use crate::startup::AppState;
 use utoipa::ToSchema;
-
-impl From<ActionError> for ApiError {
-    fn from(e: ActionError) -> Self {
-        ApiError::BadRequest(e.to_string())
-    }
-}
 
 /// The body, read up to the configured limit; a larger one is refused
 /// (413) without being read, one that does not arrive in time is 408, and
