@@ -1,6 +1,7 @@
 //! The API's one error type and its one mapping to OpenStack fault bodies:
 //! `{"<faultName>": {"code": N, "message": "..."}}`. Every conversion of
-//! another error into [`ApiError`] is in this file.
+//! another error into [`ApiError`] is in this file; how the OpenAPI document
+//! describes the fault bodies is beside it, in [`responses`].
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use shutoff_core::store::accept::{AcceptError, Refusal};
 
 use crate::action::ActionError;
 use crate::keystone::ValidationError;
+
+pub mod responses;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

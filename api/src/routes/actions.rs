@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
+use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::extract::Path;
-use crate::openapi::{BadRequest, NotFound, ServerPath, Unauthorized, Unavailable};
+use crate::openapi::ServerPath;
 use crate::startup::AppState;
 
 fn ts(t: DateTime<Utc>) -> String {

@@ -19,8 +19,9 @@ use shutoff_core::store::reads::{self, ServerRow};
 use super::base_url;
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
+use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::extract::{Path, Query};
-use crate::openapi::{BadRequest, NotFound, ProjectPath, ServerPath, Unauthorized, Unavailable};
+use crate::openapi::{ProjectPath, ServerPath};
 use crate::startup::AppState;
 use utoipa::{IntoParams, ToSchema};
 

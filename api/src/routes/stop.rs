@@ -10,11 +10,12 @@ use shutoff_core::store::accept::Refusal;
 use crate::action::ServerAction;
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
-use crate::extract::Path;
-use crate::openapi::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RequestTimeout, ServerPath,
-    Unauthorized, Unavailable,
+use crate::error::responses::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized,
+    Unavailable,
 };
+use crate::extract::Path;
+use crate::openapi::ServerPath;
 use crate::server::BodyTimedOut;
 use crate::startup::AppState;
 use utoipa::ToSchema;
