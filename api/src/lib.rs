@@ -21,6 +21,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod keystone;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod relay;

@@ -49,7 +49,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             limits,
-            crate::server::layer,
+            crate::limits::layer,
         ))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
         // Outermost, so timed-out and refused requests are counted too.
