@@ -30,7 +30,9 @@ pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod token_cache;
 
 pub use settings::Settings;
-pub use startup::{AppState, Application};
+pub use startup::Application;
+pub use state::AppState;

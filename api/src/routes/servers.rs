@@ -15,6 +15,7 @@ use shutoff_core::state::server_status;
 use shutoff_core::store::accept::Refusal;
 use shutoff_core::store::auth::Caller;
 use shutoff_core::store::reads::{self, ServerRow};
+use sqlx::PgPool;
 
 use super::base_url;
 use crate::auth::{Authenticated, check_project};
@@ -22,7 +23,6 @@ use crate::error::ApiError;
 use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::extract::{Path, Query};
 use crate::openapi::{ProjectPath, ServerPath};
-use crate::startup::AppState;
 use utoipa::{IntoParams, ToSchema};
 
 /// The filters of a server list.
@@ -194,7 +194,7 @@ pub fn document(s: &ServerRow, base: &str) -> Server {
 
 /// The rows a list shows, after the project check.
 async fn visible_servers(
-    state: &AppState,
+    pool: &PgPool,
     caller: &Caller,
     project_id: &str,
     q: &ListQuery,
@@ -202,7 +202,7 @@ async fn visible_servers(
     check_project(caller, project_id)?;
     let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
     let name = q.name.as_deref().map(checked_name).transpose()?;
-    Ok(reads::servers(&state.pool, caller, name, limit).await?)
+    Ok(reads::servers(pool, caller, name, limit).await?)
 }
 
 /// PostgreSQL text cannot hold NUL, so a name with one matches nothing we
@@ -227,13 +227,13 @@ fn checked_name(name: &str) -> Result<&str, ApiError> {
     security(("token" = [])),
 )]
 pub async fn list(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<ServerList>, ApiError> {
-    let rows = visible_servers(&state, &caller, &project_id, &q).await?;
+    let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
     let servers = rows
         .iter()
@@ -262,13 +262,13 @@ pub async fn list(
     security(("token" = [])),
 )]
 pub async fn list_detail(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<ServerDetailList>, ApiError> {
-    let rows = visible_servers(&state, &caller, &project_id, &q).await?;
+    let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
     let servers = rows.iter().map(|s| document(s, &base)).collect();
     Ok(Json(ServerDetailList { servers }))
@@ -287,7 +287,7 @@ pub async fn list_detail(
     security(("token" = [])),
 )]
 pub async fn show(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     Authenticated(caller): Authenticated,
     Path((project_id, server_id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -295,7 +295,7 @@ pub async fn show(
     check_project(&caller, &project_id)?;
     let not_found = || ApiError::from(Refusal::NotFound(server_id.clone()));
     let id = ServerId::parse(&server_id).ok_or_else(not_found)?;
-    let row = reads::server(&state.pool, &caller, id.0)
+    let row = reads::server(&pool, &caller, id.0)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(ServerShow {

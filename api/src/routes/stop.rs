@@ -17,7 +17,7 @@ use crate::error::responses::{
 use crate::extract::Path;
 use crate::openapi::ServerPath;
 use crate::server::BodyTimedOut;
-use crate::startup::AppState;
+use crate::state::StopState;
 use utoipa::ToSchema;
 
 /// The body, read up to the configured limit; a larger one is refused
@@ -68,7 +68,7 @@ pub struct StopActionBody {
     security(("token" = [])),
 )]
 pub async fn action(
-    State(state): State<AppState>,
+    State(stop): State<StopState>,
     axum::Extension(request_id): axum::Extension<RequestId>,
     Authenticated(caller): Authenticated,
     Path((project_id, server_id)): Path<(String, String)>,
@@ -78,14 +78,14 @@ pub async fn action(
     check_project(&caller, &project_id)?;
     let server = ServerId::parse(&server_id)
         .ok_or_else(|| ApiError::from(Refusal::NotFound(server_id.clone())))?;
-    let job = state
+    let job = stop
         .acceptor
-        .accept(&caller, server, &request_id, state.max_attempts)
+        .accept(&caller, server, &request_id, stop.max_attempts)
         .await?;
-    state.metrics.jobs_accepted.inc();
+    stop.metrics.jobs_accepted.inc();
     tracing::info!(job.id = %job.job_id, instance.uuid = %server, user.id = %caller.user_id, "stop accepted");
     // Committed: from here the stop cannot be lost. Publishing now is the
     // fast path; if it fails the relay publishes it when the broker is back.
-    state.relay.publish_now(job).await;
+    stop.relay.publish_now(job).await;
     Ok(StatusCode::ACCEPTED)
 }
