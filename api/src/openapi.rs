@@ -11,7 +11,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type,
 };
-use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa::{Modify, OpenApi};
 
 use crate::error::responses::{
     BadMethodFault, BadRequestFault, ComputeFault, ConflictingRequestFault, FaultDetail,
@@ -19,29 +19,6 @@ use crate::error::responses::{
     ServiceUnavailableFault, UnauthorizedFault, UriTooLongFault,
 };
 use crate::routes::{actions, health, servers, stop, version};
-
-/// The project in the URL.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct ProjectPath {
-    /// The project id: the token's project, 32 hex characters. Another
-    /// project's id is a 400.
-    #[param(example = "b72dc11461c84102b97576ae24d2b88c")]
-    pub project_id: String,
-}
-
-/// The project and server in the URL.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct ServerPath {
-    /// The project id: the token's project, 32 hex characters. Another
-    /// project's id is a 400.
-    #[param(example = "b72dc11461c84102b97576ae24d2b88c")]
-    pub project_id: String,
-    /// The instance UUID; anything else is a 404.
-    #[param(example = "0199340e-0f3e-4612-96be-6f1861b192b5")]
-    pub server_id: String,
-}
 
 /// The request id every response carries, under both of Nova's names.
 const REQUEST_ID_HEADERS: [(&str, &str); 2] = [

@@ -17,7 +17,7 @@ use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::extract::Path;
-use crate::openapi::ServerPath;
+use crate::routes::params::ServerPath;
 
 fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S.%6f").to_string()

@@ -2,13 +2,14 @@
 
 pub mod actions;
 pub mod health;
+pub mod links;
+pub mod params;
 pub mod servers;
 pub mod stop;
 pub mod version;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
 
 use crate::error::ApiError;
@@ -58,15 +59,4 @@ pub fn router(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .with_state(state)
-}
-
-/// `http://<Host header>` for the links in documents, so they point where the
-/// client reached us. A Host with odd characters is not echoed back.
-pub fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("localhost");
-    format!("http://{host}")
 }

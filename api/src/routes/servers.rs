@@ -17,12 +17,12 @@ use shutoff_core::store::auth::Caller;
 use shutoff_core::store::reads::{self, ServerRow};
 use sqlx::PgPool;
 
-use super::base_url;
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
 use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::extract::{Path, Query};
-use crate::openapi::{ProjectPath, ServerPath};
+use crate::routes::links::{Link, base_url};
+use crate::routes::params::{ProjectPath, ServerPath};
 use utoipa::{IntoParams, ToSchema};
 
 /// The filters of a server list.
@@ -39,15 +39,6 @@ const MAX_LIMIT: i64 = 1000;
 
 fn nova_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// A link to a resource, as Nova gives them.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Link {
-    /// `self` or `bookmark`.
-    #[schema(example = "self")]
-    pub rel: String,
-    pub href: String,
 }
 
 fn links(base: &str, project: &str, id: &str) -> Vec<Link> {

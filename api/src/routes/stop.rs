@@ -15,7 +15,7 @@ use crate::error::responses::{
     Unavailable,
 };
 use crate::extract::Path;
-use crate::openapi::ServerPath;
+use crate::routes::params::ServerPath;
 use crate::server::BodyTimedOut;
 use crate::state::StopState;
 use utoipa::ToSchema;

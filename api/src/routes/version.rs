@@ -6,9 +6,8 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::base_url;
-use crate::openapi::ProjectPath;
-use crate::routes::servers::Link;
+use crate::routes::links::{Link, base_url};
+use crate::routes::params::ProjectPath;
 
 /// A media type a version speaks.
 #[derive(Debug, Serialize, ToSchema)]
