@@ -1,12 +1,12 @@
-//! The API contract: an OpenAPI 3.1 document generated from the handlers'
-//! `#[utoipa::path]` attributes and the response types, served at
+//! The API contract: an OpenAPI 3.1 document made from the router's list of
+//! routes ([`crate::routes::api`]: the handlers' `#[utoipa::path]` attributes
+//! and the response types) and what holds for every operation, served at
 //! `GET /openapi.json` and committed as `api/openapi.json` (a test fails when
 //! the two differ, so the committed file cannot drift from the code).
 //!
 //! The fault bodies and fault responses are beside the error they describe,
 //! in [`crate::error::responses`].
 
-use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type,
@@ -18,7 +18,7 @@ use crate::error::responses::{
     ForbiddenFault, HeadersTooLargeFault, ItemNotFoundFault, OverLimitFault, RequestTimeoutFault,
     ServiceUnavailableFault, UnauthorizedFault, UriTooLongFault,
 };
-use crate::routes::{actions, health, servers, stop, version};
+use crate::routes;
 
 /// The request id every response carries, under both of Nova's names.
 const REQUEST_ID_HEADERS: [(&str, &str); 2] = [
@@ -116,22 +116,6 @@ impl Modify for Common {
             every response carries `X-Compute-Request-Id` and `X-OpenStack-Request-ID`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(
-        version::root,
-        version::doc_v2,
-        version::doc_v2_slash,
-        version::doc_v2_project,
-        version::doc_v2_project_slash,
-        servers::list,
-        servers::list_detail,
-        servers::show,
-        stop::action,
-        actions::list,
-        actions::show,
-        health::alive,
-        health::ready,
-        openapi_json,
-    ),
     components(schemas(
         FaultDetail,
         BadRequestFault,
@@ -147,7 +131,6 @@ impl Modify for Common {
         ComputeFault,
         ServiceUnavailableFault,
     )),
-    modifiers(&Common),
     tags(
         (name = "versions", description = "Version documents; no token needed."),
         (name = "servers", description = "Server documents and the stop action."),
@@ -155,26 +138,24 @@ impl Modify for Common {
         (name = "health", description = "Liveness and readiness; no token needed."),
     ),
 )]
-pub struct ApiDoc;
+struct ApiDoc;
+
+/// The whole document: the routes' operations, then what [`Common`] adds to
+/// each of them.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(routes::api().into_openapi());
+    Common.modify(&mut doc);
+    doc
+}
 
 /// The document as committed in `api/openapi.json`.
 pub fn document_json() -> String {
-    let mut s = ApiDoc::openapi()
+    let mut s = document()
         .to_pretty_json()
         .expect("the OpenAPI document serialises");
     s.push('\n');
     s
-}
-
-/// `GET /openapi.json`: this API's OpenAPI document.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "versions",
-    responses((status = 200, description = "This document.", content_type = "application/json", body = Object)),
-)]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
 }
 
 #[cfg(test)]
@@ -199,7 +180,7 @@ mod tests {
 
     #[test]
     fn every_route_of_the_router_is_documented() {
-        let doc = ApiDoc::openapi();
+        let doc = document();
         for path in [
             "/",
             "/v2",
@@ -226,7 +207,7 @@ mod tests {
 
     #[test]
     fn the_stop_action_has_every_status_code_of_the_spec() {
-        let doc = ApiDoc::openapi();
+        let doc = document();
         let op = doc.paths.paths["/v2/{project_id}/servers/{server_id}/action"]
             .post
             .as_ref()

@@ -71,6 +71,7 @@ impl Application {
             publisher,
             auth,
             metrics,
+            openapi: Arc::new(crate::openapi::document()),
             max_body_bytes: settings.max_body_bytes,
             limits: settings.limits(),
         };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use shutoff_core::broker::Publisher;
 use sqlx::PgPool;
+use utoipa::openapi::OpenApi;
 
 use crate::acceptor::Acceptor;
 use crate::auth::Authenticator;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub stop: StopState,
     /// What `GET /metrics` shows.
     pub metrics: ApiMetrics,
+    /// What `GET /openapi.json` shows, made once at start-up.
+    pub openapi: Arc<OpenApi>,
     /// Largest request body read.
     #[from_ref(skip)]
     pub max_body_bytes: usize,
