@@ -140,8 +140,8 @@ impl Modify for Common {
 )]
 struct ApiDoc;
 
-/// The whole document: the routes' operations, then what [`Common`] adds to
-/// each of them.
+/// The whole document: the routes' operations, then what holds for each of
+/// them (the token scheme, the request id headers, the 414 and 431).
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(routes::api().into_openapi());
