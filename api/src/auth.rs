@@ -4,7 +4,9 @@
 //! is hashed before any lookup or caching and never logged, and the policy
 //! after it is the same.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use shutoff_core::policy::Caller;
 use shutoff_core::store::auth;
@@ -13,14 +15,22 @@ use sqlx::PgPool;
 use crate::error::ApiError;
 use crate::keystone::Keystone;
 use crate::settings::{AuthMode, Settings};
-use crate::startup::AppState;
 use crate::token_cache::TokenCache;
 
 /// Longest token accepted; Keystone's fernet tokens are ~200 bytes, ours 64.
 const MAX_TOKEN_LEN: usize = 8192;
 
-/// Where tokens are validated, chosen by `--auth`.
-pub enum Authenticator {
+/// Turns a token into a [`Caller`], or refuses it.
+pub struct Authenticator {
+    /// Our `tokens` table (local mode), and the projects' enabled flag
+    /// (Keystone mode).
+    pool: PgPool,
+    /// Who vouches for a token, chosen by `--auth`.
+    source: TokenSource,
+}
+
+/// Where tokens are validated.
+enum TokenSource {
     /// The `tokens` table, with a short cache of valid tokens.
     Local(TokenCache),
     /// OpenStack Keystone.
@@ -28,57 +38,68 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
-    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        Ok(match settings.auth {
-            AuthMode::Local => Authenticator::Local(TokenCache::new(
-                std::time::Duration::from_secs(settings.token_cache_secs),
-            )),
+    pub fn from_settings(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let source = match settings.auth {
+            AuthMode::Local => TokenSource::Local(TokenCache::new(std::time::Duration::from_secs(
+                settings.token_cache_secs,
+            ))),
             AuthMode::Keystone => {
-                Authenticator::Keystone(Box::new(Keystone::new(&settings.keystone)?))
+                TokenSource::Keystone(Box::new(Keystone::new(&settings.keystone)?))
             }
-        })
+        };
+        Ok(Authenticator { pool, source })
     }
 
     /// The 401 for this mode: Keystone's names the identity service.
     pub fn unauthorized(&self) -> ApiError {
-        match self {
-            Authenticator::Local(_) => ApiError::Unauthorized { keystone_uri: None },
-            Authenticator::Keystone(k) => k.unauthorized(),
-        }
+        let keystone_uri = match &self.source {
+            TokenSource::Local(_) => None,
+            TokenSource::Keystone(k) => Some(k.uri().to_string()),
+        };
+        ApiError::Unauthorized { keystone_uri }
     }
 
-    pub async fn authenticate(&self, pool: &PgPool, token: &str) -> Result<Caller, ApiError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
         let sha256 = shutoff_core::token::hash(token);
-        match self {
-            Authenticator::Local(cache) => {
+        match &self.source {
+            TokenSource::Local(cache) => {
                 if let Some(caller) = cache.get(&sha256) {
                     return Ok(caller);
                 }
-                let valid = auth::authenticate_hash(pool, &sha256)
+                let valid = auth::authenticate_hash(&self.pool, &sha256)
                     .await?
                     .ok_or_else(|| self.unauthorized())?;
                 cache.put(sha256, &valid);
                 Ok(valid.caller)
             }
-            Authenticator::Keystone(keystone) => keystone.authenticate(pool, token, &sha256).await,
+            TokenSource::Keystone(keystone) => keystone
+                .authenticate(&self.pool, token, &sha256)
+                .await?
+                .ok_or_else(|| self.unauthorized()),
         }
     }
 }
 
 pub struct Authenticated(pub Caller);
 
-impl FromRequestParts<AppState> for Authenticated {
+/// Needs only the [`Authenticator`] of the router's state.
+impl<S> FromRequestParts<S> for Authenticated
+where
+    Arc<Authenticator>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let auth = Arc::<Authenticator>::from_ref(state);
         let token = parts
             .headers
             .get("x-auth-token")
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN)
-            .ok_or_else(|| state.auth.unauthorized())?;
-        let caller = state.auth.authenticate(&state.pool, token).await?;
+            .ok_or_else(|| auth.unauthorized())?;
+        let caller = auth.authenticate(token).await?;
         Ok(Authenticated(caller))
     }
 }
@@ -108,15 +129,18 @@ mod tests {
 
     fn keystone_mode(args: &[&str]) -> anyhow::Result<Authenticator> {
         let argv = ["shutoff-api", "--auth", "keystone"].iter().chain(args);
-        Authenticator::from_settings(&Settings::parse_from(argv))
+        // Never connected: nothing here reaches the database.
+        let pool = PgPool::connect_lazy("postgres://127.0.0.1/unused").expect("a valid URL");
+        Authenticator::from_settings(&Settings::parse_from(argv), pool)
     }
 
     fn error(args: &[&str]) -> String {
         keystone_mode(args).err().expect("refused").to_string()
     }
 
-    #[test]
-    fn keystone_mode_does_not_start_without_what_it_needs() {
+    // A runtime only because the (unused) pool wants one.
+    #[tokio::test]
+    async fn keystone_mode_does_not_start_without_what_it_needs() {
         assert!(error(&[]).contains("KEYSTONE_URL"));
         let url = ["--keystone-url", "http://127.0.0.1:5000/v3"];
         assert!(
@@ -138,7 +162,10 @@ mod tests {
         // Keystone is not contacted at start-up: it may be down.
         assert!(matches!(
             keystone_mode(&[&url[..], &account].concat()),
-            Ok(Authenticator::Keystone(_))
+            Ok(Authenticator {
+                source: TokenSource::Keystone(_),
+                ..
+            })
         ));
     }
 }

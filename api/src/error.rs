@@ -1,6 +1,11 @@
 //! The API's one error type and its one mapping to OpenStack fault bodies:
-//! `{"<faultName>": {"code": N, "message": "..."}}`.
+//! `{"<faultName>": {"code": N, "message": "..."}}`. Every conversion of
+//! another error into [`ApiError`] is in this file; how the OpenAPI document
+//! describes the fault bodies is beside it, in [`responses`].
 
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use shutoff_core::acceptor::AcceptError;
@@ -9,6 +14,11 @@ use shutoff_core::store::StoreError;
 
 /// What a 503 tells the client to wait before trying again.
 const RETRY_AFTER_SECS: &str = "1";
+
+use crate::action::ActionError;
+use crate::keystone::ValidationError;
+
+pub mod responses;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -162,5 +172,41 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         resp
+    }
+}
+
+/// A body that names no action we perform.
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    /// A URL we cannot even decode names nothing we have.
+    fn from(_: PathRejection) -> Self {
+        ApiError::NotFound("The resource could not be found.".into())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(format!("Invalid query string: {}", r.body_text()))
+    }
+}
+
+/// A token Keystone mode could not judge; shared by every request that
+/// waited for the same validation.
+impl From<Arc<ValidationError>> for ApiError {
+    fn from(e: Arc<ValidationError>) -> Self {
+        match &*e {
+            ValidationError::Keystone(_) => {
+                ApiError::Unavailable("The Keystone service is temporarily unavailable.".into())
+            }
+            ValidationError::Database(db) if shutoff_core::store::is_unavailable(db) => {
+                ApiError::Unavailable("The database is unavailable; please retry later.".into())
+            }
+            ValidationError::Database(_) => ApiError::Internal(anyhow::anyhow!(e)),
+        }
     }
 }

@@ -14,8 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use shutoff_core::metrics::{self as core_metrics, Registry};
 
-use crate::startup::AppState;
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: &'static str,
@@ -169,10 +167,10 @@ pub async fn track(State(metrics): State<ApiMetrics>, req: Request, next: Next) 
 }
 
 /// `GET /metrics`.
-pub async fn scrape(State(state): State<AppState>) -> Response {
+pub async fn scrape(State(metrics): State<ApiMetrics>) -> Response {
     (
         [(header::CONTENT_TYPE, core_metrics::CONTENT_TYPE)],
-        state.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }

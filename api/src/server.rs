@@ -1,8 +1,9 @@
 //! The HTTP/1.1 server loop, with the limits `axum::serve` cannot set: a
 //! deadline for a request's head (a client that sends its headers byte by
 //! byte, or keeps an idle connection open, is cut off) and a hard cap on the
-//! head's size. The friendlier limits with fault bodies are in [`layer`],
-//! which also puts a deadline on reading the body ([`DeadlineBody`]).
+//! head's size. The friendlier limits with fault bodies are in
+//! [`crate::limits`], which also puts a deadline on reading the body
+//! ([`DeadlineBody`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,17 +11,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use crate::error::ApiError;
 
 /// How much of a request the server reads, and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -38,30 +34,11 @@ pub struct Limits {
 
 impl Limits {
     /// Beyond this the head is not even buffered: hyper closes the
-    /// connection with a bare 431. Below it, [`layer`] answers with a fault
-    /// body. The slack covers the request line and the `: \r\n` of each header.
+    /// connection with a bare 431. Below it, [`crate::limits::layer`] answers
+    /// with a fault body. The slack covers the request line and the `: \r\n` of each header.
     fn hard_head_bytes(&self) -> usize {
         (self.max_uri_bytes + self.max_header_bytes) * 2 + 1024
     }
-}
-
-/// Refuses a URI or a set of headers over the limits with a fault body, and
-/// gives the body a deadline.
-pub async fn layer(State(limits): State<Limits>, req: Request, next: Next) -> Response {
-    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if uri_len > limits.max_uri_bytes {
-        return ApiError::UriTooLong.into_response();
-    }
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
-    if header_bytes > limits.max_header_bytes {
-        return ApiError::HeadersTooLarge.into_response();
-    }
-    let req = req.map(|body| Body::new(DeadlineBody::new(body, limits.body_read_timeout)));
-    next.run(req).await
 }
 
 /// The error a body gives once its deadline has passed; the extractor that

@@ -17,30 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::metrics::ApiMetrics;
 use crate::relay::{self, Relay};
-use crate::server::Limits;
 use crate::settings::Settings;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    /// Stop acceptance, group-committed.
-    pub acceptor: Arc<Acceptor>,
-    pub publisher: Arc<Publisher>,
-    pub relay: Arc<Relay>,
-    /// Recorded on each job: attempts before the stop is recorded as failed.
-    pub max_attempts: i32,
-    pub max_body_bytes: usize,
-    /// Who validates tokens (`--auth`): our table or Keystone, each with its cache.
-    pub auth: Arc<Authenticator>,
-    /// What `GET /metrics` shows.
-    pub metrics: ApiMetrics,
-    /// URI and header limits, checked before routing.
-    pub limits: Limits,
-    /// Longest a request may take before it is answered 503 (if nothing it
-    /// asked for has started).
-    pub request_timeout: Duration,
-}
+use crate::state::{AppState, StopState};
 
 pub struct Application {
     listener: TcpListener,
@@ -71,7 +49,7 @@ impl Application {
             settings.common.topology(),
             BrokerTimeouts::default(),
         );
-        let auth = Arc::new(Authenticator::from_settings(&settings)?);
+        let auth = Arc::new(Authenticator::from_settings(&settings, pool.clone())?);
         let metrics = ApiMetrics::new();
         let (relay, confirmed) = Relay::new(
             pool.clone(),
@@ -83,14 +61,18 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let state = AppState {
-            acceptor: Arc::new(Acceptor::new(pool.clone())),
+            stop: StopState {
+                acceptor: Arc::new(Acceptor::new(pool.clone())),
+                max_attempts: settings.common.max_attempts,
+                relay,
+                metrics: metrics.clone(),
+            },
             pool,
             publisher,
-            relay,
-            max_attempts: settings.common.max_attempts,
-            max_body_bytes: settings.max_body_bytes,
             auth,
             metrics,
+            openapi: Arc::new(crate::openapi::document()),
+            max_body_bytes: settings.max_body_bytes,
             limits: settings.limits(),
             request_timeout: settings.request_timeout(),
         };
@@ -125,6 +107,7 @@ impl Application {
         let tasks = TaskTracker::new();
         tasks.spawn(
             state
+                .stop
                 .relay
                 .clone()
                 .run(settings.relay_interval(), background.clone()),

@@ -20,7 +20,6 @@ use sqlx::PgPool;
 
 use self::cache::{Fresh, ValidationCache, Verdict};
 use self::client::{KeystoneClient, KeystoneError};
-use crate::error::ApiError;
 use crate::settings::KeystoneSettings;
 
 /// Why a token could not be judged. Shared by every request that waited for
@@ -57,20 +56,19 @@ impl Keystone {
         })
     }
 
-    pub fn unauthorized(&self) -> ApiError {
-        ApiError::Unauthorized {
-            keystone_uri: Some(self.uri.clone()),
-        }
+    /// The identity service's URL, which our 401s name.
+    pub fn uri(&self) -> &str {
+        &self.uri
     }
 
     /// The caller behind `token` (already hashed to `sha256`), from the cache
-    /// or from Keystone.
+    /// or from Keystone; `None` when Keystone says the token is not valid.
     pub async fn authenticate(
         &self,
         pool: &PgPool,
         token: &str,
         sha256: &str,
-    ) -> Result<Caller, ApiError> {
+    ) -> Result<Option<Caller>, Arc<ValidationError>> {
         let verdict = self
             .cache
             .get_or_validate(sha256, || async {
@@ -81,18 +79,9 @@ impl Keystone {
                 })
             })
             .await;
-        match verdict {
-            Ok(Verdict::Valid(caller)) => Ok(caller),
-            Ok(Verdict::Invalid) => Err(self.unauthorized()),
-            Err(e) => Err(match &*e {
-                ValidationError::Keystone(_) => {
-                    ApiError::Unavailable("The Keystone service is temporarily unavailable.".into())
-                }
-                ValidationError::Database(db) if shutoff_core::store::is_unavailable(db) => {
-                    ApiError::Unavailable("The database is unavailable; please retry later.".into())
-                }
-                ValidationError::Database(_) => ApiError::Internal(anyhow::anyhow!(e)),
-            }),
+        match verdict? {
+            Verdict::Valid(caller) => Ok(Some(caller)),
+            Verdict::Invalid => Ok(None),
         }
     }
 

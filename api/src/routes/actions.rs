@@ -9,14 +9,15 @@ use shutoff_core::ids::{RequestId, ServerId};
 use shutoff_core::policy::Caller;
 use shutoff_core::policy::Refusal;
 use shutoff_core::store::reads::{self, ActionRow, EventRow};
+use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
+use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::extract::Path;
-use crate::openapi::{BadRequest, NotFound, ServerPath, Unauthorized, Unavailable};
-use crate::startup::AppState;
+use crate::routes::params::ServerPath;
 
 fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S.%6f").to_string()
@@ -115,14 +116,10 @@ fn event_doc(e: &EventRow) -> InstanceActionEvent {
     }
 }
 
-async fn visible_server(
-    state: &AppState,
-    caller: &Caller,
-    server_id: &str,
-) -> Result<Uuid, ApiError> {
+async fn visible_server(pool: &PgPool, caller: &Caller, server_id: &str) -> Result<Uuid, ApiError> {
     let not_found = || ApiError::from(Refusal::NotFound(server_id.to_string()));
     let id = ServerId::parse(server_id).ok_or_else(not_found)?;
-    reads::server(&state.pool, caller, id.0)
+    reads::server(pool, caller, id.0)
         .await?
         .map(|s| s.uuid)
         .ok_or_else(not_found)
@@ -142,13 +139,13 @@ async fn visible_server(
     security(("token" = [])),
 )]
 pub async fn list(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     Authenticated(caller): Authenticated,
     Path((project_id, server_id)): Path<(String, String)>,
 ) -> Result<Json<InstanceActionList>, ApiError> {
     check_project(&caller, &project_id)?;
-    let id = visible_server(&state, &caller, &server_id).await?;
-    let actions = reads::actions(&state.pool, id).await?;
+    let id = visible_server(&pool, &caller, &server_id).await?;
+    let actions = reads::actions(&pool, id).await?;
     Ok(Json(InstanceActionList {
         instance_actions: actions.iter().map(action_doc).collect(),
     }))
@@ -168,12 +165,12 @@ pub async fn list(
     security(("token" = [])),
 )]
 pub async fn show(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     Authenticated(caller): Authenticated,
     Path((project_id, server_id, request_id)): Path<(String, String, String)>,
 ) -> Result<Json<InstanceActionShow>, ApiError> {
     check_project(&caller, &project_id)?;
-    let id = visible_server(&state, &caller, &server_id).await?;
+    let id = visible_server(&pool, &caller, &server_id).await?;
     let not_found = || {
         let shown: String = request_id.chars().take(255).collect();
         ApiError::NotFound(format!(
@@ -183,7 +180,7 @@ pub async fn show(
     // Only our own `req-<uuid>` shape can name an action; anything else
     // (a NUL byte PostgreSQL would refuse, a megabyte of text) is not looked up.
     let request_id_parsed = RequestId::parse(&request_id).ok_or_else(not_found)?;
-    let (action, events) = reads::action(&state.pool, id, request_id_parsed.as_str())
+    let (action, events) = reads::action(&pool, id, request_id_parsed.as_str())
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(InstanceActionShow {

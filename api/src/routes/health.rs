@@ -1,16 +1,17 @@
 //! `/healthz`: the process is alive. `/readyz`: it can reach PostgreSQL and
 //! RabbitMQ right now (an orchestrator should not route to it otherwise).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
+use shutoff_core::broker::Publisher;
 use shutoff_core::readiness::Readiness;
+use sqlx::PgPool;
 use utoipa::ToSchema;
-
-use crate::startup::AppState;
 
 /// `{"status": "ok"}`
 #[derive(Debug, Serialize, ToSchema)]
@@ -32,9 +33,12 @@ pub async fn alive() -> Json<Alive> {
         (status = 200, description = "Ready: both reachable.", body = Readiness),
         (status = 503, description = "Not ready: `database` or `broker` is false.", body = Readiness),
     ))]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let db = shutoff_core::store::ping(&state.pool, Duration::from_secs(2)).await;
-    let broker = tokio::time::timeout(Duration::from_secs(2), state.publisher.channel())
+pub async fn ready(
+    State(pool): State<PgPool>,
+    State(publisher): State<Arc<Publisher>>,
+) -> (StatusCode, Json<Readiness>) {
+    let db = shutoff_core::store::ping(&pool, Duration::from_secs(2)).await;
+    let broker = tokio::time::timeout(Duration::from_secs(2), publisher.channel())
         .await
         .is_ok_and(|r| r.is_ok());
     let readiness = Readiness::new(db, broker);

@@ -1,47 +1,51 @@
-//! The router: which path goes to which handler.
+//! The router: which path goes to which handler. [`api`] is the one list of
+//! documented routes: the router serves it and the OpenAPI document
+//! ([`crate::openapi`]) is made from it, so the two cannot disagree.
 
 pub mod actions;
+pub mod document;
 pub mod health;
+pub mod links;
+pub mod params;
 pub mod servers;
 pub mod stop;
 pub mod version;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
+
+/// Every documented route, each at the method and path of its
+/// `#[utoipa::path]`.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(version::root))
+        .routes(routes!(version::doc_v2))
+        .routes(routes!(version::doc_v2_slash))
+        .routes(routes!(version::doc_v2_project))
+        .routes(routes!(version::doc_v2_project_slash))
+        .routes(routes!(servers::list))
+        .routes(routes!(servers::list_detail))
+        .routes(routes!(servers::show))
+        .routes(routes!(stop::action))
+        .routes(routes!(actions::list))
+        .routes(routes!(actions::show))
+        .routes(routes!(health::alive))
+        .routes(routes!(health::ready))
+        .routes(routes!(document::openapi_json))
+}
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
     let limits = state.limits;
-    Router::new()
-        .route("/", get(version::root))
-        .route("/v2", get(version::show))
-        .route("/v2/", get(version::show))
-        .route("/v2/{project_id}", get(version::show))
-        .route("/v2/{project_id}/", get(version::show))
-        .route("/v2/{project_id}/servers", get(servers::list))
-        .route("/v2/{project_id}/servers/detail", get(servers::list_detail))
-        .route("/v2/{project_id}/servers/{server_id}", get(servers::show))
-        .route(
-            "/v2/{project_id}/servers/{server_id}/action",
-            post(stop::action),
-        )
-        .route(
-            "/v2/{project_id}/servers/{server_id}/os-instance-actions",
-            get(actions::list),
-        )
-        .route(
-            "/v2/{project_id}/servers/{server_id}/os-instance-actions/{request_id}",
-            get(actions::show),
-        )
-        .route("/healthz", get(health::alive))
-        .route("/readyz", get(health::ready))
+    Router::from(api())
+        // Not in the document: for Prometheus, not for API clients.
         .route("/metrics", get(crate::metrics::scrape))
-        .route("/openapi.json", get(crate::openapi::openapi_json))
         // Every route above: a known path with another method is a 405
         // fault body (axum adds the Allow header).
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -49,7 +53,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             limits,
-            crate::server::layer,
+            crate::limits::layer,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.request_timeout,
@@ -61,15 +65,4 @@ pub fn router(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .with_state(state)
-}
-
-/// `http://<Host header>` for the links in documents, so they point where the
-/// client reached us. A Host with odd characters is not echoed back.
-pub fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("localhost");
-    format!("http://{host}")
 }

@@ -14,13 +14,14 @@ use shutoff_core::ids::ServerId;
 use shutoff_core::policy::Caller;
 use shutoff_core::policy::Refusal;
 use shutoff_core::store::reads::{self, ServerRow};
+use sqlx::PgPool;
 
-use super::base_url;
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
+use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
 use crate::extract::{Path, Query};
-use crate::openapi::{BadRequest, NotFound, ProjectPath, ServerPath, Unauthorized, Unavailable};
-use crate::startup::AppState;
+use crate::routes::links::{Link, base_url};
+use crate::routes::params::{ProjectPath, ServerPath};
 use utoipa::{IntoParams, ToSchema};
 
 /// The filters of a server list.
@@ -37,15 +38,6 @@ const MAX_LIMIT: i64 = 1000;
 
 fn nova_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// A link to a resource, as Nova gives them.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Link {
-    /// `self` or `bookmark`.
-    #[schema(example = "self")]
-    pub rel: String,
-    pub href: String,
 }
 
 fn links(base: &str, project: &str, id: &str) -> Vec<Link> {
@@ -192,7 +184,7 @@ pub fn document(s: &ServerRow, base: &str) -> Server {
 
 /// The rows a list shows, after the project check.
 async fn visible_servers(
-    state: &AppState,
+    pool: &PgPool,
     caller: &Caller,
     project_id: &str,
     q: &ListQuery,
@@ -200,7 +192,7 @@ async fn visible_servers(
     check_project(caller, project_id)?;
     let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
     let name = q.name.as_deref().map(checked_name).transpose()?;
-    Ok(reads::servers(&state.pool, caller, name, limit).await?)
+    Ok(reads::servers(pool, caller, name, limit).await?)
 }
 
 /// PostgreSQL text cannot hold NUL, so a name with one matches nothing we
@@ -225,13 +217,13 @@ fn checked_name(name: &str) -> Result<&str, ApiError> {
     security(("token" = [])),
 )]
 pub async fn list(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<ServerList>, ApiError> {
-    let rows = visible_servers(&state, &caller, &project_id, &q).await?;
+    let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
     let servers = rows
         .iter()
@@ -260,13 +252,13 @@ pub async fn list(
     security(("token" = [])),
 )]
 pub async fn list_detail(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<ServerDetailList>, ApiError> {
-    let rows = visible_servers(&state, &caller, &project_id, &q).await?;
+    let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
     let servers = rows.iter().map(|s| document(s, &base)).collect();
     Ok(Json(ServerDetailList { servers }))
@@ -285,7 +277,7 @@ pub async fn list_detail(
     security(("token" = [])),
 )]
 pub async fn show(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     Authenticated(caller): Authenticated,
     Path((project_id, server_id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -293,7 +285,7 @@ pub async fn show(
     check_project(&caller, &project_id)?;
     let not_found = || ApiError::from(Refusal::NotFound(server_id.clone()));
     let id = ServerId::parse(&server_id).ok_or_else(not_found)?;
-    let row = reads::server(&state.pool, &caller, id.0)
+    let row = reads::server(&pool, &caller, id.0)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(ServerShow {

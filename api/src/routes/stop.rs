@@ -9,23 +9,18 @@ use shutoff_core::batch::Ticket;
 use shutoff_core::ids::{RequestId, ServerId};
 use shutoff_core::policy::Refusal;
 
-use crate::action::{ActionError, ServerAction};
+use crate::action::ServerAction;
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
-use crate::extract::Path;
-use crate::openapi::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RequestTimeout, ServerPath,
-    Unauthorized, Unavailable,
+use crate::error::responses::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized,
+    Unavailable,
 };
+use crate::extract::Path;
+use crate::routes::params::ServerPath;
 use crate::server::BodyTimedOut;
-use crate::startup::AppState;
+use crate::state::StopState;
 use utoipa::ToSchema;
-
-impl From<ActionError> for ApiError {
-    fn from(e: ActionError) -> Self {
-        ApiError::BadRequest(e.to_string())
-    }
-}
 
 /// The body, read up to the configured limit; a larger one is refused
 /// (413) without being read, one that does not arrive in time is 408, and
@@ -75,7 +70,7 @@ pub struct StopActionBody {
     security(("token" = [])),
 )]
 pub async fn action(
-    State(state): State<AppState>,
+    State(stop): State<StopState>,
     axum::Extension(request_id): axum::Extension<RequestId>,
     axum::Extension(ticket): axum::Extension<Ticket>,
     Authenticated(caller): Authenticated,
@@ -86,17 +81,17 @@ pub async fn action(
     check_project(&caller, &project_id)?;
     let server = ServerId::parse(&server_id)
         .ok_or_else(|| ApiError::from(Refusal::NotFound(server_id.clone())))?;
-    let stop = StopRequest {
+    let request = StopRequest {
         caller: &caller,
         server,
         request_id: &request_id,
-        max_attempts: state.max_attempts,
+        max_attempts: stop.max_attempts,
     };
-    let job = state.acceptor.accept(stop, &ticket).await?;
-    state.metrics.jobs_accepted.inc();
+    let job = stop.acceptor.accept(request, &ticket).await?;
+    stop.metrics.jobs_accepted.inc();
     tracing::info!(job.id = %job.job_id, instance.uuid = %server, user.id = %caller.user_id, "stop accepted");
     // Committed: from here the stop cannot be lost. Publishing now is the
     // fast path; if it fails the relay publishes it when the broker is back.
-    state.relay.publish_now(job).await;
+    stop.relay.publish_now(job).await;
     Ok(StatusCode::ACCEPTED)
 }

@@ -6,9 +6,8 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::base_url;
-use crate::openapi::ProjectPath;
-use crate::routes::servers::Link;
+use crate::routes::links::{Link, base_url};
+use crate::routes::params::ProjectPath;
 
 /// A media type a version speaks.
 #[derive(Debug, Serialize, ToSchema)]
@@ -64,10 +63,10 @@ fn v2(base: &str) -> Version {
     }
 }
 
-/// `GET /v2`, `/v2/` and `/v2/{project_id}[/]`: the v2 version document.
-pub async fn show(headers: HeaderMap) -> Json<VersionShow> {
+/// The v2 version document, served under four paths.
+fn v2_document(headers: &HeaderMap) -> Json<VersionShow> {
     Json(VersionShow {
-        version: v2(&base_url(&headers)),
+        version: v2(&base_url(headers)),
     })
 }
 
@@ -80,23 +79,29 @@ pub async fn root(headers: HeaderMap) -> Json<VersionList> {
     })
 }
 
-// The same document under four paths; these items only describe them.
+// The same document under four paths, each its own operation. No doc
+// comments: utoipa would make them the operations' summaries.
+
 #[utoipa::path(get, path = "/v2", tag = "versions",
     responses((status = 200, description = "The v2 version document.", body = VersionShow)))]
-#[allow(dead_code)]
-pub(crate) fn doc_v2() {}
+pub async fn doc_v2(headers: HeaderMap) -> Json<VersionShow> {
+    v2_document(&headers)
+}
 
 #[utoipa::path(get, path = "/v2/", tag = "versions",
     responses((status = 200, description = "The v2 version document.", body = VersionShow)))]
-#[allow(dead_code)]
-pub(crate) fn doc_v2_slash() {}
+pub async fn doc_v2_slash(headers: HeaderMap) -> Json<VersionShow> {
+    v2_document(&headers)
+}
 
 #[utoipa::path(get, path = "/v2/{project_id}", tag = "versions", params(ProjectPath),
     responses((status = 200, description = "The v2 version document (any project id).", body = VersionShow)))]
-#[allow(dead_code)]
-pub(crate) fn doc_v2_project() {}
+pub async fn doc_v2_project(headers: HeaderMap) -> Json<VersionShow> {
+    v2_document(&headers)
+}
 
 #[utoipa::path(get, path = "/v2/{project_id}/", tag = "versions", params(ProjectPath),
     responses((status = 200, description = "The v2 version document (any project id).", body = VersionShow)))]
-#[allow(dead_code)]
-pub(crate) fn doc_v2_project_slash() {}
+pub async fn doc_v2_project_slash(headers: HeaderMap) -> Json<VersionShow> {
+    v2_document(&headers)
+}
