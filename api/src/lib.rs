@@ -18,7 +18,6 @@
 //!   our token table (with [`token_cache`]) or [`keystone`].
 //! - [`extract`]: `Path` and `Query` whose rejections are our fault bodies.
 //! - [`action`]: the action body's parser (pure; fuzzed by `fuzz/`).
-//! - [`relay`]: publishes jobs that were committed but never confirmed by RabbitMQ.
 //! - [`error`]: the one error type, every conversion into it, and its one
 //!   mapping to OpenStack fault bodies; [`error::responses`] describes those
 //!   bodies to the OpenAPI document.
@@ -40,7 +39,6 @@ pub mod keystone;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
-pub mod relay;
 pub mod request_id;
 pub mod routes;
 pub mod server;

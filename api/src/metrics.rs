@@ -7,12 +7,12 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use shutoff_core::metrics::{self as core_metrics, Registry};
+use shutoff_core::relay::RelayMetrics;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -29,29 +29,6 @@ pub struct DurationLabels {
     pub route: String,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum PublishPath {
-    /// Right after the commit, by the request that accepted the job.
-    Request,
-    /// Later, by the relay, after the request's own publish failed.
-    Relay,
-}
-
-impl EncodeLabelValue for PublishPath {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        let label = match self {
-            PublishPath::Request => "request",
-            PublishPath::Relay => "relay",
-        };
-        EncodeLabelValue::encode(&label, encoder)
-    }
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PublishLabels {
-    pub via: PublishPath,
-}
-
 /// Every metric of one API process. Cloning shares the counters.
 #[derive(Clone)]
 pub struct ApiMetrics {
@@ -59,10 +36,8 @@ pub struct ApiMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<DurationLabels, Histogram>,
     pub jobs_accepted: Counter,
-    pub jobs_published: Family<PublishLabels, Counter>,
-    pub publish_failures: Counter,
-    /// Jobs committed but not yet marked published, as of the relay's last pass.
-    pub relay_backlog: Gauge,
+    /// Publishes and the relay's backlog (registered here, counted by the relay).
+    pub relay: RelayMetrics,
 }
 
 impl Default for ApiMetrics {
@@ -95,39 +70,15 @@ impl ApiMetrics {
             "Stops accepted (202) and committed as jobs",
             jobs_accepted.clone(),
         );
-        let jobs_published = Family::<PublishLabels, Counter>::default();
-        registry.register(
-            "jobs_published",
-            "Job messages confirmed by RabbitMQ, by who published them",
-            jobs_published.clone(),
-        );
-        let publish_failures = Counter::default();
-        registry.register(
-            "jobs_publish_failures",
-            "Publishes on the request path that failed, leaving the job to the relay",
-            publish_failures.clone(),
-        );
-        let relay_backlog = Gauge::default();
-        registry.register(
-            "relay_backlog",
-            "Jobs committed but not yet published (state queued), as of the relay's last pass",
-            relay_backlog.clone(),
-        );
+        let relay = RelayMetrics::default();
+        relay.register(&mut registry);
         ApiMetrics {
             registry: std::sync::Arc::new(registry),
             requests,
             request_duration,
             jobs_accepted,
-            jobs_published,
-            publish_failures,
-            relay_backlog,
+            relay,
         }
-    }
-
-    pub fn published(&self, via: PublishPath, n: u64) {
-        self.jobs_published
-            .get_or_create(&PublishLabels { via })
-            .inc_by(n);
     }
 
     pub fn render(&self) -> String {

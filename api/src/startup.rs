@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shutoff_core::acceptor::Acceptor;
 use shutoff_core::broker::{BrokerTimeouts, Publisher};
+use shutoff_core::relay::{self, Relay};
 use shutoff_core::rescuer::Rescuer;
 use shutoff_core::store;
 use sqlx::PgPool;
@@ -16,7 +17,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::metrics::ApiMetrics;
-use crate::relay::{self, Relay};
 use crate::settings::Settings;
 use crate::state::{AppState, StopState};
 
@@ -54,7 +54,7 @@ impl Application {
         let (relay, confirmed) = Relay::new(
             pool.clone(),
             publisher.clone(),
-            metrics.clone(),
+            metrics.relay.clone(),
             settings.common.rescue_after(),
         );
         let listener = TcpListener::bind(settings.listen)

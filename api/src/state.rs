@@ -9,12 +9,12 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use shutoff_core::acceptor::Acceptor;
 use shutoff_core::broker::Publisher;
+use shutoff_core::relay::Relay;
 use sqlx::PgPool;
 use utoipa::openapi::OpenApi;
 
 use crate::auth::Authenticator;
 use crate::metrics::ApiMetrics;
-use crate::relay::Relay;
 use crate::server::Limits;
 
 /// Everything the router serves with; built by [`crate::Application`].

@@ -11,7 +11,9 @@
 //! - [`message`]: the job message that travels through RabbitMQ.
 //! - [`store`]: every SQL statement, grouped by who runs it (accept, publish,
 //!   claim, rescue, dead letters, auth, reads, admin), and [`store::StoreError`].
-//! - [`rescuer`]: the loop that hands back or fails jobs nobody is moving.
+//! - [`relay`] and [`rescuer`]: the two loops that put jobs back on the broker:
+//!   the relay those whose publish was never confirmed, the rescuer those
+//!   nobody is moving (and fails those out of attempts).
 //! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
 //! - [`telemetry`]: tracing set-up (text or JSON lines).
 //! - [`metrics`]: the registry and exposition behind `GET /metrics`.
@@ -29,6 +31,7 @@ pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod readiness;
+pub mod relay;
 pub mod rescuer;
 pub mod shutdown;
 pub mod state;

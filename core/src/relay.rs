@@ -1,4 +1,7 @@
 //! Publishing accepted jobs, and the relay that makes publishing reliable.
+//! It is the rescuer's sibling ([`crate::rescuer`]): both are loops that look
+//! in PostgreSQL for jobs the broker does not carry (never confirmed here,
+//! stalled there) and put them back on it.
 //!
 //! The request path publishes right after commit. When that fails (broker
 //! down, confirm timed out) the job stays `queued` in PostgreSQL and the relay
@@ -10,15 +13,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shutoff_core::broker::Publisher;
-use shutoff_core::message::StopJob;
-use shutoff_core::store::publish;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::metrics::{ApiMetrics, PublishPath};
+use crate::broker::Publisher;
+use crate::message::StopJob;
+use crate::store::publish;
 
 /// Jobs younger than this are left to the request path that created them.
 const MIN_AGE: Duration = Duration::from_secs(2);
@@ -39,7 +46,7 @@ pub struct Relay {
     wake: Notify,
     /// Confirmed job ids, waiting to be marked `published` in one UPDATE.
     confirmed: mpsc::UnboundedSender<Uuid>,
-    metrics: ApiMetrics,
+    metrics: RelayMetrics,
     /// Jobs older than this are the rescuer's (its `rescue_after`).
     window: Duration,
 }
@@ -48,7 +55,7 @@ impl Relay {
     pub fn new(
         pool: PgPool,
         publisher: Arc<Publisher>,
-        metrics: ApiMetrics,
+        metrics: RelayMetrics,
         window: Duration,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Uuid>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -171,5 +178,64 @@ pub async fn mark_confirmed(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Uuid>)
             tracing::warn!(error = %e, count = ids.len(), "could not mark jobs published");
         }
         ids.clear();
+    }
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum PublishPath {
+    /// Right after the commit, by the request that accepted the job.
+    Request,
+    /// Later, by the relay, after the request's own publish failed.
+    Relay,
+}
+
+impl EncodeLabelValue for PublishPath {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let label = match self {
+            PublishPath::Request => "request",
+            PublishPath::Relay => "relay",
+        };
+        EncodeLabelValue::encode(&label, encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    pub via: PublishPath,
+}
+
+/// What the relay counts; registered by the process that runs it (the API).
+/// Cloning shares the counters.
+#[derive(Clone, Default)]
+pub struct RelayMetrics {
+    pub jobs_published: Family<PublishLabels, Counter>,
+    pub publish_failures: Counter,
+    /// Jobs committed but not yet marked published, as of the relay's last pass.
+    pub relay_backlog: Gauge,
+}
+
+impl RelayMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "jobs_published",
+            "Job messages confirmed by RabbitMQ, by who published them",
+            self.jobs_published.clone(),
+        );
+        registry.register(
+            "jobs_publish_failures",
+            "Publishes on the request path that failed, leaving the job to the relay",
+            self.publish_failures.clone(),
+        );
+        registry.register(
+            "relay_backlog",
+            "Jobs committed but not yet published (state queued), as of the relay's last pass",
+            self.relay_backlog.clone(),
+        );
+    }
+
+    pub fn published(&self, via: PublishPath, n: u64) {
+        self.jobs_published
+            .get_or_create(&PublishLabels { via })
+            .inc_by(n);
     }
 }
