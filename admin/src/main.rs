@@ -12,7 +12,7 @@ use shutoff_core::config::Common;
 use shutoff_core::ids::ProjectId;
 use shutoff_core::state::{PowerState, VM_STATES};
 use shutoff_core::store::{self, admin, reads};
-use shutoff_worker::hypervisor::DriverError;
+use shutoff_hypervisor::DriverError;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
@@ -166,12 +166,11 @@ async fn existing_project(pool: &sqlx::PgPool, s: &str) -> anyhow::Result<Projec
     Ok(id)
 }
 
-/// The worker's own driver lookup decides what a valid address is; unless
+/// The worker's driver lookup (shutoff-hypervisor) decides what a valid address is; unless
 /// `verify` is off, the VM must also answer, in a power state that matches
 /// the vm_state it is registered with.
 async fn check_hypervisor(address: &str, vm_state: &str, verify: bool) -> anyhow::Result<()> {
-    let driver =
-        shutoff_worker::hypervisor::driver_for(address).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let driver = shutoff_hypervisor::driver_for(address).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !verify {
         return Ok(());
     }

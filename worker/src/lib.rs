@@ -7,16 +7,16 @@
 //!   off, record the result, then ack.
 //! - [`group_commit`]: claims, lease renewals and successes of concurrent
 //!   jobs share one statement and commit.
-//! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator,
-//!   `qmp+unix://` and `qmp+tcp://` for QEMU).
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on a small port.
 //! - [`metrics`]: job counters, power-off durations, jobs in flight.
 //! - `testing` (feature `test-support`): real QEMU VMs for tests.
+//!
+//! The VM is powered off through the `shutoff-hypervisor` crate (the
+//! `Hypervisor` trait and its drivers), chosen by each instance's address.
 
 pub mod consumer;
 pub mod group_commit;
 pub mod health;
-pub mod hypervisor;
 pub mod metrics;
 pub mod settings;
 pub mod stop_job;

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shutoff_core::config::Common;
-
-use crate::hypervisor::DriverSettings;
+use shutoff_hypervisor::DriverSettings;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "shutoff-worker", version, about = "shutoff's stop worker")]

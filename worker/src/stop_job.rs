@@ -13,12 +13,12 @@ use shutoff_core::broker::Publisher;
 use shutoff_core::message::StopJob;
 use shutoff_core::store::jobs::{Claim, ClaimedJob, Success};
 use shutoff_core::store::{self, jobs};
+use shutoff_hypervisor::{DriverError, DriverSettings, driver_with};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::group_commit::JobStore;
-use crate::hypervisor::{DriverError, DriverSettings, driver_with};
 use crate::metrics::WorkerMetrics;
 use crate::settings::Settings;
 

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use shutoff_core::state::PowerState;
-use shutoff_worker::hypervisor::{DriverError, DriverSettings, StopMethod, driver_with};
+use shutoff_hypervisor::{DriverError, DriverSettings, StopMethod, driver_with};
 use shutoff_worker::testing::{Guest, TestVm, can_run};
 use sqlx::PgPool;
 use uuid::Uuid;

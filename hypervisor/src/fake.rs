@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use shutoff_core::state::PowerState;
 use uuid::Uuid;
 
-use super::{DriverError, Hypervisor, StopMethod, Stopped};
+use crate::{DriverError, Hypervisor, StopMethod, Stopped};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeHypervisor {
@@ -105,7 +105,7 @@ impl Hypervisor for FakeHypervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::driver_for;
+    use crate::driver_for;
 
     #[test]
     fn knobs_are_parsed_and_bad_ones_refused() {

@@ -36,8 +36,8 @@ use shutoff_core::state::PowerState;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::qmp::{Endpoint, Qmp, QmpError};
-use super::{DriverError, DriverSettings, Hypervisor, StopMethod, Stopped};
+use crate::qmp::{Endpoint, Qmp, QmpError};
+use crate::{DriverError, DriverSettings, Hypervisor, StopMethod, Stopped};
 
 /// A per-instance override may not exceed this (an hour).
 const MAX_OVERRIDE_SECS: u64 = 3600;
@@ -367,7 +367,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
-    use crate::hypervisor::driver_with;
+    use crate::driver_with;
 
     fn parse(address: &str) -> Result<QemuHypervisor, DriverError> {
         QemuHypervisor::from_url(&address.parse().unwrap(), &DriverSettings::default())

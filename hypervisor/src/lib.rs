@@ -1,10 +1,17 @@
-//! Hypervisor drivers behind one trait, chosen by each instance's address:
+//! `shutoff-hypervisor`: the drivers that power VMs off, behind one trait
+//! ([`Hypervisor`]), chosen by each instance's address ([`driver_for`],
+//! [`driver_with`]):
 //!
 //! - `fake://...`: the built-in simulator ([`fake`]).
 //! - `qmp+unix:///path/to/vm.qmp` and `qmp+tcp://HOST:PORT`: a QEMU VM driven
 //!   over its QMP monitor ([`qemu`], on the client in [`qmp`]), stopped the
 //!   way Nova's libvirt driver does: power button first, hard power-off after
 //!   the shutdown timeout.
+//!
+//! The worker runs [`Hypervisor::power_off`] for each job and records the
+//! [`Stopped`] or [`DriverError`] it returns; `shutoff-admin server create`
+//! uses [`Hypervisor::power_state`] to check an address reaches a VM. Neither
+//! holds driver code of its own.
 
 pub mod fake;
 pub mod qemu;
