@@ -176,7 +176,7 @@ async fn check_hypervisor(address: &str, vm_state: &str, verify: bool) -> anyhow
     }
     let state = tokio::time::timeout(Duration::from_secs(15), driver.power_state(Uuid::nil()))
         .await
-        .unwrap_or_else(|_| Err(DriverError::Transient("no answer within 15 s".into())))
+        .unwrap_or_else(|_| Err(DriverError::transient("no answer within 15 s")))
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach the VM at {address}: {e} (--no-verify registers it anyway)"

@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn a_driver_error_is_a_failed_power_off() {
         assert_eq!(
-            power_off_outcome(&Err(DriverError::Transient("x".into()))),
+            power_off_outcome(&Err(DriverError::transient("x"))),
             PowerOffOutcome::Failed
         );
         let stopped = |how| Stopped {

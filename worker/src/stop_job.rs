@@ -183,7 +183,7 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
             let result = tokio::time::timeout(timeout, driver.power_off(job.instance_uuid))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(DriverError::Transient(format!(
+                    Err(DriverError::transient(format!(
                         "power-off did not finish within {timeout:?}"
                     )))
                 });
@@ -202,8 +202,8 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
             };
             db_retry("record success", || ctx.store.succeed(success.clone())).await
         }
-        Err(DriverError::Transient(msg)) if job.attempts_left() => {
-            return retry_later(ctx, &job, msg).await;
+        Err(DriverError::Transient { message, .. }) if job.attempts_left() => {
+            return retry_later(ctx, &job, message).await;
         }
         Err(e) => {
             let msg = e.to_string();

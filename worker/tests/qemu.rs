@@ -214,7 +214,7 @@ async fn a_vm_killed_mid_stop_is_a_prompt_transient_error_then_already_off() {
     let noticed = killed_at.elapsed();
     eprintln!("timing: QEMU (pid {pid}) killed mid-stop, noticed in {noticed:?}");
     assert!(
-        matches!(&result, Err(DriverError::Transient(m)) if m.contains("closed")),
+        matches!(&result, Err(DriverError::Transient { message: m, .. }) if m.contains("closed")),
         "{result:?}"
     );
     assert!(noticed < Duration::from_secs(2), "{noticed:?}");
@@ -238,7 +238,7 @@ async fn qmp_over_tcp_works_like_unix() {
     .await;
     let address = format!("qmp+tcp://127.0.0.1:{port}?shutdown_timeout=0");
     let driver = driver_with(&address, &settings(60, 10)).unwrap();
-    let mut state = Err(DriverError::Transient("not tried".into()));
+    let mut state = Err(DriverError::transient("not tried"));
     for _ in 0..100 {
         state = driver.power_state(Uuid::new_v4()).await;
         if state.is_ok() {
