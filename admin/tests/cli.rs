@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use shutoff_core::testing::TestEnv;
+use shutoff_testkit::TestEnv;
 use sqlx::PgPool;
 
 fn admin(env: &TestEnv, args: &[&str]) -> Output {
@@ -169,7 +169,7 @@ async fn bad_arguments_are_refused_and_change_nothing(pool: PgPool) {
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_running_qemu_vm_is_registered_by_its_qmp_address_once_it_answers(pool: PgPool) {
-    use shutoff_worker::testing::{Guest, TestVm, can_run};
+    use shutoff_testkit::vm::{Guest, TestVm, can_run};
     if !can_run(Guest::None) {
         return;
     }

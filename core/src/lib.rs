@@ -25,6 +25,4 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
-#[cfg(feature = "test-support")]
-pub mod testing;
 pub mod token;

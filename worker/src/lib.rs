@@ -9,7 +9,6 @@
 //!   jobs share one statement and commit.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on a small port.
 //! - [`metrics`]: job counters, power-off durations, jobs in flight.
-//! - `testing` (feature `test-support`): real QEMU VMs for tests.
 //!
 //! The VM is powered off through the `shutoff-hypervisor` crate (the
 //! `Hypervisor` trait and its drivers), chosen by each instance's address.
@@ -20,8 +19,6 @@ pub mod health;
 pub mod metrics;
 pub mod settings;
 pub mod stop_job;
-#[cfg(feature = "test-support")]
-pub mod testing;
 pub mod worker;
 
 pub use settings::Settings;

@@ -77,14 +77,6 @@ impl Settings {
         Duration::from_millis(self.batch_linger_ms)
     }
 
-    pub fn for_tests(database_url: &str, queue_prefix: &str) -> Self {
-        let mut s = Settings::parse_from(["shutoff-worker", "--health-listen", "127.0.0.1:0"]);
-        s.common.database_url = database_url.to_string();
-        s.common.queue_prefix = queue_prefix.to_string();
-        s.worker_id = Some(format!("test-{}", uuid::Uuid::new_v4().simple()));
-        s
-    }
-
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")
