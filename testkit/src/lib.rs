@@ -14,6 +14,11 @@
 //!   RabbitMQ without touching the machine's services.
 //! - [`vm`]: [`vm::TestVm`], real QEMU VMs (a bare one, or the Linux test guest
 //!   built by `scripts/build-test-guest`).
+//!
+//! Its own `tests/config_doc.rs` keeps the configuration reference in the
+//! README what the binaries' clap definitions say (`UPDATE_DOCS=1` rewrites
+//! it): it needs the API, the worker and the admin tool together, which no
+//! shipped crate links.
 
 pub mod app;
 pub mod env;
