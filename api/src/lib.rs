@@ -14,6 +14,9 @@
 //! - [`error`]: the one mapping from errors to OpenStack fault bodies.
 //! - [`metrics`]: `GET /metrics` (Prometheus) and the middleware that counts requests.
 //! - [`openapi`]: the OpenAPI document generated from the handlers, at `/openapi.json`.
+//!
+//! Its tests run it in-process, with a real worker, through the dev-only
+//! `shutoff-testkit` (`TestApp`); nothing here exists for tests.
 
 pub mod acceptor;
 pub mod action;

@@ -6,6 +6,8 @@
 //! - [`message`]: the job message that travels through RabbitMQ.
 //! - [`store`]: every SQL statement, grouped by who runs it (accept, jobs, admin, reads).
 //! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
+//! - [`config`]: the settings the API and the worker share ([`config::Common`]),
+//!   and the few of them the admin tool takes.
 //! - [`telemetry`]: tracing set-up (text or JSON lines).
 //! - [`metrics`]: the registry and exposition behind `GET /metrics`.
 //!

@@ -1,7 +1,7 @@
 //! `shutoff-testkit`: what shutoff's tests share, kept out of the shipped
 //! crates (a dev-dependency of each crate's tests; never published).
 //!
-//! - [`env`]: [`TestEnv`], one test's own database (from `#[sqlx::test]`) and
+//! - [`env`](mod@env): [`TestEnv`], one test's own database (from `#[sqlx::test]`) and
 //!   queue names on the real PostgreSQL and RabbitMQ, with the queries and
 //!   publishes tests arrange and assert with.
 //! - [`settings`]: the API's and the worker's settings for a test, parsed from

@@ -12,6 +12,8 @@
 //!
 //! The VM is powered off through the `shutoff-hypervisor` crate (the
 //! `Hypervisor` trait and its drivers), chosen by each instance's address.
+//! Its tests run it in-process, against real QEMU VMs too, through the
+//! dev-only `shutoff-testkit`.
 
 pub mod consumer;
 pub mod group_commit;
