@@ -3,21 +3,36 @@
 
 use std::process::Output;
 
-use shutoff_core::testing::TestEnv;
+use shutoff_testkit::TestEnv;
 use sqlx::PgPool;
 
+/// Runs the admin tool on this test's database; `migrate` declares this
+/// test's queues (the commands that take no queue flags ignore the variables).
 fn admin(env: &TestEnv, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_shutoff-admin"))
-        .args([
-            "--database-url",
-            &env.database_url,
-            "--queue-prefix",
-            &env.topology.prefix,
-        ])
-        .args(["--retry-delays-ms", "100,200"])
+        .args(["--database-url", &env.database_url])
+        .env("SHUTOFF_QUEUE_PREFIX", &env.topology.prefix)
+        .env("SHUTOFF_RETRY_DELAYS_MS", "100,200")
         .args(args)
         .output()
         .unwrap()
+}
+
+/// The options `shutoff-admin <args> --help` lists, e.g. `--project`.
+fn options_in_help(args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shutoff-admin"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = stdout(&out);
+    help.split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_string()
+        })
+        .collect()
 }
 
 fn stdout(o: &Output) -> String {
@@ -169,7 +184,7 @@ async fn bad_arguments_are_refused_and_change_nothing(pool: PgPool) {
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_running_qemu_vm_is_registered_by_its_qmp_address_once_it_answers(pool: PgPool) {
-    use shutoff_worker::testing::{Guest, TestVm, can_run};
+    use shutoff_testkit::vm::{Guest, TestVm, can_run};
     if !can_run(Guest::None) {
         return;
     }
@@ -222,5 +237,53 @@ async fn a_running_qemu_vm_is_registered_by_its_qmp_address_once_it_answers(pool
     assert!(
         vm.exit_status().is_none(),
         "registering leaves the VM alone"
+    );
+}
+
+#[test]
+fn each_subcommand_lists_only_the_options_it_takes() {
+    let server_create = options_in_help(&["server", "create"]);
+    for taken in [
+        "--database-url",
+        "--project",
+        "--name",
+        "--hypervisor",
+        "--no-verify",
+    ] {
+        assert!(
+            server_create.iter().any(|o| o == taken),
+            "{taken} missing from {server_create:?}"
+        );
+    }
+    for foreign in [
+        "--amqp-url",
+        "--queue-prefix",
+        "--retry-delays-ms",
+        "--rescue-after-secs",
+        "--max-attempts",
+        "--log-format",
+    ] {
+        assert!(
+            !server_create.iter().any(|o| o == foreign),
+            "server create lists {foreign}"
+        );
+    }
+
+    let migrate = options_in_help(&["migrate"]);
+    for taken in [
+        "--database-url",
+        "--amqp-url",
+        "--queue-prefix",
+        "--delivery-limit",
+        "--retry-delays-ms",
+    ] {
+        assert!(
+            migrate.iter().any(|o| o == taken),
+            "{taken} missing from {migrate:?}"
+        );
+    }
+    assert!(
+        !migrate.iter().any(|o| o == "--rescue-after-secs"),
+        "{migrate:?}"
     );
 }

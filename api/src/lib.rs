@@ -30,6 +30,9 @@
 //! parts it holds; [`routes`] names [`state`] but [`state`] does not name
 //! [`routes`]; and [`openapi`] (the document) and [`startup`] (the process)
 //! sit on top.
+//!
+//! Its tests run it in-process, with a real worker, through the dev-only
+//! `shutoff-testkit` (`TestApp`); nothing here exists for tests.
 
 pub mod action;
 pub mod auth;

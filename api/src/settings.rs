@@ -171,14 +171,6 @@ impl std::fmt::Debug for KeystoneSettings {
 }
 
 impl Settings {
-    /// Settings for tests: random port, given queue prefix, defaults elsewhere.
-    pub fn for_tests(database_url: &str, queue_prefix: &str) -> Self {
-        let mut s = Settings::parse_from(["shutoff-api", "--listen", "127.0.0.1:0"]);
-        s.common.database_url = database_url.to_string();
-        s.common.queue_prefix = queue_prefix.to_string();
-        s
-    }
-
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }

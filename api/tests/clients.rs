@@ -2,11 +2,10 @@
 //! novaclient, installed from PyPI into a throwaway venv — stop servers
 //! through the real API and worker and watch them reach SHUTOFF.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use shutoff_testkit::app;
 use sqlx::PgPool;
 
 fn repo_root() -> PathBuf {
@@ -40,7 +39,7 @@ async fn openstack_cli_openstacksdk_and_novaclient_stop_servers_until_shutoff(po
     let Some(venv) = clients_venv().await else {
         return;
     };
-    let app = common::spawn(pool).await;
+    let app = app::spawn(pool).await;
     for name in ["cli-vm", "sdk-vm", "nova-vm"] {
         app.server(name).await;
     }

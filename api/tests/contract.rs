@@ -1,10 +1,8 @@
 //! The served OpenAPI document is the committed one, and every documented
 //! path refuses the methods it does not document with a 405 fault body.
 
-mod common;
-
-use common::{fault, spawn_api_only};
 use serde_json::Value;
+use shutoff_testkit::app::{fault, spawn_api_only};
 use sqlx::PgPool;
 
 fn committed() -> Value {

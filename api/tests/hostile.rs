@@ -4,11 +4,9 @@
 //! 4xx with a fault body (or 200 for a harmless read), never a 5xx, and the
 //! database is exactly as it was.
 
-mod common;
-
-use common::{TestApp, spawn_api_only};
 use reqwest::Response;
 use reqwest::header::HeaderValue;
+use shutoff_testkit::app::{TestApp, spawn_api_only};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -5,18 +5,16 @@
 //! validation cache, a revoked service token and a Keystone outage behave as
 //! keystonemiddleware in front of Nova does.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Options, fault, spawn_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shutoff_api::settings::AuthMode;
 use shutoff_core::ids::ProjectId;
 use shutoff_core::store::admin::{self, NewServer};
+use shutoff_testkit::app::{Options, fault, spawn_with};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};

@@ -3,16 +3,14 @@
 //! dribbles its headers or idles on a connection is cut off, and one that
 //! dribbles its body gets 408.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Options, fault, spawn_with};
+use shutoff_testkit::app::{self, Options, fault, spawn_with};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn spawn_api(pool: PgPool) -> common::TestApp {
+async fn spawn_api(pool: PgPool) -> app::TestApp {
     spawn_with(
         pool,
         Options {

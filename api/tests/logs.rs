@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use shutoff_core::ids::ProjectId;
 use shutoff_core::store::admin::{self, NewServer};
-use shutoff_core::testing::TestEnv;
+use shutoff_testkit::TestEnv;
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -2,12 +2,10 @@
 //! accepted and published, the relay's backlog — scraped after real stops
 //! through the real PostgreSQL and RabbitMQ.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Options, spawn, spawn_with};
-use shutoff_core::testing::TcpProxy;
+use shutoff_testkit::TcpProxy;
+use shutoff_testkit::app::{self, Options, spawn, spawn_with};
 use sqlx::PgPool;
 
 const ACTION: &str = "/v2/{project_id}/servers/{server_id}/action";
@@ -19,7 +17,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .map(|v| v.split(' ').next().unwrap().parse().unwrap())
 }
 
-async fn scrape(app: &common::TestApp) -> String {
+async fn scrape(app: &app::TestApp) -> String {
     let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert!(

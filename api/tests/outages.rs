@@ -1,12 +1,10 @@
 //! Broker and database outages, made by cutting this test's own TCP proxy in
 //! front of the real services (the machine's services are never touched).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Options, fault, spawn_with};
-use shutoff_core::testing::TcpProxy;
+use shutoff_testkit::TcpProxy;
+use shutoff_testkit::app::{self, Options, fault, spawn_with};
 use sqlx::PgPool;
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
@@ -72,7 +70,7 @@ async fn with_the_database_down_a_stop_is_503_and_accepted_once_it_returns(pool:
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_confirmed_publish_is_recorded_and_never_relayed_again(pool: PgPool) {
     // No worker: the message stays in the queue for us to count.
-    let app = common::spawn_api_only(pool).await;
+    let app = app::spawn_api_only(pool).await;
     let ids = [app.server("a").await, app.server("b").await];
     for id in ids {
         assert_eq!(app.stop(id).await.status().as_u16(), 202);

@@ -5,13 +5,11 @@
 //! Skipped with a message when QEMU or the test guest is missing, unless
 //! `CI` is set (`.ci/run` installs QEMU and builds the guest).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::spawn;
 use serde_json::Value;
-use shutoff_worker::testing::{Guest, TestVm, can_run};
+use shutoff_testkit::app::{self, spawn};
+use shutoff_testkit::vm::{Guest, TestVm, can_run};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -86,7 +84,7 @@ async fn stopping_real_vms_through_the_api_ends_shutoff_cleanly_or_by_force(pool
 }
 
 /// Polls the server until SHUTOFF (or the timeout) and returns it.
-async fn shutoff(app: &common::TestApp, id: Uuid, timeout: Duration) -> Value {
+async fn shutoff(app: &app::TestApp, id: Uuid, timeout: Duration) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let resp = app.get(&format!("/v2/{}/servers/{id}", app.project)).await;
@@ -99,7 +97,7 @@ async fn shutoff(app: &common::TestApp, id: Uuid, timeout: Duration) -> Value {
     }
 }
 
-async fn stop_event(app: &common::TestApp, id: Uuid, request_id: &str) -> Value {
+async fn stop_event(app: &app::TestApp, id: Uuid, request_id: &str) -> Value {
     let doc: Value = app
         .get(&format!(
             "/v2/{}/servers/{id}/os-instance-actions/{request_id}",

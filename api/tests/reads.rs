@@ -1,12 +1,10 @@
 //! What clients read: version documents, server documents, name lookups,
 //! instance actions with the worker's events, health.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{fault, spawn, spawn_api_only};
 use serde_json::Value;
+use shutoff_testkit::app::{fault, spawn, spawn_api_only};
 use sqlx::PgPool;
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]

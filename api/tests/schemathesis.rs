@@ -4,12 +4,11 @@
 //! API and worker, and fails on any 5xx or any response the document does
 //! not allow.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde_json::Value;
+use shutoff_testkit::app;
 use sqlx::PgPool;
 
 fn repo_root() -> PathBuf {
@@ -42,7 +41,7 @@ async fn a_thousand_generated_requests_get_no_5xx_and_match_the_document(pool: P
     if !venv_ready().await {
         return;
     }
-    let app = common::spawn(pool).await;
+    let app = app::spawn(pool).await;
     let server = app.server("st-1").await;
     app.server("st-2").await;
     app.server("st-3").await;

@@ -1,8 +1,6 @@
 //! SIGTERM: the API stops accepting, lets in-flight requests finish, and
 //! exits 0; nothing it accepted is lost.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -10,7 +8,7 @@ use sqlx::PgPool;
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn the_api_binary_exits_0_on_sigterm_and_keeps_what_it_accepted(pool: PgPool) {
-    let env = shutoff_core::testing::TestEnv::new(pool);
+    let env = shutoff_testkit::TestEnv::new(pool);
     let project = env.project().await;
     let token = env.token(&project, &["member"]).await;
     let port = {

@@ -1,20 +1,18 @@
 //! The stop action, row by row of the spec's response table, against the real
 //! PostgreSQL and RabbitMQ.
 
-mod common;
-
 use shutoff_core::state::{TaskState, VmState};
 use std::time::Duration;
 
-use common::{fault, spawn, spawn_api_only};
 use shutoff_core::store::admin;
+use shutoff_testkit::app::{self, fault, spawn, spawn_api_only};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 const STOP: &str = r#"{"os-stop": null}"#;
 
 /// Nothing was written for a refused stop: no action, no job, task_state still NULL.
-async fn assert_untouched(app: &common::TestApp, id: Uuid) {
+async fn assert_untouched(app: &app::TestApp, id: Uuid) {
     let (_, task, _) = app.instance_state(id).await;
     assert_eq!(task, None);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);

@@ -2,11 +2,9 @@
 //! because it hung up) matches what is committed, also when its stop waits
 //! on a row lock another transaction holds past the request's deadline.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Options, TestApp, fault, spawn_with};
+use shutoff_testkit::app::{Options, TestApp, fault, spawn_with};
 use sqlx::PgPool;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;

@@ -13,14 +13,13 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shuto
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Where PostgreSQL and RabbitMQ are, and how jobs are queued and retried.
-/// Flattened into each binary's own settings (global, so `shutoff-admin`'s
-/// subcommands take them after the subcommand too).
+/// Flattened into the API's and the worker's settings. `shutoff-admin` takes
+/// only the few of these its commands use ([`Database`], [`Queues`]).
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// PostgreSQL URL.
     #[arg(
         long,
-        global = true,
         env = "DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL
     )]
@@ -29,7 +28,6 @@ pub struct Common {
     /// RabbitMQ URL.
     #[arg(
         long,
-        global = true,
         env = "AMQP_URL",
         default_value = DEFAULT_AMQP_URL
     )]
@@ -37,27 +35,16 @@ pub struct Common {
 
     /// Prefix of every queue name (`<prefix>.stop`, `.stop.dead`, `.stop.retry.<ms>ms`);
     /// give each deployment (or test) its own.
-    #[arg(
-        long,
-        global = true,
-        env = "SHUTOFF_QUEUE_PREFIX",
-        default_value = "shutoff"
-    )]
+    #[arg(long, env = "SHUTOFF_QUEUE_PREFIX", default_value = "shutoff")]
     pub queue_prefix: String,
 
     /// Deliveries of one message before RabbitMQ dead-letters it (quorum `x-delivery-limit`).
-    #[arg(
-        long,
-        global = true,
-        env = "SHUTOFF_DELIVERY_LIMIT",
-        default_value_t = 10
-    )]
+    #[arg(long, env = "SHUTOFF_DELIVERY_LIMIT", default_value_t = 10)]
     pub delivery_limit: u32,
 
     /// Back-off delays between attempts, in milliseconds (one delay queue each; the last repeats).
     #[arg(
         long,
-        global = true,
         env = "SHUTOFF_RETRY_DELAYS_MS",
         value_delimiter = ',',
         default_value = "1000,5000,30000"
@@ -65,34 +52,19 @@ pub struct Common {
     pub retry_delays_ms: Vec<u64>,
 
     /// Attempts per stop (the first one included, 1 to 100) before it is recorded as failed.
-    #[arg(long, global = true, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
+    #[arg(long, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub max_attempts: i32,
 
     /// A job nobody has moved for this long (or whose worker's lease expired) is rescued.
-    #[arg(
-        long,
-        global = true,
-        env = "SHUTOFF_RESCUE_AFTER_SECS",
-        default_value_t = 120
-    )]
+    #[arg(long, env = "SHUTOFF_RESCUE_AFTER_SECS", default_value_t = 120)]
     pub rescue_after_secs: u64,
 
     /// How often the rescuer looks for stalled jobs.
-    #[arg(
-        long,
-        global = true,
-        env = "SHUTOFF_RESCUE_INTERVAL_MS",
-        default_value_t = 2000
-    )]
+    #[arg(long, env = "SHUTOFF_RESCUE_INTERVAL_MS", default_value_t = 2000)]
     pub rescue_interval_ms: u64,
 
     /// Maximum PostgreSQL connections of this process.
-    #[arg(
-        long,
-        global = true,
-        env = "SHUTOFF_DB_MAX_CONNECTIONS",
-        default_value_t = 16
-    )]
+    #[arg(long, env = "SHUTOFF_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
     /// Server-side limit on any one statement, in milliseconds. A statement
@@ -109,7 +81,6 @@ pub struct Common {
     /// How the API and the worker write log lines (`RUST_LOG` sets the filter).
     #[arg(
         long,
-        global = true,
         env = "SHUTOFF_LOG_FORMAT",
         value_enum,
         default_value_t = LogFormat::Text
@@ -139,6 +110,97 @@ impl Common {
             max_connections: self.db_max_connections,
             statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
             ..Default::default()
+        }
+    }
+}
+
+/// Where PostgreSQL is: all that `shutoff-admin`'s database commands take
+/// (global, so the flag may come before or after the subcommand). The same
+/// flag as [`Common`]'s.
+#[derive(Debug, Clone, Args)]
+pub struct Database {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL
+    )]
+    pub database_url: String,
+}
+
+/// Where RabbitMQ is and how the queues are declared: what `shutoff-admin
+/// migrate` needs to declare them as the API and the workers do (RabbitMQ
+/// refuses to declare a queue again with other arguments). The same flags as
+/// [`Common`]'s.
+#[derive(Debug, Clone, Args)]
+pub struct Queues {
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+
+    /// Prefix of every queue name (`<prefix>.stop`, `.stop.dead`, `.stop.retry.<ms>ms`);
+    /// give each deployment (or test) its own.
+    #[arg(long, env = "SHUTOFF_QUEUE_PREFIX", default_value = "shutoff")]
+    pub queue_prefix: String,
+
+    /// Deliveries of one message before RabbitMQ dead-letters it (quorum `x-delivery-limit`).
+    #[arg(long, env = "SHUTOFF_DELIVERY_LIMIT", default_value_t = 10)]
+    pub delivery_limit: u32,
+
+    /// Back-off delays between attempts, in milliseconds (one delay queue each; the last repeats).
+    #[arg(
+        long,
+        env = "SHUTOFF_RETRY_DELAYS_MS",
+        value_delimiter = ',',
+        default_value = "1000,5000,30000"
+    )]
+    pub retry_delays_ms: Vec<u64>,
+}
+
+impl Queues {
+    pub fn topology(&self) -> Topology {
+        Topology {
+            prefix: self.queue_prefix.clone(),
+            delivery_limit: self.delivery_limit,
+            retry_delays_ms: self.retry_delays_ms.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Arg, Command};
+
+    use super::*;
+
+    /// What an operator sees of a flag: its name, variable, default, delimiter and help.
+    fn face(a: &Arg) -> impl PartialEq + std::fmt::Debug {
+        (
+            a.get_long().map(str::to_string),
+            a.get_env().map(|e| e.to_string_lossy().into_owned()),
+            a.get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            a.get_value_delimiter(),
+            a.get_help().map(|h| h.to_string()),
+        )
+    }
+
+    #[test]
+    fn the_admin_tools_database_and_queue_flags_are_the_shared_ones() {
+        let common = Common::augment_args(Command::new("common"));
+        let admin = [
+            Database::augment_args(Command::new("database")),
+            Queues::augment_args(Command::new("queues")),
+        ];
+        for a in admin.iter().flat_map(|c| c.get_arguments()) {
+            let shared = common
+                .get_arguments()
+                .find(|c| c.get_id() == a.get_id())
+                .unwrap_or_else(|| panic!("--{} is not a shared flag", a.get_id()));
+            assert_eq!(face(a), face(shared), "--{} drifted", a.get_id());
         }
     }
 }

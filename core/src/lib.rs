@@ -15,6 +15,8 @@
 //!   the relay those whose publish was never confirmed, the rescuer those
 //!   nobody is moving (and fails those out of attempts).
 //! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
+//! - [`config`]: the settings the API and the worker share ([`config::Common`]),
+//!   and the few of them the admin tool takes.
 //! - [`telemetry`]: tracing set-up (text or JSON lines).
 //! - [`metrics`]: the registry and exposition behind `GET /metrics`.
 //!
@@ -37,6 +39,4 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
-#[cfg(feature = "test-support")]
-pub mod testing;
 pub mod token;

@@ -7,21 +7,20 @@
 //!   off, record the result, then ack.
 //! - [`job_store`]: the worker's one way into the jobs table; claims, lease
 //!   renewals and successes of concurrent jobs share one statement and commit.
-//! - [`hypervisor`]: the driver trait and the drivers (`fake://` simulator,
-//!   `qmp+unix://` and `qmp+tcp://` for QEMU).
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on a small port.
 //! - [`metrics`]: job counters, power-off durations, jobs in flight.
-//! - `testing` (feature `test-support`): real QEMU VMs for tests.
+//!
+//! The VM is powered off through the `shutoff-hypervisor` crate (the
+//! `Hypervisor` trait and its drivers), chosen by each instance's address.
+//! Its tests run it in-process, against real QEMU VMs too, through the
+//! dev-only `shutoff-testkit`.
 
 pub mod consumer;
 pub mod health;
-pub mod hypervisor;
 pub mod job_store;
 pub mod metrics;
 pub mod settings;
 pub mod stop_job;
-#[cfg(feature = "test-support")]
-pub mod testing;
 pub mod worker;
 
 pub use settings::Settings;

@@ -12,8 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Unit;
 use shutoff_core::metrics::{self as core_metrics, Registry};
-
-use crate::hypervisor::{DriverError, StopMethod, Stopped};
+use shutoff_hypervisor::{DriverError, StopMethod, Stopped};
 
 /// How a power-off ended.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -194,7 +193,7 @@ mod tests {
     #[test]
     fn a_driver_error_is_a_failed_power_off() {
         assert_eq!(
-            power_off_outcome(&Err(DriverError::Transient("x".into()))),
+            power_off_outcome(&Err(DriverError::transient("x"))),
             PowerOffOutcome::Failed
         );
         let stopped = |how| Stopped {

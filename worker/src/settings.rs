@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shutoff_core::config::Common;
-
-use crate::hypervisor::DriverSettings;
+use shutoff_hypervisor::DriverSettings;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "shutoff-worker", version, about = "shutoff's stop worker")]
@@ -76,14 +75,6 @@ pub struct Settings {
 impl Settings {
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
-    }
-
-    pub fn for_tests(database_url: &str, queue_prefix: &str) -> Self {
-        let mut s = Settings::parse_from(["shutoff-worker", "--health-listen", "127.0.0.1:0"]);
-        s.common.database_url = database_url.to_string();
-        s.common.queue_prefix = queue_prefix.to_string();
-        s.worker_id = Some(format!("test-{}", uuid::Uuid::new_v4().simple()));
-        s
     }
 
     pub fn worker_id(&self) -> String {

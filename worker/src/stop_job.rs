@@ -14,11 +14,11 @@ use shutoff_core::broker::Publisher;
 use shutoff_core::message::StopJob;
 use shutoff_core::store::StoreError;
 use shutoff_core::store::claim::{Claim, ClaimedJob, Success};
+use shutoff_hypervisor::{DriverError, DriverSettings, driver_with};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::hypervisor::{DriverError, DriverSettings, driver_with};
 use crate::job_store::JobStore;
 use crate::metrics::WorkerMetrics;
 use crate::settings::Settings;
@@ -194,7 +194,7 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
             let result = tokio::time::timeout(timeout, driver.power_off(job.instance_uuid))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(DriverError::Transient(format!(
+                    Err(DriverError::transient(format!(
                         "power-off did not finish within {timeout:?}"
                     )))
                 });
@@ -213,8 +213,8 @@ async fn run(ctx: &JobContext, job: ClaimedJob) -> Disposition {
             };
             db_retry("record success", || ctx.store.succeed(success.clone())).await
         }
-        Err(DriverError::Transient(msg)) if job.attempts_left() => {
-            return retry_later(ctx, &job, msg).await;
+        Err(DriverError::Transient { message, .. }) if job.attempts_left() => {
+            return retry_later(ctx, &job, message).await;
         }
         Err(e) => {
             let msg = e.to_string();

@@ -1,15 +1,14 @@
 //! The worker binary itself: SIGTERM ends it with exit code 0.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
+use shutoff_testkit::workers;
 use sqlx::PgPool;
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn the_worker_binary_finishes_its_job_and_exits_0_on_sigterm(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -2,10 +2,9 @@
 //! durations by driver and outcome, and the jobs in flight, after real jobs
 //! through the real PostgreSQL and RabbitMQ.
 
-mod common;
-
 use std::time::Duration;
 
+use shutoff_testkit::workers;
 use sqlx::PgPool;
 
 /// The value of one series (`name{labels}`) in an exposition, if present.
@@ -15,7 +14,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .map(|v| v.split(' ').next().unwrap().parse().unwrap())
 }
 
-async fn scrape(worker: &common::RunningWorker) -> String {
+async fn scrape(worker: &workers::RunningWorker) -> String {
     let resp = reqwest::get(format!("http://{}/metrics", worker.health))
         .await
         .unwrap();
@@ -31,7 +30,7 @@ async fn scrape(worker: &common::RunningWorker) -> String {
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn jobs_are_counted_by_outcome_and_power_offs_timed_by_driver_and_outcome(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let worker = c.worker(|_| {}).await;
     let slow = c.server("fake://?delay_ms=1500").await;
     let quick = c.server("fake://").await;

@@ -6,13 +6,12 @@
 //! Skipped with a message when QEMU or the test guest is missing, unless
 //! `CI` is set (then `.ci/run` has installed them and a skip is a failure).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use shutoff_core::state::PowerState;
-use shutoff_worker::hypervisor::{DriverError, DriverSettings, StopMethod, driver_with};
-use shutoff_worker::testing::{Guest, TestVm, can_run};
+use shutoff_hypervisor::{DriverError, DriverSettings, StopMethod, driver_with};
+use shutoff_testkit::vm::{Guest, TestVm, can_run};
+use shutoff_testkit::workers;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -214,7 +213,7 @@ async fn a_vm_killed_mid_stop_is_a_prompt_transient_error_then_already_off() {
     let noticed = killed_at.elapsed();
     eprintln!("timing: QEMU (pid {pid}) killed mid-stop, noticed in {noticed:?}");
     assert!(
-        matches!(&result, Err(DriverError::Transient(m)) if m.contains("closed")),
+        matches!(&result, Err(DriverError::Transient { message: m, .. }) if m.contains("closed")),
         "{result:?}"
     );
     assert!(noticed < Duration::from_secs(2), "{noticed:?}");
@@ -238,7 +237,7 @@ async fn qmp_over_tcp_works_like_unix() {
     .await;
     let address = format!("qmp+tcp://127.0.0.1:{port}?shutdown_timeout=0");
     let driver = driver_with(&address, &settings(60, 10)).unwrap();
-    let mut state = Err(DriverError::Transient("not tried".into()));
+    let mut state = Err(DriverError::transient("not tried"));
     for _ in 0..100 {
         state = driver.power_state(Uuid::new_v4()).await;
         if state.is_ok() {
@@ -264,7 +263,7 @@ async fn a_job_whose_vm_dies_mid_stop_is_retried_and_then_succeeds(pool: PgPool)
     if !can_run(Guest::None) {
         return;
     }
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let w = c.worker(|_| {}).await;
     let mut vm = TestVm::start(Guest::None, &[]).await;
     let server = c.server(&vm.address("")).await;
@@ -303,7 +302,7 @@ async fn a_job_records_a_forced_stop_and_its_duration_in_the_event(pool: PgPool)
     if !can_run(Guest::None) {
         return;
     }
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let w = c.worker(|s| s.shutdown_retry_interval_secs = 1).await;
     let mut vm = TestVm::start(Guest::None, &[]).await;
     let server = c.server(&vm.address("?shutdown_timeout=2")).await;

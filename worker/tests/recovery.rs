@@ -2,13 +2,12 @@
 //! graceful shutdown, and database and broker outages (made by cutting a
 //! private TCP proxy, never the machine's services).
 
-mod common;
-
 use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, BasicNackOptions};
 use serde_json::json;
-use shutoff_core::testing::TcpProxy;
+use shutoff_testkit::TcpProxy;
+use shutoff_testkit::workers;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -16,7 +15,7 @@ const T: Duration = Duration::from_secs(30);
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn poison_messages_are_dead_lettered_and_recorded_and_the_worker_goes_on(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let w = c.worker(|_| {}).await;
     let queue = c.env.topology.work_queue();
     let unknown =
@@ -51,7 +50,7 @@ async fn poison_messages_are_dead_lettered_and_recorded_and_the_worker_goes_on(p
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_message_redelivered_past_the_delivery_limit_goes_to_the_dead_letter_queue(pool: PgPool) {
-    let mut c = common::ctx(pool).await;
+    let mut c = workers::ctx(pool).await;
     c.env.topology.delivery_limit = 2;
     let queue = c.env.topology.work_queue();
     c.env.publish_raw(&queue, b"kills its worker").await;
@@ -96,7 +95,7 @@ async fn a_message_redelivered_past_the_delivery_limit_goes_to_the_dead_letter_q
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn the_rescuer_finishes_jobs_whose_worker_or_message_was_lost(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let dead_worker = c.server("fake://").await;
     let lost_message = c.server("fake://").await;
     let out_of_attempts = c.server("fake://").await;
@@ -165,7 +164,7 @@ async fn the_rescuer_finishes_jobs_whose_worker_or_message_was_lost(pool: PgPool
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn sigterm_lets_in_flight_jobs_finish_within_the_grace_period(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let w = c.worker(|s| s.grace_secs = 10).await;
     let vm = c.server("fake://?delay_ms=1500").await;
     let job = c.stop(vm, 5).await;
@@ -181,7 +180,7 @@ async fn sigterm_lets_in_flight_jobs_finish_within_the_grace_period(pool: PgPool
 async fn sigterm_returns_jobs_unfinished_after_the_grace_period_and_another_worker_ends_them(
     pool: PgPool,
 ) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let first = c
         .worker(|s| {
             s.grace_secs = 1;
@@ -218,7 +217,7 @@ async fn sigterm_returns_jobs_unfinished_after_the_grace_period_and_another_work
 async fn with_the_database_gone_mid_job_nothing_is_acked_and_the_job_ends_when_it_returns(
     pool: PgPool,
 ) {
-    let c = common::ctx(pool.clone()).await;
+    let c = workers::ctx(pool.clone()).await;
     let db = TcpProxy::start("127.0.0.1:5432").await;
     let proxied =
         shutoff_core::store::pool(&db.database_url(&pool), &Default::default(), "test-worker")
@@ -249,7 +248,7 @@ async fn with_the_database_gone_mid_job_nothing_is_acked_and_the_job_ends_when_i
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_worker_rides_out_a_broker_outage_and_reports_not_ready_meanwhile(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let broker = TcpProxy::start("127.0.0.1:5672").await;
     let w = c.worker(|s| s.common.amqp_url = broker.amqp_url()).await;
     let ready = || async {
@@ -282,7 +281,7 @@ async fn a_worker_rides_out_a_broker_outage_and_reports_not_ready_meanwhile(pool
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
     use shutoff_core::store::rescue::{self, Rescue};
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let mut ids = Vec::new();
     for _ in 0..60 {
         let vm = c.server("fake://").await;
@@ -326,7 +325,7 @@ async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_claim_under_way_at_sigterm_is_released_not_left_to_its_lease(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     // A long lease and no rescue in sight: only a release frees the job soon.
     let first = c
         .worker(|s| {

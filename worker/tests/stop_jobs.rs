@@ -1,17 +1,16 @@
 //! A worker carrying out stops: success, failure, retries, duplicates and
 //! racing workers, against the real PostgreSQL and RabbitMQ.
 
-mod common;
-
 use std::time::Duration;
 
+use shutoff_testkit::workers;
 use sqlx::PgPool;
 
 const T: Duration = Duration::from_secs(20);
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_stop_powers_off_and_records_stopped_in_one_step(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let w = c.worker(|_| {}).await;
     let vm = c.server("fake://?delay_ms=50").await;
 
@@ -30,7 +29,7 @@ async fn a_stop_powers_off_and_records_stopped_in_one_step(pool: PgPool) {
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_redelivered_finished_job_is_acked_without_a_second_power_off(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let w = c.worker(|_| {}).await;
     let vm = c.server("fake://").await;
     let job = c.stop(vm, 5).await;
@@ -59,7 +58,7 @@ async fn a_redelivered_finished_job_is_acked_without_a_second_power_off(pool: Pg
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_driver_error_records_a_fault_and_an_error_event_and_reverts_task_state(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let w = c.worker(|_| {}).await;
     let vm = c.server("fake://?fail=always").await;
 
@@ -107,7 +106,7 @@ async fn a_driver_error_records_a_fault_and_an_error_event_and_reverts_task_stat
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn transient_failures_are_retried_with_back_off_then_recorded_as_failed(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let w = c.worker(|_| {}).await;
     let vm = c.server("fake://?fail=transient").await;
 
@@ -143,7 +142,7 @@ async fn transient_failures_are_retried_with_back_off_then_recorded_as_failed(po
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn two_workers_holding_one_job_reach_one_decision(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     let a = c.worker(|_| {}).await;
     let b = c.worker(|_| {}).await;
     let vm = c.server("fake://?delay_ms=300").await;
@@ -180,7 +179,7 @@ async fn two_workers_holding_one_job_reach_one_decision(pool: PgPool) {
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn concurrent_jobs_share_commits_and_each_still_gets_one_decision(pool: PgPool) {
-    let c = common::ctx(pool).await;
+    let c = workers::ctx(pool).await;
     // Accept everything first, then let one worker take the whole backlog at
     // once, with a duplicate of every fourth message mixed in.
     let mut jobs = Vec::new();

@@ -1,10 +1,17 @@
-//! Hypervisor drivers behind one trait, chosen by each instance's address:
+//! `shutoff-hypervisor`: the drivers that power VMs off, behind one trait
+//! ([`Hypervisor`]), chosen by each instance's address ([`driver_for`],
+//! [`driver_with`]):
 //!
 //! - `fake://...`: the built-in simulator ([`fake`]).
 //! - `qmp+unix:///path/to/vm.qmp` and `qmp+tcp://HOST:PORT`: a QEMU VM driven
 //!   over its QMP monitor ([`qemu`], on the client in [`qmp`]), stopped the
 //!   way Nova's libvirt driver does: power button first, hard power-off after
 //!   the shutdown timeout.
+//!
+//! The worker runs [`Hypervisor::power_off`] for each job and records the
+//! [`Stopped`] or [`DriverError`] it returns; `shutoff-admin server create`
+//! uses [`Hypervisor::power_state`] to check an address reaches a VM. Neither
+//! holds driver code of its own.
 
 pub mod fake;
 pub mod qemu;
@@ -17,15 +24,88 @@ use futures::future::BoxFuture;
 use shutoff_core::state::PowerState;
 use uuid::Uuid;
 
+/// The error beneath a [`DriverError`]: a failed QMP exchange, an address
+/// that does not parse.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a power-off did not happen. The worker retries `Transient` with
 /// back-off and records `Permanent` at once.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `message` is the whole line the worker records on the job and its action
+/// event (it already says what `source` says, so print an error chain from
+/// `message` alone); `source` keeps the error it came from, for code that
+/// needs more than words (a QMP timeout, a refused connection).
+#[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("transient hypervisor error: {0}")]
-    Transient(String),
-    #[error("hypervisor error: {0}")]
-    Permanent(String),
+    /// Worth another attempt: the VM may stop next time (a monitor that did
+    /// not answer in time, a session that broke mid-stop).
+    #[error("transient hypervisor error: {message}")]
+    Transient {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
+    /// Another attempt would fail the same way (an address no driver takes,
+    /// a simulator told to refuse).
+    #[error("hypervisor error: {message}")]
+    Permanent {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
 }
+
+impl DriverError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        DriverError::Transient {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        DriverError::Permanent {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, caused by `cause` (kept as its [`source`]).
+    ///
+    /// [`source`]: std::error::Error::source
+    pub fn caused_by(self, cause: impl Into<Source>) -> Self {
+        match self {
+            DriverError::Transient { message, .. } => DriverError::Transient {
+                message,
+                source: Some(cause.into()),
+            },
+            DriverError::Permanent { message, .. } => DriverError::Permanent {
+                message,
+                source: Some(cause.into()),
+            },
+        }
+    }
+}
+
+/// Two driver errors are equal when they are of the same kind and say the
+/// same thing; their sources are not compared (most errors cannot be).
+impl PartialEq for DriverError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                DriverError::Transient { message: a, .. },
+                DriverError::Transient { message: b, .. },
+            )
+            | (
+                DriverError::Permanent { message: a, .. },
+                DriverError::Permanent { message: b, .. },
+            ) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for DriverError {}
 
 /// A finished power-off, for the instance record and the action event.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,13 +226,46 @@ pub fn driver_with(
     settings: &DriverSettings,
 ) -> Result<Box<dyn Hypervisor>, DriverError> {
     let url = url::Url::parse(address).map_err(|e| {
-        DriverError::Permanent(format!("invalid hypervisor address {address:?}: {e}"))
+        DriverError::permanent(format!("invalid hypervisor address {address:?}: {e}")).caused_by(e)
     })?;
     match url.scheme() {
         "fake" => Ok(Box::new(fake::FakeHypervisor::from_url(&url)?)),
         "qmp+unix" | "qmp+tcp" => Ok(Box::new(qemu::QemuHypervisor::from_url(&url, settings)?)),
-        other => Err(DriverError::Permanent(format!(
+        other => Err(DriverError::permanent(format!(
             "no hypervisor driver for scheme {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_that_does_not_parse_keeps_the_parsers_error() {
+        let Err(e) = driver_for("not a url") else {
+            panic!("not a url was taken")
+        };
+
+        assert_eq!(
+            e.to_string(),
+            "hypervisor error: invalid hypervisor address \"not a url\": relative URL without a base"
+        );
+        let source = std::error::Error::source(&e).expect("the parser's error is kept");
+        assert_eq!(
+            source.downcast_ref::<url::ParseError>(),
+            Some(&url::ParseError::RelativeUrlWithoutBase)
+        );
+    }
+
+    #[test]
+    fn an_error_of_our_own_has_no_source() {
+        let e = DriverError::transient("no answer within 15 s");
+
+        assert_eq!(
+            e.to_string(),
+            "transient hypervisor error: no answer within 15 s"
+        );
+        assert!(std::error::Error::source(&e).is_none());
     }
 }

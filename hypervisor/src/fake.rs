@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use shutoff_core::state::PowerState;
 use uuid::Uuid;
 
-use super::{DriverError, Hypervisor, StopMethod, Stopped};
+use crate::{DriverError, Hypervisor, StopMethod, Stopped};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeHypervisor {
@@ -30,7 +30,7 @@ pub enum Fail {
 
 impl FakeHypervisor {
     pub fn from_url(url: &url::Url) -> Result<Self, DriverError> {
-        let bad = |m: String| DriverError::Permanent(format!("invalid fake:// address: {m}"));
+        let bad = |m: String| DriverError::permanent(format!("invalid fake:// address: {m}"));
         let mut fake = FakeHypervisor {
             delay: Duration::ZERO,
             fail: Fail::Never,
@@ -39,7 +39,9 @@ impl FakeHypervisor {
         for (k, v) in url.query_pairs() {
             match &*k {
                 "delay_ms" => {
-                    let ms: u64 = v.parse().map_err(|_| bad(format!("delay_ms={v}")))?;
+                    let ms: u64 = v
+                        .parse()
+                        .map_err(|e| bad(format!("delay_ms={v}")).caused_by(e))?;
                     fake.delay = Duration::from_millis(ms.min(3_600_000));
                 }
                 "fail" => {
@@ -51,7 +53,9 @@ impl FakeHypervisor {
                     }
                 }
                 "fail_rate" => {
-                    let p: f64 = v.parse().map_err(|_| bad(format!("fail_rate={v}")))?;
+                    let p: f64 = v
+                        .parse()
+                        .map_err(|e| bad(format!("fail_rate={v}")).caused_by(e))?;
                     if !(0.0..=1.0).contains(&p) {
                         return Err(bad(format!("fail_rate={v}")));
                     }
@@ -71,19 +75,19 @@ impl Hypervisor for FakeHypervisor {
             tokio::time::sleep(self.delay).await;
             match self.fail {
                 Fail::Always => {
-                    return Err(DriverError::Permanent(format!(
+                    return Err(DriverError::permanent(format!(
                         "simulated hypervisor refused to power off {instance}"
                     )));
                 }
                 Fail::Transient => {
-                    return Err(DriverError::Transient(format!(
+                    return Err(DriverError::transient(format!(
                         "simulated hypervisor timed out powering off {instance}"
                     )));
                 }
                 Fail::Never => {}
             }
             if self.fail_rate > 0.0 && rand::random::<f64>() < self.fail_rate {
-                return Err(DriverError::Transient(format!(
+                return Err(DriverError::transient(format!(
                     "simulated transient failure powering off {instance}"
                 )));
             }
@@ -105,7 +109,7 @@ impl Hypervisor for FakeHypervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::driver_for;
+    use crate::driver_for;
 
     #[test]
     fn knobs_are_parsed_and_bad_ones_refused() {
@@ -133,14 +137,14 @@ mod tests {
                 .unwrap()
                 .power_off(id)
                 .await,
-            Err(DriverError::Permanent(_))
+            Err(DriverError::Permanent { .. })
         ));
         assert!(matches!(
             driver_for("fake://?fail=transient")
                 .unwrap()
                 .power_off(id)
                 .await,
-            Err(DriverError::Transient(_))
+            Err(DriverError::Transient { .. })
         ));
     }
 }

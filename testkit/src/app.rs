@@ -1,7 +1,6 @@
-//! Spawns the real API (and, when asked, a real worker) on random ports,
-//! against this test's own database and queues.
-
-#![allow(dead_code)]
+//! [`TestApp`]: the real API (and, unless asked not to, a real worker) in
+//! this test's process, on random ports, against this test's own database and
+//! queues; with the HTTP calls and database reads the API's tests share.
 
 use std::net::SocketAddr;
 
@@ -9,27 +8,38 @@ use reqwest::Response;
 use shutoff_api::{Application, Settings};
 use shutoff_core::ids::ProjectId;
 use shutoff_core::store::admin::NewServer;
-use shutoff_core::testing::TestEnv;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::TestEnv;
+use crate::workers::RunningWorker;
+
+/// The API running in this test's process, with a project and a member token
+/// to call it with.
 pub struct TestApp {
     pub env: TestEnv,
+    /// Where the API listens.
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub project: ProjectId,
     /// A member token of `project`.
     pub token: String,
+    /// Cancelling it is SIGTERM to the API and the worker.
     pub shutdown: CancellationToken,
     pub api: JoinHandle<anyhow::Result<()>>,
-    pub worker: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Stops with the API, on the same `shutdown`.
+    pub worker: Option<RunningWorker>,
 }
 
+/// How [`spawn_with`] runs the API.
 pub struct Options {
+    /// Also run a worker (on the test's own database and RabbitMQ).
     pub with_worker: bool,
+    /// The API's RabbitMQ, instead of the test's (e.g. through a `TcpProxy`).
     pub amqp_url: Option<String>,
+    /// The API's PostgreSQL, instead of the test's pool (e.g. through a `TcpProxy`).
     pub database_url: Option<String>,
     /// Last changes to the API's settings (e.g. `--auth keystone`).
     pub configure: Option<Configure>,
@@ -37,6 +47,7 @@ pub struct Options {
     pub tweak: Option<fn(&mut Settings)>,
 }
 
+/// A change to the API's settings that may own what it captures.
 pub type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
 
 impl Default for Options {
@@ -51,10 +62,12 @@ impl Default for Options {
     }
 }
 
+/// The API and a worker, on the test's database (from `#[sqlx::test]`).
 pub async fn spawn(pool: PgPool) -> TestApp {
     spawn_with(pool, Options::default()).await
 }
 
+/// The API alone: what it accepts stays queued.
 pub async fn spawn_api_only(pool: PgPool) -> TestApp {
     spawn_with(
         pool,
@@ -68,8 +81,7 @@ pub async fn spawn_api_only(pool: PgPool) -> TestApp {
 
 pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
     let env = TestEnv::new(pool.clone());
-    let mut settings = Settings::for_tests(&env.database_url, &env.topology.prefix);
-    settings.common.retry_delays_ms = env.topology.retry_delays_ms.clone();
+    let mut settings = env.api_settings();
     settings.relay_interval_ms = 200;
     if let Some(tweak) = opts.tweak {
         tweak(&mut settings);
@@ -94,12 +106,7 @@ pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
     let shutdown = CancellationToken::new();
     let api = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let worker = if opts.with_worker {
-        let mut ws = shutoff_worker::Settings::for_tests(&env.database_url, &env.topology.prefix);
-        ws.common.retry_delays_ms = env.topology.retry_delays_ms.clone();
-        let w = shutoff_worker::Worker::build_with_pool(ws, pool.clone())
-            .await
-            .unwrap();
-        Some(tokio::spawn(w.run_until_stopped(shutdown.clone())))
+        Some(RunningWorker::start(env.worker_settings(), pool.clone(), shutdown.clone()).await)
     } else {
         None
     };
@@ -174,11 +181,7 @@ impl TestApp {
 
     /// (vm_state, task_state, power_state) straight from the database.
     pub async fn instance_state(&self, id: Uuid) -> (String, Option<String>, i16) {
-        sqlx::query_as("SELECT vm_state, task_state, power_state FROM instances WHERE uuid = $1")
-            .bind(id)
-            .fetch_one(&self.env.pool)
-            .await
-            .unwrap()
+        self.env.instance_state(id).await
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
@@ -200,7 +203,7 @@ impl TestApp {
         self.shutdown.cancel();
         self.api.await.unwrap().unwrap();
         if let Some(w) = self.worker {
-            w.await.unwrap().unwrap();
+            w.handle.await.unwrap().unwrap();
         }
     }
 }

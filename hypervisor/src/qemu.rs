@@ -36,8 +36,8 @@ use shutoff_core::state::PowerState;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::qmp::{Endpoint, Qmp, QmpError};
-use super::{DriverError, DriverSettings, Hypervisor, StopMethod, Stopped};
+use crate::qmp::{Endpoint, Qmp, QmpError};
+use crate::{DriverError, DriverSettings, Hypervisor, StopMethod, Stopped};
 
 /// A per-instance override may not exceed this (an hour).
 const MAX_OVERRIDE_SECS: u64 = 3600;
@@ -53,7 +53,7 @@ pub struct QemuHypervisor {
 impl QemuHypervisor {
     pub fn from_url(url: &url::Url, settings: &DriverSettings) -> Result<Self, DriverError> {
         let bad =
-            |m: String| DriverError::Permanent(format!("invalid {}:// address: {m}", url.scheme()));
+            |m: String| DriverError::permanent(format!("invalid {}:// address: {m}", url.scheme()));
         if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
             return Err(bad("user, password and fragment are not allowed".into()));
         }
@@ -67,7 +67,7 @@ impl QemuHypervisor {
                 }
                 let path = percent_encoding::percent_decode_str(url.path())
                     .decode_utf8()
-                    .map_err(|_| bad("the socket path is not valid UTF-8".into()))?;
+                    .map_err(|e| bad("the socket path is not valid UTF-8".into()).caused_by(e))?;
                 if path.len() < 2 || !path.starts_with('/') || path.ends_with('/') {
                     return Err(bad(format!("{path:?} is not a path to a socket")));
                 }
@@ -101,11 +101,15 @@ impl QemuHypervisor {
         };
         for (k, v) in url.query_pairs() {
             let secs = || -> Result<Duration, DriverError> {
+                let refused = || {
+                    bad(format!(
+                        "{k}={v}: expected whole seconds from 0 to {MAX_OVERRIDE_SECS}"
+                    ))
+                };
                 match v.parse::<u64>() {
                     Ok(s) if s <= MAX_OVERRIDE_SECS => Ok(Duration::from_secs(s)),
-                    _ => Err(bad(format!(
-                        "{k}={v}: expected whole seconds from 0 to {MAX_OVERRIDE_SECS}"
-                    ))),
+                    Ok(_) => Err(refused()),
+                    Err(e) => Err(refused().caused_by(e)),
                 }
             };
             match &*k {
@@ -252,7 +256,7 @@ impl QemuHypervisor {
             .await
             .map_err(|e| self.transient("waiting for QEMU to exit", e))?;
         if !closed || !self.gone_by(deadline).await {
-            return Err(DriverError::Transient(format!(
+            return Err(DriverError::transient(format!(
                 "QEMU on {} was told to quit but was still running after {:?}",
                 self.endpoint, self.qmp_timeout
             )));
@@ -288,7 +292,7 @@ impl QemuHypervisor {
     }
 
     fn transient(&self, during: &str, e: QmpError) -> DriverError {
-        DriverError::Transient(format!("QMP {} while {during}: {e}", self.endpoint))
+        DriverError::transient(format!("QMP {} while {during}: {e}", self.endpoint)).caused_by(e)
     }
 }
 
@@ -343,7 +347,9 @@ impl Hypervisor for QemuHypervisor {
             let mut qmp = match self.connect().await {
                 Ok(q) => q,
                 Err(e @ QmpError::Unreachable { .. }) => {
-                    return Err(DriverError::Permanent(format!("{e}: is the VM running?")));
+                    return Err(
+                        DriverError::permanent(format!("{e}: is the VM running?")).caused_by(e)
+                    );
                 }
                 Err(e) => return Err(self.transient("connecting", e)),
             };
@@ -367,7 +373,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
-    use crate::hypervisor::driver_with;
+    use crate::driver_with;
 
     fn parse(address: &str) -> Result<QemuHypervisor, DriverError> {
         QemuHypervisor::from_url(&address.parse().unwrap(), &DriverSettings::default())
@@ -417,7 +423,7 @@ mod tests {
             assert!(
                 matches!(
                     driver_with(bad, &DriverSettings::default()),
-                    Err(DriverError::Permanent(_))
+                    Err(DriverError::Permanent { .. })
                 ),
                 "{bad} should be refused"
             );
@@ -516,7 +522,7 @@ mod tests {
         let r = driver.power_off(Uuid::new_v4()).await;
 
         assert!(
-            matches!(&r, Err(DriverError::Transient(m)) if m.contains("no answer")),
+            matches!(&r, Err(DriverError::Transient { message: m, .. }) if m.contains("no answer")),
             "{r:?}"
         );
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
@@ -533,8 +539,31 @@ mod tests {
         let r = driver.power_off(Uuid::new_v4()).await;
 
         assert!(
-            matches!(&r, Err(DriverError::Transient(m)) if m.contains("closed")),
+            matches!(&r, Err(DriverError::Transient { message: m, .. }) if m.contains("closed")),
             "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_qmp_failure_keeps_the_qmp_error_as_its_source_and_says_it_in_its_text() {
+        let (dir, address) =
+            fake_monitor(vec![Some(vec![OK]), Some(vec![RUNNING]), Some(vec![OK])]).await;
+        let driver = driver_with(&address, &fast()).unwrap();
+
+        let e = driver.power_off(Uuid::new_v4()).await.unwrap_err();
+
+        let source = std::error::Error::source(&e).expect("the QMP error is kept");
+        assert!(
+            matches!(source.downcast_ref::<QmpError>(), Some(QmpError::Closed)),
+            "{source:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "transient hypervisor error: QMP unix:{}/fake.qmp while waiting for the guest \
+                 to shut down: QMP connection closed by QEMU",
+                dir.0.display()
+            )
         );
     }
 
@@ -581,7 +610,7 @@ mod tests {
         let r = driver.power_off(Uuid::new_v4()).await;
 
         assert!(
-            matches!(&r, Err(DriverError::Transient(m)) if m.contains("quit")),
+            matches!(&r, Err(DriverError::Transient { message: m, .. }) if m.contains("quit")),
             "{r:?}"
         );
     }

@@ -1,21 +1,14 @@
-//! Test support (feature `test-support`): each test gets its own database
-//! (from `#[sqlx::test]`) and its own queue names, deleted when the test ends,
-//! pass or fail; and a TCP proxy that can cut a test's connections to the real
-//! PostgreSQL or RabbitMQ without touching the machine's services.
+//! [`TestEnv`]: one test's private world on the machine's real services. Its
+//! database comes from `#[sqlx::test]`; its queue names are its own and are
+//! deleted when the test ends, pass or fail.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use shutoff_core::broker::Topology;
+use shutoff_core::ids::ProjectId;
+use shutoff_core::store::admin::{self, NewServer};
 use sqlx::PgPool;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use uuid::Uuid;
-
-use crate::broker::Topology;
-use crate::ids::ProjectId;
-use crate::store::admin::{self, NewServer};
 
 /// The machine's RabbitMQ, unless `AMQP_URL` says otherwise.
 pub fn amqp_url() -> String {
@@ -101,6 +94,15 @@ impl TestEnv {
         .unwrap()
     }
 
+    /// (vm_state, task_state, power_state) of an instance, straight from the database.
+    pub async fn instance_state(&self, id: Uuid) -> (String, Option<String>, i16) {
+        sqlx::query_as("SELECT vm_state, task_state, power_state FROM instances WHERE uuid = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Ready messages in one of this test's queues.
     pub async fn ready_messages(&self, queue: &str) -> u32 {
         let conn = lapin::Connection::connect(&self.amqp_url, Default::default())
@@ -174,78 +176,5 @@ impl Drop for TestEnv {
             });
         })
         .join();
-    }
-}
-
-/// A TCP forwarder in front of a real service. `cut()` drops every open
-/// connection and refuses new ones, as a dead peer would; `restore()` lets
-/// traffic through again.
-pub struct TcpProxy {
-    pub addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
-}
-
-impl TcpProxy {
-    pub async fn start(target: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, _) = watch::channel(0u64);
-        let target = target.to_string();
-        let up2 = up.clone();
-        let gen_tx = generation.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let target = target.clone();
-                let mut cut = gen_tx.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        TcpProxy {
-            addr,
-            up,
-            generation,
-        }
-    }
-
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-
-    /// `amqp://guest:guest@<proxy>/%2f` for a proxy in front of RabbitMQ.
-    pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
-    }
-
-    /// The URL of a test's database (the one `pool` is on), through this proxy.
-    pub fn database_url(&self, pool: &PgPool) -> String {
-        let opts = pool.connect_options();
-        format!(
-            "postgres://{}@{}/{}",
-            opts.get_username(),
-            self.addr,
-            opts.get_database().unwrap_or("postgres")
-        )
     }
 }

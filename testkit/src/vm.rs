@@ -1,4 +1,4 @@
-//! Real QEMU VMs for tests (feature `test-support`).
+//! [`TestVm`]: real QEMU VMs for tests.
 //!
 //! Two kinds, both `qemu-system-x86_64 -accel tcg` so no KVM is needed:
 //! - [`Guest::None`]: a disk-less VM with no guest at all. It answers QMP in

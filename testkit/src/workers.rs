@@ -1,7 +1,7 @@
-//! Runs real workers against this test's own database and queues, and
-//! accepts stops the way the API does (the same acceptor, same publisher).
-
-#![allow(dead_code)]
+//! [`RunningWorker`]: a real worker in this test's process, against this
+//! test's own database and queues; and [`Ctx`], for the worker's tests, which
+//! accepts stops the way the API does (the same acceptor, same publisher)
+//! without an API.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,27 +14,45 @@ use shutoff_core::ids::{ProjectId, RequestId, ServerId};
 use shutoff_core::message::StopJob;
 use shutoff_core::policy::Caller;
 use shutoff_core::store::admin::NewServer;
-use shutoff_core::testing::TestEnv;
 use shutoff_worker::{Settings, Worker};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::TestEnv;
+
+/// A worker test's world: its database and queues, a project to own its
+/// servers, and the publisher the API would use.
 pub struct Ctx {
     pub env: TestEnv,
     pub project: ProjectId,
     pub publisher: Arc<Publisher>,
 }
 
+/// A worker running in this test's process.
 pub struct RunningWorker {
+    /// The id it records on the jobs it runs.
     pub id: String,
+    /// Where its `/healthz`, `/readyz` and `/metrics` answer.
     pub health: SocketAddr,
+    /// Cancelling it is the worker's SIGTERM.
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningWorker {
+    /// Builds a worker on `pool` and runs it until `shutdown` is cancelled.
+    pub async fn start(settings: Settings, pool: PgPool, shutdown: CancellationToken) -> Self {
+        let w = Worker::build_with_pool(settings, pool).await.unwrap();
+        RunningWorker {
+            id: w.worker_id().to_string(),
+            health: w.health_addr(),
+            shutdown: shutdown.clone(),
+            handle: tokio::spawn(w.run_until_stopped(shutdown)),
+        }
+    }
+
     /// SIGTERM, in-process: returns how long the worker took to stop.
     pub async fn terminate(self) -> Duration {
         let t = std::time::Instant::now();
@@ -44,6 +62,7 @@ impl RunningWorker {
     }
 }
 
+/// A [`Ctx`] on the test's database (from `#[sqlx::test]`), with a project.
 pub async fn ctx(pool: PgPool) -> Ctx {
     let env = TestEnv::new(pool);
     let project = env.project().await;
@@ -62,9 +81,7 @@ pub async fn ctx(pool: PgPool) -> Ctx {
 
 impl Ctx {
     pub fn settings(&self) -> Settings {
-        let mut s = Settings::for_tests(&self.env.database_url, &self.env.topology.prefix);
-        s.common.retry_delays_ms = self.env.topology.retry_delays_ms.clone();
-        s
+        self.env.worker_settings()
     }
 
     pub async fn worker(&self, tweak: impl FnOnce(&mut Settings)) -> RunningWorker {
@@ -78,14 +95,7 @@ impl Ctx {
     ) -> RunningWorker {
         let mut s = self.settings();
         tweak(&mut s);
-        let w = Worker::build_with_pool(s, pool).await.unwrap();
-        let shutdown = CancellationToken::new();
-        RunningWorker {
-            id: w.worker_id().to_string(),
-            health: w.health_addr(),
-            shutdown: shutdown.clone(),
-            handle: tokio::spawn(w.run_until_stopped(shutdown)),
-        }
+        RunningWorker::start(s, pool, CancellationToken::new()).await
     }
 
     pub async fn server(&self, hypervisor: &str) -> Uuid {
@@ -147,11 +157,7 @@ impl Ctx {
     }
 
     pub async fn instance(&self, id: Uuid) -> (String, Option<String>, i16) {
-        sqlx::query_as("SELECT vm_state, task_state, power_state FROM instances WHERE uuid = $1")
-            .bind(id)
-            .fetch_one(&self.env.pool)
-            .await
-            .unwrap()
+        self.env.instance_state(id).await
     }
 
     pub async fn scalar(&self, sql: &'static str, id: Uuid) -> i64 {

@@ -1,0 +1,131 @@
+//! The command line: every subcommand and the flags it takes (only those it
+//! uses: the database URL for all, the queues' shape for `migrate`).
+
+use clap::{Parser, Subcommand};
+use shutoff_core::config::{Database, Queues};
+
+#[derive(Debug, Parser)]
+#[command(name = "shutoff-admin", version, about = "Set up and inspect shutoff")]
+pub struct Cli {
+    #[command(flatten)]
+    pub database: Database,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if needed, apply migrations and declare the
+    /// queues (idempotent). An unreachable broker is reported, not fatal:
+    /// the API and workers declare the queues themselves when they connect.
+    Migrate {
+        // The queues as the API and the workers declare them.
+        #[command(flatten)]
+        queues: Queues,
+    },
+    /// Projects.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// Tokens (printed once; only their SHA-256 is stored).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Servers (instances).
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// Only this server's jobs.
+        #[arg(long)]
+        instance: Option<uuid::Uuid>,
+        /// At most this many (1 to 10000).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project and print its id.
+    Create {
+        /// Its name (unique, 1 to 255 characters).
+        #[arg(long)]
+        name: String,
+        /// 32 hex characters (default: random).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Role {
+    Member,
+    Admin,
+    Reader,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it.
+    Create {
+        /// The project (32 hex characters) the token acts in.
+        #[arg(long)]
+        project: String,
+        /// User id recorded on the actions it starts.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// reader: reads only; member: reads and stops; admin: all.
+        #[arg(long, value_enum, default_value = "member")]
+        role: Role,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(1..=315_360_000))]
+        ttl: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Create a server and print its uuid.
+    Create {
+        /// The project (32 hex characters) that owns it.
+        #[arg(long)]
+        project: String,
+        /// Its display name (1 to 255 characters).
+        #[arg(long)]
+        name: String,
+        /// Owner's user id.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Nova vm_state to start in (active, stopped, error, ...).
+        #[arg(long, default_value = "active")]
+        vm_state: String,
+        /// Nova task_state to start in (default: none).
+        #[arg(long)]
+        task_state: Option<String>,
+        /// Leave launched_at NULL.
+        #[arg(long)]
+        not_launched: bool,
+        /// Locked, as by Nova's lock action: stops are refused with 409.
+        #[arg(long)]
+        locked: bool,
+        /// Hypervisor address: the simulator (fake://?delay_ms=200,
+        /// fake://?fail=always) or a QEMU VM's QMP monitor
+        /// (qmp+unix:///run/vm1.qmp, qmp+tcp://127.0.0.1:4444, optionally
+        /// with ?shutdown_timeout=SECS).
+        #[arg(long, default_value = "fake://")]
+        hypervisor: String,
+        /// Register without asking the hypervisor. By default the address
+        /// must reach the VM, and a running VM must be registered active and
+        /// a shut-off one stopped.
+        #[arg(long)]
+        no_verify: bool,
+        /// Compute host name shown in its actions and faults.
+        #[arg(long, default_value = "sim-1")]
+        host: String,
+    },
+}

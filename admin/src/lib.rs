@@ -1,0 +1,191 @@
+//! `shutoff-admin`: what an operator (or the demo script) needs to set up and
+//! inspect shutoff. Every argument is checked before anything is written.
+//!
+//! - [`cli`]: the command line; each subcommand takes only the flags it uses.
+//! - [`run`]: carries a command out, through the store of `shutoff-core`; the
+//!   hypervisor address of `server create` is checked by the drivers of
+//!   `shutoff-hypervisor`, the ones the worker uses.
+//!
+//! It links neither the API nor the worker.
+
+pub mod cli;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use shutoff_core::ids::ProjectId;
+use shutoff_core::state::{PowerState, TaskState, VmState};
+use shutoff_core::store::{self, admin, reads};
+use shutoff_hypervisor::DriverError;
+use uuid::Uuid;
+
+pub use cli::Cli;
+use cli::{Command, ProjectCommand, Role, ServerCommand, TokenCommand};
+
+fn parse_project(s: &str) -> anyhow::Result<ProjectId> {
+    ProjectId::parse(s).with_context(|| format!("project id {s:?} is not 32 hex characters"))
+}
+
+async fn existing_project(pool: &sqlx::PgPool, s: &str) -> anyhow::Result<ProjectId> {
+    let id = parse_project(s)?;
+    if !admin::project_exists(pool, &id).await? {
+        bail!("project {id} does not exist");
+    }
+    Ok(id)
+}
+
+/// The drivers the worker uses (`shutoff-hypervisor`) decide what a valid
+/// address is; unless `verify` is off, the VM must also answer, in a power
+/// state that matches the vm_state it is registered with.
+async fn check_hypervisor(address: &str, vm_state: VmState, verify: bool) -> anyhow::Result<()> {
+    let driver = shutoff_hypervisor::driver_for(address).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !verify {
+        return Ok(());
+    }
+    let state = tokio::time::timeout(Duration::from_secs(15), driver.power_state(Uuid::nil()))
+        .await
+        .unwrap_or_else(|_| Err(DriverError::transient("no answer within 15 s")))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the VM at {address}: {e} (--no-verify registers it anyway)"
+            )
+        })?;
+    match (vm_state, state) {
+        (VmState::Active, PowerState::Shutdown | PowerState::Crashed) => bail!(
+            "the VM at {address} is not running ({state:?}): start it, register it with --vm-state stopped, or use --no-verify"
+        ),
+        (VmState::Stopped, PowerState::Running) => bail!(
+            "the VM at {address} is running but would be registered stopped: use --vm-state active, or --no-verify"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Carries out one command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let database_url = &cli.database.database_url;
+    if let Command::Migrate { queues } = &cli.command {
+        store::create_and_migrate(database_url).await?;
+        println!("migrated");
+        let topology = queues.topology();
+        match shutoff_core::broker::connect(
+            &queues.amqp_url,
+            "shutoff-admin",
+            &topology,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok((conn, _)) => {
+                let _ = conn.close(200, "done".into()).await;
+                println!("declared queues {}", topology.all_queues().join(", "));
+            }
+            Err(e) => eprintln!(
+                "warning: queues not declared ({e}); the API and workers declare them on start"
+            ),
+        }
+        return Ok(());
+    }
+    let pool = store::pool(
+        database_url,
+        &store::PoolSettings::default(),
+        "shutoff-admin",
+    )?;
+    match cli.command {
+        Command::Migrate { .. } => unreachable!(),
+        Command::Project {
+            command: ProjectCommand::Create { name, id },
+        } => {
+            let name = name.trim();
+            if name.is_empty() || name.len() > 255 {
+                bail!("project name must be 1 to 255 characters");
+            }
+            let id = match id {
+                Some(s) => parse_project(&s)?,
+                None => ProjectId::random(),
+            };
+            admin::create_project(&pool, &id, name).await.map_err(|e| {
+                match e.as_database_error() {
+                    Some(d) if d.is_unique_violation() => {
+                        anyhow::anyhow!("a project with this id or name already exists")
+                    }
+                    _ => e.into(),
+                }
+            })?;
+            println!("{id}");
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    project,
+                    user,
+                    role,
+                    ttl,
+                },
+        } => {
+            let project = existing_project(&pool, &project).await?;
+            let roles: Vec<String> = match role {
+                Role::Admin => vec!["admin".into(), "member".into(), "reader".into()],
+                Role::Member => vec!["member".into(), "reader".into()],
+                Role::Reader => vec!["reader".into()],
+            };
+            let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl);
+            let token = admin::create_token(&pool, &project, &user, &roles, expires).await?;
+            println!("{token}");
+        }
+        Command::Server {
+            command:
+                ServerCommand::Create {
+                    project,
+                    name,
+                    user,
+                    vm_state,
+                    task_state,
+                    not_launched,
+                    locked,
+                    hypervisor,
+                    no_verify,
+                    host,
+                },
+        } => {
+            let Some(vm_state) = VmState::parse(&vm_state) else {
+                let known: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
+                bail!("vm_state {vm_state:?} is not one of {}", known.join(", "));
+            };
+            if name.trim().is_empty() || name.len() > 255 {
+                bail!("server name must be 1 to 255 characters");
+            }
+            check_hypervisor(&hypervisor, vm_state, !no_verify).await?;
+            let project = existing_project(&pool, &project).await?;
+            let mut s = admin::NewServer::new(&project, &name);
+            s.user_id = user;
+            s.vm_state = vm_state;
+            s.task_state = task_state.as_deref().map(TaskState::parse);
+            s.launched = !not_launched;
+            s.locked = locked;
+            s.hypervisor = hypervisor;
+            s.host = host;
+            println!("{}", admin::create_server(&pool, &s).await?);
+        }
+        Command::Jobs { instance, limit } => {
+            println!(
+                "{:<36}  {:<36}  {:<44}  {:<9}  {:>8}  {:<20}  error",
+                "job", "instance", "request", "state", "attempts", "worker"
+            );
+            for j in reads::jobs(&pool, instance, limit.clamp(1, 10_000)).await? {
+                println!(
+                    "{:<36}  {:<36}  {:<44}  {:<9}  {:>4}/{:<3}  {:<20}  {}",
+                    j.id,
+                    j.instance_uuid,
+                    j.request_id,
+                    j.state,
+                    j.attempts,
+                    j.max_attempts,
+                    j.worker.unwrap_or_default(),
+                    j.last_error.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! `shutoff-testkit`: what shutoff's tests share, kept out of the shipped
+//! crates (a dev-dependency of each crate's tests; never published).
+//!
+//! - [`env`](mod@env): [`TestEnv`], one test's own database (from `#[sqlx::test]`) and
+//!   queue names on the real PostgreSQL and RabbitMQ, with the queries and
+//!   publishes tests arrange and assert with.
+//! - [`settings`]: the API's and the worker's settings for a test, parsed from
+//!   their real command lines.
+//! - [`app`]: [`app::TestApp`], the API (and a worker) spawned in-process on
+//!   random ports, and the HTTP calls the API's tests make.
+//! - [`workers`]: [`workers::RunningWorker`], a worker spawned in-process, and
+//!   [`workers::Ctx`], which accepts and publishes stops as the API does.
+//! - [`proxy`]: [`TcpProxy`], to cut a test's connections to PostgreSQL or
+//!   RabbitMQ without touching the machine's services.
+//! - [`vm`]: [`vm::TestVm`], real QEMU VMs (a bare one, or the Linux test guest
+//!   built by `scripts/build-test-guest`).
+//!
+//! Its own `tests/config_doc.rs` keeps the configuration reference in the
+//! README what the binaries' clap definitions say (`UPDATE_DOCS=1` rewrites
+//! it): it needs the API, the worker and the admin tool together, which no
+//! shipped crate links.
+
+pub mod app;
+pub mod env;
+pub mod proxy;
+pub mod settings;
+pub mod vm;
+pub mod workers;
+
+pub use env::{TestEnv, amqp_url};
+pub use proxy::TcpProxy;
