@@ -128,4 +128,18 @@ pub enum ServerCommand {
         #[arg(long, default_value = "sim-1")]
         host: String,
     },
+    /// Stop a server as an admin would through the API (the same checks
+    /// and the same acceptance; locks do not apply), publish its job, and
+    /// print the request id and the job id.
+    Stop {
+        /// The server's uuid.
+        server: uuid::Uuid,
+        /// Attempts before the stop is recorded as failed (1 to 100).
+        #[arg(long, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
+        max_attempts: i32,
+        // Where the job is published (if RabbitMQ cannot take it, the API's
+        // relay publishes it later: it is committed either way).
+        #[command(flatten)]
+        queues: Queues,
+    },
 }

@@ -4,7 +4,8 @@
 //! - [`cli`]: the command line; each subcommand takes only the flags it uses.
 //! - [`run`]: carries a command out, through the store of `shutoff-core`; the
 //!   hypervisor address of `server create` is checked by the drivers of
-//!   `shutoff-hypervisor`, the ones the worker uses.
+//!   `shutoff-hypervisor`, the ones the worker uses, and `server stop` goes
+//!   through the API's own acceptor (`shutoff_core::acceptor`).
 //!
 //! It links neither the API nor the worker.
 
@@ -13,9 +14,14 @@ pub mod cli;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use shutoff_core::ids::ProjectId;
+use shutoff_core::acceptor::{AcceptError, Acceptor, StopRequest};
+use shutoff_core::batch::Ticket;
+use shutoff_core::broker::{BrokerTimeouts, Publisher};
+use shutoff_core::config::Queues;
+use shutoff_core::ids::{ProjectId, RequestId, ServerId};
+use shutoff_core::policy::{Caller, Refusal};
 use shutoff_core::state::{PowerState, TaskState, VmState};
-use shutoff_core::store::{self, admin, reads};
+use shutoff_core::store::{self, admin, publish, reads};
 use shutoff_hypervisor::DriverError;
 use uuid::Uuid;
 
@@ -167,6 +173,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             s.host = host;
             println!("{}", admin::create_server(&pool, &s).await?);
         }
+        Command::Server {
+            command:
+                ServerCommand::Stop {
+                    server,
+                    max_attempts,
+                    queues,
+                },
+        } => stop_server(&pool, server, max_attempts, &queues).await?,
         Command::Jobs { instance, limit } => {
             println!(
                 "{:<36}  {:<36}  {:<44}  {:<9}  {:>8}  {:<20}  error",
@@ -185,6 +199,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     j.last_error.unwrap_or_default()
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// `server stop`: the API's acceptance, as an admin of the server's own
+/// project, then the API's publish (with the confirm recorded, so the relay
+/// does not publish it twice).
+async fn stop_server(
+    pool: &sqlx::PgPool,
+    server: Uuid,
+    max_attempts: i32,
+    queues: &Queues,
+) -> anyhow::Result<()> {
+    let id = ServerId(server);
+    let Some(project) = admin::server_project(pool, id).await? else {
+        bail!("{}", Refusal::NotFound(server.to_string()));
+    };
+    let caller = Caller {
+        project_id: project,
+        user_id: "shutoff-admin".into(),
+        roles: vec!["admin".into()],
+        project_active: true,
+    };
+    let request_id = RequestId::new();
+    let stop = StopRequest {
+        caller: &caller,
+        server: id,
+        request_id: &request_id,
+        max_attempts,
+    };
+    let job = match Acceptor::new(pool.clone())
+        .accept(stop, &Ticket::new())
+        .await
+    {
+        Ok(job) => job,
+        Err(AcceptError::Refused(r)) => bail!("{r}"),
+        Err(AcceptError::Store(e)) => return Err(e).context("the stop was not accepted"),
+    };
+    let publisher = Publisher::new(
+        &queues.amqp_url,
+        "shutoff-admin",
+        queues.topology(),
+        BrokerTimeouts::default(),
+    );
+    match publisher.publish(&job).await {
+        Ok(()) => {
+            publish::mark_published(pool, &[job.job_id]).await.ok();
+            println!("{request_id} {}", job.job_id);
+        }
+        Err(e) => {
+            println!("{request_id} {}", job.job_id);
+            eprintln!(
+                "warning: the stop is committed but not published ({e}); the API's relay publishes it"
+            );
         }
     }
     Ok(())

@@ -183,6 +183,63 @@ async fn bad_arguments_are_refused_and_change_nothing(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn server_stop_accepts_as_the_api_does_publishes_and_refuses_what_nova_refuses(pool: PgPool) {
+    let env = TestEnv::new(pool);
+    stdout(&admin(&env, &["migrate"]));
+    let project = stdout(&admin(&env, &["project", "create", "--name", "demo"]));
+    // Locked: an admin's stop goes through all the same, as in Nova.
+    let server = stdout(&admin(
+        &env,
+        &[
+            "server",
+            "create",
+            "--project",
+            &project,
+            "--name",
+            "vm",
+            "--locked",
+        ],
+    ));
+
+    let out = stdout(&admin(&env, &["server", "stop", &server]));
+    let (request_id, job) = out.split_once(' ').expect("request id and job id");
+    assert!(request_id.starts_with("req-"), "{out}");
+    let (state, published, task_state, user): (String, bool, Option<String>, String) =
+        sqlx::query_as(
+            "SELECT j.state, j.published_at IS NOT NULL, i.task_state, a.user_id
+               FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+               JOIN instance_actions a ON a.id = j.action_id
+              WHERE j.id = $1::uuid AND j.request_id = $2",
+        )
+        .bind(job)
+        .bind(request_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            state.as_str(),
+            published,
+            task_state.as_deref(),
+            user.as_str()
+        ),
+        ("queued", true, Some("powering-off"), "shutoff-admin")
+    );
+    assert_eq!(env.ready_messages(&env.topology.work_queue()).await, 1);
+
+    refused(
+        &admin(&env, &["server", "stop", &server]),
+        &format!("Cannot 'stop' instance {server} while it is in task_state powering-off"),
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    refused(
+        &admin(&env, &["server", "stop", &unknown]),
+        &format!("Instance {unknown} could not be found."),
+    );
+    assert_eq!(count(&env, "jobs").await, 1, "refusals change nothing");
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_running_qemu_vm_is_registered_by_its_qmp_address_once_it_answers(pool: PgPool) {
     use shutoff_testkit::vm::{Guest, TestVm, can_run};
     if !can_run(Guest::None) {

@@ -1,11 +1,11 @@
 //! What `shutoff-admin` (and tests) create: projects, tokens, servers.
 
-use crate::state::{PowerState, TaskState, VmState};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ids::ProjectId;
+use crate::ids::{ProjectId, ServerId};
+use crate::state::{PowerState, TaskState, VmState};
 
 pub async fn create_project(pool: &PgPool, id: &ProjectId, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO projects (id, name) VALUES ($1, $2)")
@@ -113,4 +113,18 @@ pub async fn create_server(pool: &PgPool, s: &NewServer) -> Result<Uuid, sqlx::E
     .execute(pool)
     .await?;
     Ok(id)
+}
+
+/// The project of a server that is not deleted.
+pub async fn server_project(
+    pool: &PgPool,
+    server: ServerId,
+) -> Result<Option<ProjectId>, sqlx::Error> {
+    let project: Option<String> =
+        sqlx::query_scalar("SELECT project_id FROM instances WHERE uuid = $1 AND vm_state <> $2")
+            .bind(server.0)
+            .bind(VmState::Deleted)
+            .fetch_optional(pool)
+            .await?;
+    Ok(project.as_deref().and_then(ProjectId::parse))
 }
