@@ -46,6 +46,25 @@ async fn lock_instance(pool: &PgPool, id: Uuid) -> sqlx::Transaction<'static, sq
     tx
 }
 
+/// Waits until `n` statements of this test's database wait on a lock (the
+/// stops' statements have started and are blocked on the held rows).
+async fn lock_waiters(app: &TestApp, n: i64) {
+    let reached = app
+        .env
+        .eventually(Duration::from_secs(30), || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&app.env.pool)
+            .await
+            .unwrap()
+                == n
+        })
+        .await;
+    assert!(reached, "{n} statements never waited on the locks");
+}
+
 /// Rows a stop of `id` leaves: (actions, jobs, task_state).
 async fn rows(app: &TestApp, id: Uuid) -> (i64, i64, Option<String>) {
     sqlx::query_as(
@@ -97,6 +116,7 @@ async fn a_stop_whose_statement_started_is_answered_with_its_outcome_even_past_t
     let lock = lock_instance(&app.env.pool, id).await;
 
     let stop = stop_in_background(&app, id);
+    lock_waiters(&app, 1).await;
     // Past the request's 1 s deadline, the statement still waits on the lock.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(!stop.is_finished(), "answered before its statement ended");
@@ -152,9 +172,9 @@ async fn a_stop_that_timed_out_before_its_statement_started_is_never_committed_l
     let lock_a = lock_instance(&app.env.pool, a).await;
     let lock_b = lock_instance(&app.env.pool, b).await;
     let stop_a = stop_in_background(&app, a);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock_waiters(&app, 1).await;
     let stop_b = stop_in_background(&app, b);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock_waiters(&app, 2).await;
 
     let (status, body) = stop_in_background(&app, c).await.unwrap();
     assert_eq!(status, 503, "{body}");
@@ -175,8 +195,14 @@ async fn a_stop_that_timed_out_before_its_statement_started_is_never_committed_l
     app.shut_down().await;
 }
 
-/// Sends a stop on a raw connection and hangs up after `after`.
-async fn stop_and_hang_up(app: &TestApp, id: Uuid, after: Duration) {
+/// Sends a stop on a raw connection and hangs up once `lock_waiters`
+/// statements wait on locks (if given), and `after` has passed.
+async fn stop_and_hang_up(
+    app: &TestApp,
+    id: Uuid,
+    lock_waiters_then: Option<i64>,
+    after: Duration,
+) {
     let body = r#"{"os-stop": null}"#;
     let request = format!(
         "POST /v2/{}/servers/{id}/action HTTP/1.1\r\nHost: {}\r\nX-Auth-Token: {}\r\n\
@@ -188,6 +214,9 @@ async fn stop_and_hang_up(app: &TestApp, id: Uuid, after: Duration) {
     );
     let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     conn.write_all(request.as_bytes()).await.unwrap();
+    if let Some(n) = lock_waiters_then {
+        lock_waiters(app, n).await;
+    }
     tokio::time::sleep(after).await;
     drop(conn);
 }
@@ -207,10 +236,11 @@ async fn a_client_that_hangs_up_while_its_stop_waits_on_a_lock_gets_what_was_com
     // client goes.
     let lock = lock_instance(&app.env.pool, started).await;
     let lock_other = lock_instance(&app.env.pool, other).await;
-    stop_and_hang_up(&app, started, Duration::from_millis(300)).await;
+    stop_and_hang_up(&app, started, Some(1), Duration::from_millis(100)).await;
     let stop_other = stop_in_background(&app, other);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop_and_hang_up(&app, queued, Duration::from_millis(300)).await;
+    lock_waiters(&app, 2).await;
+    // Given time to reach the batcher (if it has not, it never starts either).
+    stop_and_hang_up(&app, queued, None, Duration::from_millis(300)).await;
 
     lock.commit().await.unwrap();
     lock_other.commit().await.unwrap();
