@@ -38,6 +38,25 @@ pub enum Command {
         #[command(subcommand)]
         command: ServerCommand,
     },
+    /// Remove finished stops older than a cutoff (their job, transitions,
+    /// action, events and faults) and old dead letters, in small batches
+    /// that never hold what the hot path needs. Never removes an unfinished
+    /// stop or an instance's newest action. Safe to interrupt and run again.
+    Prune {
+        /// How old a finished stop must be to go, e.g. `30d`, `12h`, `90days`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// Count what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stops per batch (one transaction each).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        batch: i64,
+        /// Append each removed stop, with all its rows, to this file as one
+        /// JSON line before it is removed.
+        #[arg(long)]
+        archive_to: Option<std::path::PathBuf>,
+    },
     /// List jobs, newest first.
     Jobs {
         /// Only this server's jobs.

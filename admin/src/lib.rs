@@ -181,6 +181,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     queues,
                 },
         } => stop_server(&pool, server, max_attempts, &queues).await?,
+        Command::Prune {
+            older_than,
+            dry_run,
+            batch,
+            archive_to,
+        } => prune(&pool, older_than, dry_run, batch, archive_to.as_deref()).await?,
         Command::Jobs { instance, limit } => {
             println!(
                 "{:<36}  {:<36}  {:<44}  {:<9}  {:>8}  {:<20}  error",
@@ -256,5 +262,74 @@ async fn stop_server(
             );
         }
     }
+    Ok(())
+}
+
+/// `prune`: batches until nothing older than the cutoff is left, a progress
+/// line on stderr, a summary per table on stdout.
+async fn prune(
+    pool: &sqlx::PgPool,
+    older_than: Duration,
+    dry_run: bool,
+    batch: i64,
+    archive_to: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use shutoff_core::store::prune::{self, Pruned};
+    use std::io::Write;
+
+    let cutoff = chrono::Utc::now()
+        - chrono::Duration::from_std(older_than).context("--older-than is too long")?;
+    let started = std::time::Instant::now();
+    let summary = |p: &Pruned, verb: &str| {
+        println!(
+            "{verb} finished stops older than {cutoff} ({:.1} s):",
+            started.elapsed().as_secs_f64()
+        );
+        for (table, n) in [
+            ("jobs", p.jobs),
+            ("job_transitions", p.job_transitions),
+            ("instance_actions", p.instance_actions),
+            ("instance_actions_events", p.instance_actions_events),
+            ("instance_faults", p.instance_faults),
+            ("dead_letters", p.dead_letters),
+        ] {
+            println!("  {table:<24} {n:>10}");
+        }
+    };
+    if dry_run {
+        summary(&prune::count(pool, cutoff).await?, "would remove");
+        return Ok(());
+    }
+    let mut file = match archive_to {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ),
+        None => None,
+    };
+    // Each batch's lines are on disk before its rows are removed.
+    let archive = file.as_mut().map(|f| {
+        move |rows: &[serde_json::Value]| -> std::io::Result<()> {
+            for row in rows {
+                serde_json::to_writer(&mut *f, row)?;
+                f.write_all(b"\n")?;
+            }
+            f.sync_data()
+        }
+    });
+    let progress = |p: &Pruned| {
+        eprint!(
+            "\rpruning: {} stops, {} rows, {:.0} rows/s",
+            p.jobs,
+            p.total(),
+            p.total() as f64 / started.elapsed().as_secs_f64().max(0.001)
+        );
+    };
+    let pruned = prune::prune(pool, cutoff, batch, None, archive, progress).await?;
+    eprintln!();
+    summary(&pruned, "removed");
     Ok(())
 }

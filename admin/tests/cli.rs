@@ -240,6 +240,73 @@ async fn server_stop_accepts_as_the_api_does_publishes_and_refuses_what_nova_ref
 }
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn prune_counts_archives_and_removes_old_finished_stops_but_not_the_last(pool: PgPool) {
+    let env = TestEnv::new(pool);
+    let project = stdout(&admin(&env, &["project", "create", "--name", "demo"]));
+    let server = stdout(&admin(
+        &env,
+        &["server", "create", "--project", &project, "--name", "vm"],
+    ));
+    // Two stops of the server that finished 40 days ago.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
+         SELECT 'stop', '{server}', 'req-old-' || n, 'u', '{project}', now() - interval '40 days' + n * interval '1 s'
+           FROM generate_series(1, 2) n;
+         INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, state, attempts,
+                           created_at, started_at, finished_at)
+         SELECT gen_random_uuid(), instance_uuid, request_id, id, 5, 'succeeded', 1,
+                start_time, start_time, start_time
+           FROM instance_actions;"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let plan = stdout(&admin(&env, &["prune", "--older-than", "30d", "--dry-run"]));
+    assert!(plan.contains("would remove"), "{plan}");
+    assert!(
+        plan.lines().any(|l| l.split_whitespace().eq(["jobs", "1"])),
+        "{plan}"
+    );
+    assert_eq!(count(&env, "jobs").await, 2, "a dry run removes nothing");
+
+    let archive =
+        std::env::temp_dir().join(format!("shutoff-prune-{}.jsonl", uuid::Uuid::new_v4()));
+    let done = stdout(&admin(
+        &env,
+        &[
+            "prune",
+            "--older-than",
+            "30d",
+            "--archive-to",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        done.lines()
+            .any(|l| l.split_whitespace().eq(["instance_actions", "1"])),
+        "{done}"
+    );
+    let lines = std::fs::read_to_string(&archive).unwrap();
+    std::fs::remove_file(&archive).ok();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    let row: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        row["action"]["request_id"], "req-old-1",
+        "the older one goes"
+    );
+    let left: String = sqlx::query_scalar("SELECT request_id FROM jobs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, "req-old-2", "the server's last action stays");
+    refused(
+        &admin(&env, &["prune", "--older-than", "soon"]),
+        "older-than",
+    );
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_running_qemu_vm_is_registered_by_its_qmp_address_once_it_answers(pool: PgPool) {
     use shutoff_testkit::vm::{Guest, TestVm, can_run};
     if !can_run(Guest::None) {

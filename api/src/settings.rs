@@ -49,6 +49,17 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
+    /// Remove finished stops older than this (e.g. `90d`), as `shutoff-admin
+    /// prune --older-than` does, every `--retention-interval-secs`. Off by
+    /// default: turn it on once the history is no longer needed in the
+    /// database (archive it first with `shutoff-admin prune --archive-to`).
+    #[arg(long, env = "SHUTOFF_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+
+    /// How often the retention runs, in seconds.
+    #[arg(long, env = "SHUTOFF_RETENTION_INTERVAL_SECS", default_value_t = 600)]
+    pub retention_interval_secs: u64,
+
     /// How often the relay looks for committed jobs whose publish did not go through.
     #[arg(long, env = "SHUTOFF_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shutoff_core::acceptor::Acceptor;
 use shutoff_core::broker::{BrokerTimeouts, Publisher};
+use shutoff_core::pruner::Pruner;
 use shutoff_core::relay::{self, Relay};
 use shutoff_core::rescuer::Rescuer;
 use shutoff_core::store;
@@ -121,6 +122,14 @@ impl Application {
             host: format!("shutoff-api@{addr}"),
         };
         tasks.spawn(rescuer.run(background.clone()));
+        if let Some(retention) = settings.retention {
+            let pruner = Pruner {
+                pool: state.pool.clone(),
+                retention,
+                interval: Duration::from_secs(settings.retention_interval_secs.max(1)),
+            };
+            tasks.spawn(pruner.run(background.clone()));
+        }
 
         let limits = state.limits;
         let router = crate::routes::router(state);

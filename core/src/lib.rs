@@ -11,6 +11,8 @@
 //! - [`message`]: the job message that travels through RabbitMQ.
 //! - [`store`]: every SQL statement, grouped by who runs it (accept, publish,
 //!   claim, rescue, dead letters, auth, reads, admin), and [`store::StoreError`].
+//! - [`pruner`]: periodic retention (`--retention`), the pruning of
+//!   [`store::prune`] that `shutoff-admin prune` runs by hand.
 //! - [`relay`] and [`rescuer`]: the two loops that put jobs back on the broker:
 //!   the relay those whose publish was never confirmed, the rescuer those
 //!   nobody is moving (and fails those out of attempts).
@@ -32,6 +34,7 @@ pub mod ids;
 pub mod message;
 pub mod metrics;
 pub mod policy;
+pub mod pruner;
 pub mod readiness;
 pub mod relay;
 pub mod rescuer;

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod claim;
 pub mod dead_letters;
 mod error;
+pub mod prune;
 pub mod publish;
 pub mod reads;
 pub mod rescue;
