@@ -66,6 +66,11 @@ struct Args {
     slow_stops: usize,
     #[arg(long, default_value_t = 2_000)]
     slow_delay_ms: u64,
+    /// Finished stops (with their actions, events, transitions and some
+    /// faults) each phase's database and the ceiling's start with, as a
+    /// deployment with that much history.
+    #[arg(long, default_value_t = 50_000)]
+    history: i64,
     /// Phases to leave out (ceiling, accept, e2e, slow), for profiling one.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -269,6 +274,7 @@ async fn ceiling(args: &Args, run_id: &str, which: &str) -> anyhow::Result<f64> 
             &ceiling_url,
             args.ceiling_clients,
             Duration::from_secs(args.ceiling_secs),
+            args.history,
         )
         .await;
         pool.close().await;
@@ -469,42 +475,101 @@ async fn phase_database(
     let url = database_url(&args.database_url, &format!("{run_id}_{phase}"))?;
     store::create_and_migrate(&url).await?;
     let pool = connect(&url).await?;
-    seed_history(&pool).await?;
+    let took = seed_history(&pool, args.history).await?;
+    eprintln!(
+        "{phase}: seeded {} finished stops of history in {:.1} s",
+        args.history,
+        took.as_secs_f64()
+    );
     Ok((url, pool))
 }
 
-/// Fills the job tables with [`HISTORY_STOPS`] finished stops of their own
-/// project and analyzes the database (see [`phase_database`]).
-pub(crate) async fn seed_history(pool: &PgPool) -> anyhow::Result<()> {
+/// Fills the history tables with `n` finished stops of their own project,
+/// with every row a real stop leaves: the instance action and its event, the
+/// job and its three transitions (queued, running, then succeeded or
+/// failed), and for one stop in fifty a failure with its instance fault.
+/// Then analyzes the database (see [`phase_database`]). Returns how long it
+/// took. Seeded in chunks, so a large history is many moderate statements.
+pub(crate) async fn seed_history(pool: &PgPool, n: i64) -> anyhow::Result<Duration> {
+    const CHUNK: i64 = 100_000;
+    let started = Instant::now();
     let history = ProjectId::random();
     admin::create_project(pool, &history, "history").await?;
-    sqlx::query(
-        "WITH inst AS (
-             INSERT INTO instances (uuid, project_id, user_id, name, launched_at, vm_state, power_state)
-             SELECT gen_random_uuid(), $1, 'bench', 'history-' || g, now(), 'stopped', 4
-               FROM generate_series(1, $2) g
-             RETURNING uuid
-         ), act AS (
-             INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
-             SELECT 'stop', uuid, 'req-' || uuid, 'bench', $1 FROM inst
-             RETURNING id, instance_uuid, request_id
-         )
-         INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, state,
-                           attempts, published_at, started_at, finished_at)
-         SELECT gen_random_uuid(), instance_uuid, request_id, id, 5, 'succeeded', 1,
-                now(), now(), now()
-           FROM act",
-    )
-    .bind(history.as_str())
-    .bind(HISTORY_STOPS)
-    .execute(pool)
-    .await?;
+    let mut done = 0;
+    while done < n {
+        let m = CHUNK.min(n - done);
+        sqlx::query(
+            "WITH inst AS (
+                 INSERT INTO instances (uuid, project_id, user_id, name, launched_at, vm_state,
+                                        power_state)
+                 SELECT gen_random_uuid(), $1, 'bench', 'history-' || ($3 + g), now(), 'stopped', 4
+                   FROM generate_series(1, $2) g
+                 RETURNING uuid
+             ), act AS (
+                 INSERT INTO instance_actions (action, instance_uuid, request_id, user_id,
+                                               project_id, finish_time, message)
+                 SELECT 'stop', uuid, 'req-' || uuid, 'bench', $1, now(),
+                        CASE WHEN get_byte(uuid_send(uuid), 0) < 5 THEN 'Error' END
+                   FROM inst
+                 RETURNING id, instance_uuid, request_id, message IS NOT NULL AS failed
+             ), ev AS (
+                 INSERT INTO instance_actions_events (action_id, event, finish_time, result,
+                                                      details, host)
+                 SELECT id, 'compute_stop_instance', now(),
+                        CASE WHEN failed THEN 'Error' ELSE 'Success' END,
+                        CASE WHEN failed THEN 'the VM did not answer' ELSE 'clean shutdown' END,
+                        'sim-1'
+                   FROM act
+             ), f AS (
+                 INSERT INTO instance_faults (instance_uuid, request_id, code, message, host)
+                 SELECT instance_uuid, request_id, 500, 'the VM did not answer', 'sim-1'
+                   FROM act WHERE failed
+             ), j AS (
+                 INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, state,
+                                   attempts, published_at, started_at, finished_at, worker)
+                 SELECT gen_random_uuid(), instance_uuid, request_id, id, 5,
+                        CASE WHEN failed THEN 'failed' ELSE 'succeeded' END, 1,
+                        now(), now(), now(), 'bench-history'
+                   FROM act
+                 RETURNING id, state
+             )
+             -- The insert trigger records the final state; the two before it:
+             INSERT INTO job_transitions (job_id, from_state, to_state, attempt, worker)
+             SELECT id, s.f, s.t, s.a, 'bench-history'
+               FROM j, (VALUES (NULL, 'queued', 0), ('queued', 'running', 1)) AS s(f, t, a)",
+        )
+        .bind(history.as_str())
+        .bind(m)
+        .bind(done)
+        .execute(pool)
+        .await?;
+        done += m;
+        if n > CHUNK {
+            eprint!("\rshutoff-bench: seeding history {done}/{n}");
+        }
+    }
+    if n > CHUNK {
+        eprintln!();
+    }
     sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
-    Ok(())
+    Ok(started.elapsed())
 }
 
-/// Finished stops each phase's database (and the ceiling's) starts with.
-const HISTORY_STOPS: i64 = 50_000;
+/// The first SIGINT or SIGTERM, by name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        // Without handlers the run cannot be interrupted cleanly; it runs on.
+        _ => std::future::pending().await,
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -514,8 +579,17 @@ async fn main() -> anyhow::Result<()> {
     let vhost = Vhost::create(&run_id.replace('_', "-")).await;
     let mut figures = Figures::new(args.connections, args.ceiling_clients);
 
-    let result = run(&args, bin_dir, &vhost, &run_id, &mut figures).await;
-    for phase in ["accept", "e2e", "slow"] {
+    // Ctrl-C or SIGTERM ends the run, but not before its databases and vhost
+    // are removed (an interrupted run used to leave them behind: gigabytes
+    // after a large history). Dropping the run kills its services and pgbench.
+    let result = tokio::select! {
+        r = run(&args, bin_dir, &vhost, &run_id, &mut figures) => r,
+        signal = interrupted() => {
+            eprintln!("shutoff-bench: {signal}; removing its databases and vhost");
+            Err(anyhow::anyhow!("interrupted by {signal}"))
+        }
+    };
+    for phase in ["accept", "e2e", "slow", "ceiling"] {
         drop_database(&args.database_url, &format!("{run_id}_{phase}")).await;
     }
     vhost.remove().await;

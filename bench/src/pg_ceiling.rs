@@ -23,10 +23,11 @@ pub async fn measure(
     url: &str,
     clients: u32,
     duration: Duration,
+    history: i64,
 ) -> anyhow::Result<Ceiling> {
     // The same history as every phase's database, so both sides of the
     // ratio run on tables of the same shape.
-    crate::seed_history(pool).await?;
+    crate::seed_history(pool, history).await?;
     let project = "0123456789abcdef0123456789abcdef";
     sqlx::query("INSERT INTO projects (id, name) VALUES ($1, 'pgbench')")
         .bind(project)
@@ -78,6 +79,7 @@ pub async fn measure(
     // libpq options, not sqlx's URL (which carries sqlx-only parameters).
     let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
     let out = Command::new("pgbench")
+        .kill_on_drop(true)
         .args(["-h", opts.get_host(), "-p", &opts.get_port().to_string()])
         .args(["-U", opts.get_username()])
         .args([
