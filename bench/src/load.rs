@@ -125,3 +125,75 @@ pub async fn run(target: Target, limit: Option<Duration>) -> Outcome {
     total.elapsed = start.elapsed();
     total
 }
+
+/// Sends stops at a steady `rate` per second for `duration` (open loop:
+/// stop `i` is due at `i / rate` seconds, whatever the answers before it),
+/// and returns each accepted server with the moment its 202 arrived.
+pub async fn paced(
+    target: Target,
+    rate: f64,
+    duration: Duration,
+) -> (Outcome, Vec<(Uuid, chrono::DateTime<chrono::Utc>)>) {
+    let target = Arc::new(target);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = tokio::time::Instant::now();
+    let total = (rate * duration.as_secs_f64()) as usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..target.tokens.len() {
+        let (target, next) = (target.clone(), next.clone());
+        tasks.spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("http client");
+            let token = &target.tokens[c];
+            let mut out = Outcome::default();
+            let mut answered = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let Some(&server) = target.servers.get(i) else {
+                    out.ran_out = true;
+                    break;
+                };
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+                let sent = Instant::now();
+                let reply = client
+                    .post(format!(
+                        "http://{}/v2/{}/servers/{server}/action",
+                        target.api, target.project
+                    ))
+                    .header("x-auth-token", token)
+                    .header("content-type", "application/json")
+                    .body(r#"{"os-stop": null}"#)
+                    .send()
+                    .await;
+                match reply.map(|r| r.status().as_u16()) {
+                    Ok(202) => {
+                        out.accepted += 1;
+                        out.latencies_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+                        answered.push((server, chrono::Utc::now()));
+                    }
+                    Ok(_) => out.refused += 1,
+                    Err(_) => out.errors += 1,
+                }
+            }
+            (out, answered)
+        });
+    }
+    let mut out = Outcome::default();
+    let mut answered = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (o, a) = r.expect("load task");
+        out.accepted += o.accepted;
+        out.refused += o.refused;
+        out.errors += o.errors;
+        out.ran_out |= o.ran_out;
+        out.latencies_ms.extend(o.latencies_ms);
+        answered.extend(a);
+    }
+    out.elapsed = start.elapsed();
+    (out, answered)
+}

@@ -4,7 +4,8 @@
 //! 1. ceiling: pgbench runs our acceptance statement at 16 clients;
 //! 2. accept:  the real `shutoff-api` binary under 64 HTTP connections;
 //! 3. e2e:     20,000 stops through the API and two real workers;
-//! 4. slow:    5,000 stops through ONE worker, each power-off taking 2 s.
+//! 4. latency: a steady half of the e2e rate for 10 s: 202 to stopped, p50/p99/p99.9;
+//! 5. slow:    5,000 stops through ONE worker, each power-off taking 2 s.
 //!
 //! Everything runs in a database and a RabbitMQ vhost of the bench's own,
 //! removed at the end; the services run with their default settings.
@@ -62,6 +63,10 @@ struct Args {
     e2e_stops: usize,
     #[arg(long, default_value_t = 2)]
     e2e_workers: usize,
+    /// Seconds of steady load for the latency phase (at half the measured
+    /// end-to-end rate).
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
     #[arg(long, default_value_t = 5_000)]
     slow_stops: usize,
     #[arg(long, default_value_t = 2_000)]
@@ -71,7 +76,7 @@ struct Args {
     /// deployment with that much history.
     #[arg(long, default_value_t = 50_000)]
     history: i64,
-    /// Phases to leave out (ceiling, accept, e2e, slow), for profiling one.
+    /// Phases to leave out (ceiling, accept, e2e, latency, slow), for profiling one.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -413,8 +418,79 @@ async fn run(
         eprintln!("e2e: {:.0}/s", figures.e2e_per_s);
         pool.close().await;
     }
+    if args.runs("latency") {
+        // 4. Latency at a steady half of the end-to-end capacity: from each
+        // 202 to its stopped commit.
+        let (url, pool) = phase_database(args, run_id, "latency").await?;
+        let rate = if figures.e2e_per_s > 0.0 {
+            figures.e2e_per_s / 2.0
+        } else {
+            1_000.0
+        };
+        let duration = Duration::from_secs(args.latency_secs);
+        let n = (rate * duration.as_secs_f64()) as usize + 1;
+        let (project_l, tokens, servers) =
+            project(&pool, "latency", args.connections, n, "fake://").await?;
+        let w = wiring("latency", &url);
+        let mut svc = Vec::new();
+        for i in 0..args.e2e_workers {
+            svc.push(services::start_worker(&w, &format!("bench-latency-{i}")).await?);
+        }
+        let (api, addr) = services::start_api(&w).await?;
+        svc.push(api);
+        let (outcome, answered) = load::paced(
+            load::Target {
+                api: addr,
+                project: project_l.to_string(),
+                tokens,
+                servers,
+            },
+            rate,
+            duration,
+        )
+        .await;
+        let done = wait_finished(&pool, &project_l, outcome.accepted).await;
+        stop_all(svc).await;
+        done?;
+        let (servers, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = answered.into_iter().unzip();
+        let rows: Vec<(f64, f64, f64)> = sqlx::query_as(
+            "SELECT greatest(extract(epoch FROM j.finished_at - a.at), 0) * 1000,
+                    greatest(extract(epoch FROM j.started_at - a.at), 0) * 1000,
+                    extract(epoch FROM j.finished_at - j.started_at) * 1000
+               FROM unnest($1::uuid[], $2::timestamptz[]) AS a(server, at)
+               JOIN jobs j ON j.instance_uuid = a.server",
+        )
+        .bind(&servers)
+        .bind(&at)
+        .fetch_all(&pool)
+        .await?;
+        let pick = |f: fn(&(f64, f64, f64)) -> f64, p: f64| {
+            let mut v: Vec<f64> = rows.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(((p / 100.0) * (v.len().max(1) - 1) as f64).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        figures.latency_rate_per_s = rate;
+        figures.latency_stops = rows.len();
+        figures.stop_latency_ms = [
+            pick(|r| r.0, 50.0),
+            pick(|r| r.0, 99.0),
+            pick(|r| r.0, 99.9),
+        ];
+        figures.to_claim_ms = [pick(|r| r.1, 50.0), pick(|r| r.1, 99.0)];
+        figures.claim_to_stopped_ms = [pick(|r| r.2, 50.0), pick(|r| r.2, 99.0)];
+        eprintln!(
+            "latency: {} stops at {rate:.0}/s, 202 to stopped p50 {:.1} p99 {:.1} p99.9 {:.1} ms",
+            rows.len(),
+            figures.stop_latency_ms[0],
+            figures.stop_latency_ms[1],
+            figures.stop_latency_ms[2]
+        );
+        pool.close().await;
+    }
     if args.runs("slow") {
-        // 4. Slow power-offs through ONE worker.
+        // 5. Slow power-offs through ONE worker.
         let (url, pool) = phase_database(args, run_id, "slow").await?;
         let hypervisor = format!("fake://?delay_ms={}", args.slow_delay_ms);
         let (project_s, tokens, servers) = project(
@@ -589,7 +665,7 @@ async fn main() -> anyhow::Result<()> {
             Err(anyhow::anyhow!("interrupted by {signal}"))
         }
     };
-    for phase in ["accept", "e2e", "slow", "ceiling"] {
+    for phase in ["accept", "e2e", "latency", "slow", "ceiling"] {
         drop_database(&args.database_url, &format!("{run_id}_{phase}")).await;
     }
     vhost.remove().await;

@@ -23,6 +23,16 @@ pub struct Figures {
     pub slow_succeeded: usize,
     pub slow_e2e_seconds: f64,
     pub worker_peak_rss_mb: f64,
+    /// The latency phase: its steady rate, and from each 202 to its
+    /// `stopped` commit, p50 / p99 / p99.9 (0 where the stop was recorded
+    /// before its 202 arrived).
+    pub latency_rate_per_s: f64,
+    pub latency_stops: usize,
+    pub stop_latency_ms: [f64; 3],
+    /// Where the time goes, p50 / p99: 202 to the worker's claim, and claim to
+    /// the recorded stop.
+    pub to_claim_ms: [f64; 2],
+    pub claim_to_stopped_ms: [f64; 2],
 }
 
 /// The targets, as (name, met).
@@ -106,6 +116,26 @@ impl Figures {
             "  {:<22} {:>10.1} MiB",
             "api_peak_rss_mb", self.api_peak_rss_mb
         );
+        if self.latency_stops > 0 {
+            println!(
+                "  {:<22} {:>10.1} ms     p99 (p50 {:.1}, p99.9 {:.1}), 202 to stopped, {} stops at {:.0}/s",
+                "stop_latency_p99_ms",
+                self.stop_latency_ms[1],
+                self.stop_latency_ms[0],
+                self.stop_latency_ms[2],
+                self.latency_stops,
+                self.latency_rate_per_s
+            );
+            println!(
+                "  {:<22} {:>10}        202 to claim p50/p99 {:.1}/{:.1} ms, claim to stopped {:.1}/{:.1} ms",
+                "",
+                "",
+                self.to_claim_ms[0],
+                self.to_claim_ms[1],
+                self.claim_to_stopped_ms[0],
+                self.claim_to_stopped_ms[1]
+            );
+        }
         for (name, met) in targets(self) {
             println!(
                 "  target {:<40} {}",
@@ -134,6 +164,13 @@ impl Figures {
             "slow_succeeded": self.slow_succeeded,
             "worker_peak_rss_mb": self.worker_peak_rss_mb,
             "api_peak_rss_mb": self.api_peak_rss_mb,
+            "latency_rate_per_s": self.latency_rate_per_s,
+            "latency_stops": self.latency_stops,
+            "stop_latency_p50_ms": self.stop_latency_ms[0],
+            "stop_latency_p99_ms": self.stop_latency_ms[1],
+            "stop_latency_p999_ms": self.stop_latency_ms[2],
+            "to_claim_p50_p99_ms": self.to_claim_ms,
+            "claim_to_stopped_p50_p99_ms": self.claim_to_stopped_ms,
             "accept_ratio": self.accept_per_s / c,
             "e2e_ratio": self.e2e_per_s / c,
             "connections": self.connections,
