@@ -454,9 +454,9 @@ async fn run(
         done?;
         let (servers, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = answered.into_iter().unzip();
         let rows: Vec<(f64, f64, f64)> = sqlx::query_as(
-            "SELECT greatest(extract(epoch FROM j.finished_at - a.at), 0) * 1000,
-                    greatest(extract(epoch FROM j.started_at - a.at), 0) * 1000,
-                    extract(epoch FROM j.finished_at - j.started_at) * 1000
+            "SELECT (greatest(extract(epoch FROM j.finished_at - a.at), 0) * 1000)::float8,
+                    (greatest(extract(epoch FROM j.started_at - a.at), 0) * 1000)::float8,
+                    (extract(epoch FROM j.finished_at - j.started_at) * 1000)::float8
                FROM unnest($1::uuid[], $2::timestamptz[]) AS a(server, at)
                JOIN jobs j ON j.instance_uuid = a.server",
         )
