@@ -248,19 +248,7 @@ async fn prune_counts_archives_and_removes_old_finished_stops_but_not_the_last(p
         &["server", "create", "--project", &project, "--name", "vm"],
     ));
     // Two stops of the server that finished 40 days ago.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
-         SELECT 'stop', '{server}', 'req-old-' || n, 'u', '{project}', now() - interval '40 days' + n * interval '1 s'
-           FROM generate_series(1, 2) n;
-         INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, state, attempts,
-                           created_at, started_at, finished_at)
-         SELECT gen_random_uuid(), instance_uuid, request_id, id, 5, 'succeeded', 1,
-                start_time, start_time, start_time
-           FROM instance_actions;"
-    )))
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    env.seed_finished_stops(&project, &server, 2, 40).await;
 
     let plan = stdout(&admin(&env, &["prune", "--older-than", "30d", "--dry-run"]));
     assert!(plan.contains("would remove"), "{plan}");

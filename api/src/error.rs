@@ -203,10 +203,8 @@ impl From<Arc<ValidationError>> for ApiError {
             ValidationError::Keystone(_) => {
                 ApiError::Unavailable("The Keystone service is temporarily unavailable.".into())
             }
-            ValidationError::Database(db) if shutoff_core::store::is_unavailable(db) => {
-                ApiError::Unavailable("The database is unavailable; please retry later.".into())
-            }
-            ValidationError::Database(_) => ApiError::Internal(anyhow::anyhow!(e)),
+            // The store's own mapping: unavailable or contention is 503.
+            ValidationError::Database(db) => db.clone().into(),
         }
     }
 }

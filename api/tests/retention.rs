@@ -21,20 +21,9 @@ async fn the_api_prunes_stops_past_the_retention_and_keeps_the_rest(pool: PgPool
     .await;
     let id = app.server("web-1").await;
     // Three stops of it that finished 40 days ago, then a stop today.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
-         SELECT 'stop', '{id}', 'req-old-' || n, 'u', '{}', now() - interval '40 days' + n * interval '1 s'
-           FROM generate_series(1, 3) n;
-         INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, state, attempts,
-                           created_at, started_at, finished_at)
-         SELECT gen_random_uuid(), instance_uuid, request_id, id, 5, 'succeeded', 1,
-                start_time, start_time, start_time
-           FROM instance_actions;",
-        app.project.as_str()
-    )))
-    .execute(&app.env.pool)
-    .await
-    .unwrap();
+    app.env
+        .seed_finished_stops(app.project.as_str(), &id.to_string(), 3, 40)
+        .await;
     assert_eq!(app.stop(id).await.status().as_u16(), 202);
     assert!(app.stopped(id, Duration::from_secs(20)).await);
 

@@ -52,14 +52,7 @@ async fn lock_waiters(app: &TestApp, n: i64) {
     let reached = app
         .env
         .eventually(Duration::from_secs(30), || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&app.env.pool)
-            .await
-            .unwrap()
-                == n
+            app.env.lock_waiters().await == n
         })
         .await;
     assert!(reached, "{n} statements never waited on the locks");

@@ -62,6 +62,27 @@ impl Outcome {
     }
 }
 
+/// One `{"os-stop": null}` of `server`: the status code it got.
+async fn send_stop(
+    client: &reqwest::Client,
+    target: &Target,
+    token: &str,
+    server: &Uuid,
+) -> Result<u16, reqwest::Error> {
+    let url = format!(
+        "http://{}/v2/{}/servers/{server}/action",
+        target.api, target.project
+    );
+    let reply = client
+        .post(url)
+        .header("x-auth-token", token)
+        .header("content-type", "application/json")
+        .body(r#"{"os-stop": null}"#)
+        .send()
+        .await?;
+    Ok(reply.status().as_u16())
+}
+
 /// Sends stops until every server is taken or `limit` has passed.
 pub async fn run(target: Target, limit: Option<Duration>) -> Outcome {
     let target = Arc::new(target);
@@ -87,19 +108,8 @@ pub async fn run(target: Target, limit: Option<Duration>) -> Outcome {
                     out.ran_out = true;
                     break;
                 };
-                let url = format!(
-                    "http://{}/v2/{}/servers/{server}/action",
-                    target.api, target.project
-                );
                 let sent = Instant::now();
-                let reply = client
-                    .post(url)
-                    .header("x-auth-token", token)
-                    .header("content-type", "application/json")
-                    .body(r#"{"os-stop": null}"#)
-                    .send()
-                    .await;
-                match reply.map(|r| r.status().as_u16()) {
+                match send_stop(&client, &target, token, server).await {
                     Ok(202) => {
                         out.accepted += 1;
                         out.latencies_ms.push(sent.elapsed().as_secs_f64() * 1e3);
@@ -160,17 +170,7 @@ pub async fn paced(
                 };
                 tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
                 let sent = Instant::now();
-                let reply = client
-                    .post(format!(
-                        "http://{}/v2/{}/servers/{server}/action",
-                        target.api, target.project
-                    ))
-                    .header("x-auth-token", token)
-                    .header("content-type", "application/json")
-                    .body(r#"{"os-stop": null}"#)
-                    .send()
-                    .await;
-                match reply.map(|r| r.status().as_u16()) {
+                match send_stop(&client, &target, token, &server).await {
                     Ok(202) => {
                         out.accepted += 1;
                         out.latencies_ms.push(sent.elapsed().as_secs_f64() * 1e3);

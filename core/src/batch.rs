@@ -64,11 +64,6 @@ impl Ticket {
             Err(state) => state == ABANDONED,
         }
     }
-
-    /// A statement has started under this ticket.
-    pub fn started(&self) -> bool {
-        self.0.load(Ordering::Acquire) == STARTED
-    }
 }
 
 /// A batch's answers from its statement run on all of it. If that failed for

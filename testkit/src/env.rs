@@ -83,6 +83,45 @@ impl TestEnv {
         }
     }
 
+    /// How many statements of this test's database wait on a lock right now
+    /// (a stop or claim blocked on a row the test holds).
+    pub async fn lock_waiters(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// `n` stops of `server` (in `project`) that finished `days_ago` days
+    /// ago, a second apart, with request ids `req-old-1`, `req-old-2`, ...
+    pub async fn seed_finished_stops(&self, project: &str, server: &str, n: i32, days_ago: i32) {
+        sqlx::query(
+            "WITH act AS (
+                 INSERT INTO instance_actions (action, instance_uuid, request_id, user_id,
+                                               project_id, start_time)
+                 SELECT 'stop', $2::uuid, 'req-old-' || g, 'u', $1,
+                        now() - make_interval(days => $4) + g * interval '1 s'
+                   FROM generate_series(1, $3) g
+                 RETURNING id, instance_uuid, request_id, start_time
+             )
+             INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, state,
+                               attempts, created_at, started_at, finished_at)
+             SELECT gen_random_uuid(), instance_uuid, request_id, id, 5, 'succeeded', 1,
+                    start_time, start_time, start_time
+               FROM act",
+        )
+        .bind(project)
+        .bind(server)
+        .bind(n)
+        .bind(days_ago)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
     /// A job's state, by instance.
     pub async fn job_state(&self, instance: Uuid) -> Option<String> {
         sqlx::query_scalar(

@@ -347,16 +347,7 @@ async fn a_claim_under_way_at_sigterm_is_released_not_left_to_its_lease(pool: Pg
     c.publisher.publish(&job).await.unwrap();
     let waiting = c
         .env
-        .eventually(T, || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&c.env.pool)
-            .await
-            .unwrap()
-                == 1
-        })
+        .eventually(T, || async { c.env.lock_waiters().await == 1 })
         .await;
     assert!(waiting, "the claim never reached the locked row");
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use shutoff_core::ids::ProjectId;
 use shutoff_core::policy::Caller;
+use shutoff_core::store::StoreError;
 use shutoff_core::store::auth;
 use sqlx::PgPool;
 
@@ -29,7 +30,7 @@ pub enum ValidationError {
     #[error(transparent)]
     Keystone(#[from] KeystoneError),
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] StoreError),
 }
 
 pub struct Keystone {
@@ -99,7 +100,9 @@ impl Keystone {
             tracing::info!(user.id = %info.user_id, "refused a token without a usable project scope");
             return Ok(invalid);
         };
-        let project_active = auth::project_active(pool, &project_id).await?;
+        let project_active = auth::project_active(pool, &project_id)
+            .await
+            .map_err(StoreError::from)?;
         Ok(Fresh {
             verdict: Verdict::Valid(Caller {
                 project_id,

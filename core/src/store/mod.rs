@@ -28,7 +28,7 @@ pub mod publish;
 pub mod reads;
 pub mod rescue;
 
-pub use error::{StoreError, is_contention, is_unavailable};
+pub use error::{StoreError, is_unavailable};
 
 use std::time::Duration;
 

@@ -94,17 +94,26 @@ pub async fn upper_bound(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sq
     Ok(lo)
 }
 
-const PICK_SQL: &str = "
-SELECT a.id AS action_id, j.id AS job_id, a.instance_uuid, a.request_id
-  FROM instance_actions a
-  JOIN jobs j ON j.request_id = a.request_id AND j.instance_uuid = a.instance_uuid
- WHERE a.id > $1 AND a.id <= $2
-   AND j.finished_at < $3
-   AND EXISTS (SELECT 1 FROM instance_actions newer
-                WHERE newer.instance_uuid = a.instance_uuid AND newer.id > a.id)
- ORDER BY a.id
- LIMIT $4
-   FOR UPDATE OF a, j SKIP LOCKED";
+/// The stops that may go: action `a` and job `j`, joined by the job's unique
+/// request id (there is no index on `jobs.action_id`), finished before the
+/// cutoff `$3`, with a newer action on the same instance; action ids in
+/// `($1, $2]`. Shared by the batches and the dry run.
+macro_rules! eligible {
+    () => {
+        "SELECT a.id AS action_id, j.id AS job_id, a.instance_uuid, a.request_id
+           FROM instance_actions a
+           JOIN jobs j ON j.request_id = a.request_id AND j.instance_uuid = a.instance_uuid
+          WHERE a.id > $1 AND a.id <= $2
+            AND j.finished_at < $3
+            AND EXISTS (SELECT 1 FROM instance_actions newer
+                         WHERE newer.instance_uuid = a.instance_uuid AND newer.id > a.id)"
+    };
+}
+
+const PICK_SQL: &str = concat!(
+    eligible!(),
+    " ORDER BY a.id LIMIT $4 FOR UPDATE OF a, j SKIP LOCKED"
+);
 
 const ARCHIVE_SQL: &str = "
 SELECT jsonb_build_object(
@@ -118,7 +127,8 @@ SELECT jsonb_build_object(
                                FROM instance_faults f
                               WHERE f.instance_uuid = a.instance_uuid
                                 AND f.request_id = a.request_id), '[]'))
-  FROM instance_actions a JOIN jobs j ON j.action_id = a.id
+  FROM instance_actions a
+  JOIN jobs j ON j.request_id = a.request_id AND j.instance_uuid = a.instance_uuid
  WHERE a.id = ANY($1)
  ORDER BY a.id";
 
@@ -245,22 +255,19 @@ pub async fn count(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx:
         i64,
         i64,
         i64,
-    ) = sqlx::query_as(
-        "WITH batch AS (
-             SELECT a.id AS action_id, j.id AS job_id, a.instance_uuid, a.request_id
-               FROM instance_actions a
-               JOIN jobs j ON j.request_id = a.request_id AND j.instance_uuid = a.instance_uuid
-              WHERE a.id <= $1 AND j.finished_at < $2
-                AND EXISTS (SELECT 1 FROM instance_actions newer
-                             WHERE newer.instance_uuid = a.instance_uuid AND newer.id > a.id))
+    ) = sqlx::query_as(concat!(
+        "WITH batch AS (",
+        eligible!(),
+        ")
          SELECT (SELECT count(*) FROM batch),
                 (SELECT count(*) FROM job_transitions WHERE job_id IN (SELECT job_id FROM batch)),
                 (SELECT count(*) FROM instance_actions_events
                   WHERE action_id IN (SELECT action_id FROM batch)),
                 (SELECT count(*) FROM instance_faults f JOIN batch b
                      ON f.instance_uuid = b.instance_uuid AND f.request_id = b.request_id),
-                (SELECT count(*) FROM dead_letters WHERE at < $2)",
-    )
+                (SELECT count(*) FROM dead_letters WHERE at < $3)"
+    ))
+    .bind(0_i64)
     .bind(upto)
     .bind(cutoff)
     .fetch_one(pool)
