@@ -107,7 +107,7 @@ impl From<StoreError> for ApiError {
             StoreError::TimedOut(_) | StoreError::Abandoned => ApiError::Unavailable(
                 "The request timed out; nothing was accepted. Please retry later.".into(),
             ),
-            StoreError::Failed(_) => ApiError::Internal(e.into()),
+            StoreError::Failed(_) | StoreError::NoAnswer => ApiError::Internal(e.into()),
         }
     }
 }

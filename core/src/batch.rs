@@ -87,9 +87,7 @@ where
             for i in 0..n {
                 out.push(match one(i).await {
                     Ok(mut answer) if !answer.is_empty() => Ok(answer.swap_remove(0)),
-                    Ok(_) => Err(StoreError::Failed(Arc::new(sqlx::Error::Protocol(
-                        "the statement gave no answer for the item".into(),
-                    )))),
+                    Ok(_) => Err(StoreError::NoAnswer),
                     Err(e) => Err(e.into()),
                 });
             }

@@ -32,6 +32,10 @@ pub enum StoreError {
     /// The batcher is gone (the process is shutting down): nothing was done.
     #[error("the store is shutting down")]
     Stopped,
+    /// A batched statement ran but returned nothing for this item: a bug in
+    /// the statement, not worth retrying at once.
+    #[error("the statement gave no answer for the item")]
+    NoAnswer,
     /// Anything else: a bug, a constraint violation, a statement that returned
     /// what it must not. Not worth retrying at once.
     #[error("database error: {0}")]
