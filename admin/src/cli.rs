@@ -57,14 +57,43 @@ pub enum Command {
         #[arg(long)]
         archive_to: Option<std::path::PathBuf>,
     },
-    /// List jobs, newest first.
+    /// List jobs, newest first (or `jobs cancel` one).
+    #[command(args_conflicts_with_subcommands = true)]
     Jobs {
+        #[command(subcommand)]
+        command: Option<JobsCommand>,
         /// Only this server's jobs.
         #[arg(long)]
         instance: Option<uuid::Uuid>,
         /// At most this many (1 to 10000).
         #[arg(long, default_value_t = 50)]
         limit: i64,
+    },
+    /// List the compute hosts: up or down, their workers, and how many stops
+    /// wait for each and since when.
+    Hosts {
+        /// A host none of whose workers beat for this long is down (as the
+        /// API and the workers count it).
+        #[arg(long, env = "SHUTOFF_HOST_DOWN_AFTER_SECS",
+              default_value_t = shutoff_core::config::DEFAULT_HOST_DOWN_AFTER_SECS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        host_down_after_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// End a stop that will never be carried out (its host is gone for
+    /// good), as Nova's `reset-state`: the job fails with your reason, the
+    /// server's task_state goes back to none (its vm_state is unchanged)
+    /// and an instance fault records why. Refused while a worker holds the
+    /// job under a live lease: it may be powering the VM off right now.
+    Cancel {
+        /// The job's id (see `shutoff-admin jobs --instance`).
+        job: uuid::Uuid,
+        /// Why, recorded in the fault and the job's last error.
+        #[arg(long, default_value = "the host will not come back")]
+        reason: String,
     },
 }
 
@@ -143,9 +172,11 @@ pub enum ServerCommand {
         /// a shut-off one stopped.
         #[arg(long)]
         no_verify: bool,
-        /// Compute host name shown in its actions and faults.
+        /// The compute host the VM runs on: only workers started with this
+        /// `--host` carry out its stops. A host with no worker yet is
+        /// allowed (its stops wait until one starts) and reported.
         #[arg(long, default_value = "sim-1")]
-        host: String,
+        host: shutoff_core::ids::HostName,
     },
     /// Stop a server as an admin would through the API (the same checks
     /// and the same acceptance; locks do not apply), publish its job, and

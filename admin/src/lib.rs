@@ -16,17 +16,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use shutoff_core::acceptor::{AcceptError, Acceptor, StopRequest};
 use shutoff_core::batch::Ticket;
-use shutoff_core::broker::{BrokerTimeouts, Publisher};
-use shutoff_core::config::Queues;
+use shutoff_core::broker::{BrokerError, BrokerTimeouts, Publisher};
+use shutoff_core::config::{DEFAULT_HOST_DOWN_AFTER_SECS, Queues};
 use shutoff_core::ids::{ProjectId, RequestId, ServerId};
 use shutoff_core::policy::{Caller, Refusal};
 use shutoff_core::state::{PowerState, TaskState, VmState};
-use shutoff_core::store::{self, admin, publish, reads};
+use shutoff_core::store::admin::Cancel;
+use shutoff_core::store::{self, admin, hosts, publish, reads};
 use shutoff_hypervisor::DriverError;
 use uuid::Uuid;
 
 pub use cli::Cli;
-use cli::{Command, ProjectCommand, Role, ServerCommand, TokenCommand};
+use cli::{Command, JobsCommand, ProjectCommand, Role, ServerCommand, TokenCommand};
 
 fn parse_project(s: &str) -> anyhow::Result<ProjectId> {
     ProjectId::parse(s).with_context(|| format!("project id {s:?} is not 32 hex characters"))
@@ -84,7 +85,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         {
             Ok((conn, _)) => {
                 let _ = conn.close(200, "done".into()).await;
-                println!("declared queues {}", topology.all_queues().join(", "));
+                println!(
+                    "declared queues {} (each host's own queue is declared by its workers)",
+                    topology.shared_queues().join(", ")
+                );
             }
             Err(e) => eprintln!(
                 "warning: queues not declared ({e}); the API and workers declare them on start"
@@ -170,8 +174,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             s.launched = !not_launched;
             s.locked = locked;
             s.hypervisor = hypervisor;
-            s.host = host;
+            s.host = host.to_string();
             println!("{}", admin::create_server(&pool, &s).await?);
+            let down_after = Duration::from_secs(DEFAULT_HOST_DOWN_AFTER_SECS);
+            if !hosts::is_up(&pool, host.as_str(), down_after).await? {
+                eprintln!(
+                    "note: host {host} has no live worker yet; this server's stops are accepted and wait until `shutoff-worker --host {host}` starts"
+                );
+            }
         }
         Command::Server {
             command:
@@ -187,22 +197,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             archive_to,
         } => prune(&pool, older_than, dry_run, batch, archive_to.as_deref()).await?,
-        Command::Jobs { instance, limit } => {
+        Command::Jobs {
+            command: Some(JobsCommand::Cancel { job, reason }),
+            ..
+        } => match admin::cancel_job(&pool, job, &reason).await? {
+            Cancel::Cancelled => println!("cancelled {job}: {reason}"),
+            Cancel::Finished(state) => bail!("job {job} already {state}; nothing to cancel"),
+            Cancel::NotFound => bail!("no job {job}"),
+            Cancel::Held { worker, until } => bail!(
+                "job {job} is held by worker {} until {}: it may be powering the VM off now; stop that worker or wait for its lease to lapse, then cancel again",
+                worker.as_deref().unwrap_or("?"),
+                until.map(|t| t.to_rfc3339()).unwrap_or_default()
+            ),
+        },
+        Command::Jobs {
+            command: None,
+            instance,
+            limit,
+        } => {
             println!(
-                "{:<36}  {:<36}  {:<44}  {:<9}  {:>8}  {:<20}  error",
-                "job", "instance", "request", "state", "attempts", "worker"
+                "{:<36}  {:<36}  {:<44}  {:<9}  {:>8}  {:<16}  {:<20}  error",
+                "job", "instance", "request", "state", "attempts", "host", "worker"
             );
             for j in reads::jobs(&pool, instance, limit.clamp(1, 10_000)).await? {
                 println!(
-                    "{:<36}  {:<36}  {:<44}  {:<9}  {:>4}/{:<3}  {:<20}  {}",
+                    "{:<36}  {:<36}  {:<44}  {:<9}  {:>4}/{:<3}  {:<16}  {:<20}  {}",
                     j.id,
                     j.instance_uuid,
                     j.request_id,
                     j.state,
                     j.attempts,
                     j.max_attempts,
+                    j.host.unwrap_or_default(),
                     j.worker.unwrap_or_default(),
                     j.last_error.unwrap_or_default()
+                );
+            }
+        }
+        Command::Hosts {
+            host_down_after_secs,
+        } => {
+            let rows = hosts::list(&pool, Duration::from_secs(host_down_after_secs)).await?;
+            println!(
+                "{:<24}  {:<5}  {:>7}  {:<25}  {:<25}  workers",
+                "host", "state", "waiting", "waiting since", "last seen"
+            );
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            for h in rows {
+                println!(
+                    "{:<24}  {:<5}  {:>7}  {:<25}  {:<25}  {}",
+                    h.name,
+                    if h.up { "up" } else { "down" },
+                    h.waiting,
+                    time(h.waiting_since),
+                    time(h.last_seen),
+                    if h.workers.is_empty() {
+                        "-".to_string()
+                    } else {
+                        h.workers.join(", ")
+                    }
                 );
             }
         }
@@ -254,6 +310,13 @@ async fn stop_server(
         Ok(()) => {
             publish::mark_published(pool, &[job.job_id]).await.ok();
             println!("{request_id} {}", job.job_id);
+        }
+        Err(BrokerError::Unroutable(_)) => {
+            println!("{request_id} {}", job.job_id);
+            eprintln!(
+                "note: host {} has no queue yet (no worker of it has started); the stop waits in PostgreSQL until `shutoff-worker --host {}` starts",
+                job.host, job.host
+            );
         }
         Err(e) => {
             println!("{request_id} {}", job.job_id);

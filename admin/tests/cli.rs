@@ -66,7 +66,7 @@ async fn migrate_is_idempotent_and_declares_the_queues(pool: PgPool) {
     for _ in 0..2 {
         let out = stdout(&admin(&env, &["migrate"]));
         assert!(out.contains("migrated"), "{out}");
-        assert!(out.contains(&env.topology.work_queue()), "{out}");
+        assert!(out.contains(&env.work_queue()), "{out}");
     }
 }
 
@@ -225,7 +225,7 @@ async fn server_stop_accepts_as_the_api_does_publishes_and_refuses_what_nova_ref
         ),
         ("queued", true, Some("powering-off"), "shutoff-admin")
     );
-    assert_eq!(env.ready_messages(&env.topology.work_queue()).await, 1);
+    assert_eq!(env.ready_messages(&env.work_queue()).await, 1);
 
     refused(
         &admin(&env, &["server", "stop", &server]),

@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
+use shutoff_core::host_census::HostMetrics;
 use shutoff_core::metrics::{self as core_metrics, Registry};
 use shutoff_core::relay::RelayMetrics;
 
@@ -38,6 +39,8 @@ pub struct ApiMetrics {
     pub jobs_accepted: Counter,
     /// Publishes and the relay's backlog (registered here, counted by the relay).
     pub relay: RelayMetrics,
+    /// Hosts up and down and the stops waiting for each (set by the census).
+    pub hosts: HostMetrics,
 }
 
 impl Default for ApiMetrics {
@@ -72,12 +75,15 @@ impl ApiMetrics {
         );
         let relay = RelayMetrics::default();
         relay.register(&mut registry);
+        let hosts = HostMetrics::default();
+        hosts.register(&mut registry);
         ApiMetrics {
             registry: std::sync::Arc::new(registry),
             requests,
             request_duration,
             jobs_accepted,
             relay,
+            hosts,
         }
     }
 

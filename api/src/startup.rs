@@ -21,6 +21,9 @@ use crate::metrics::ApiMetrics;
 use crate::settings::Settings;
 use crate::state::{AppState, StopState};
 
+/// How often the hosts' metrics are counted.
+const HOST_CENSUS_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Application {
     listener: TcpListener,
     state: AppState,
@@ -32,7 +35,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = store::pool(
             &settings.common.database_url,
-            &settings.common.pool_settings(),
+            &settings.common.pool_settings(16),
             "shutoff-api",
         )
         .context("invalid DATABASE_URL")?;
@@ -57,6 +60,7 @@ impl Application {
             publisher.clone(),
             metrics.relay.clone(),
             settings.common.rescue_after(),
+            settings.common.host_down_after(),
         );
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -119,9 +123,16 @@ impl Application {
             publisher: state.publisher.clone(),
             stale_after: settings.common.rescue_after(),
             interval: settings.common.rescue_interval(),
+            host_down_after: settings.common.host_down_after(),
             host: format!("shutoff-api@{addr}"),
         };
         tasks.spawn(rescuer.run(background.clone()));
+        tasks.spawn(state.metrics.hosts.clone().run(
+            state.pool.clone(),
+            settings.common.host_down_after(),
+            HOST_CENSUS_INTERVAL,
+            background.clone(),
+        ));
         if let Some(retention) = settings.retention {
             let pruner = Pruner {
                 pool: state.pool.clone(),

@@ -89,7 +89,7 @@ async fn a_confirmed_publish_is_recorded_and_never_relayed_again(pool: PgPool) {
     // Past the relay's minimum age and several of its passes: still one
     // message per stop, and no state change besides the insert.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let queue = app.env.topology.work_queue();
+    let queue = app.env.work_queue();
     assert_eq!(app.env.ready_messages(&queue).await, 2);
     assert_eq!(
         app.count("SELECT count(*) FROM job_transitions").await,

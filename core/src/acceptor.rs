@@ -14,7 +14,7 @@
 use sqlx::PgPool;
 
 use crate::batch::{self, Batcher, Ticket};
-use crate::ids::{RequestId, ServerId};
+use crate::ids::{HostName, RequestId, ServerId};
 use crate::message::StopJob;
 use crate::policy::{self, Caller, Refusal};
 use crate::state::TaskState;
@@ -62,7 +62,7 @@ pub struct StopRequest<'a> {
 
 pub struct Acceptor {
     pool: PgPool,
-    batch: Batcher<AcceptRequest, bool>,
+    batch: Batcher<AcceptRequest, Option<HostName>>,
 }
 
 impl Acceptor {
@@ -101,8 +101,8 @@ impl Acceptor {
             return Err(Refusal::Forbidden.into());
         }
         let request = AcceptRequest::new(caller, server, request_id, max_attempts);
-        if self.batch.call_with(request.clone(), ticket).await? {
-            return Ok(request.job());
+        if let Some(host) = self.batch.call_with(request.clone(), ticket).await? {
+            return Ok(request.job(host));
         }
         self.not_accepted(caller, &request, ticket).await
     }
@@ -123,8 +123,10 @@ impl Acceptor {
             if !ticket.try_start() {
                 return Err(StoreError::Abandoned.into());
             }
-            if accept::try_accept_many(&self.pool, std::slice::from_ref(request)).await?[0] {
-                return Ok(request.job());
+            let accepted =
+                accept::try_accept_many(&self.pool, std::slice::from_ref(request)).await?;
+            if let Some(Some(host)) = accepted.into_iter().next() {
+                return Ok(request.job(host));
             }
         }
         // Lost races again and again: the instance is changing under us; the

@@ -10,18 +10,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::options::{
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::Mutex;
 
 use crate::backoff::Backoff;
+use crate::ids::HostName;
 use crate::message::StopJob;
 
 /// Names and arguments of every queue. Tests use their own prefix so they run
 /// in parallel and can delete what they made.
+///
+/// Each host has its own work queue, `<prefix>.stop.<host>`, declared only by
+/// that host's workers: a stop is published (through the default exchange,
+/// mandatory) to its instance's host, and a host no worker has ever served
+/// has no queue, so the broker returns the message instead of keeping it
+/// where nobody would take it. Any number of workers of one host share its
+/// queue. Retry tiers are shared by all hosts and keep a stop on its host:
+/// a retry is published to the tier's fanout exchange with the host queue's
+/// name as routing key, and when its TTL runs out the message is
+/// dead-lettered to the default exchange under that same key.
 #[derive(Debug, Clone)]
 pub struct Topology {
     /// Prefix of every queue name (`shutoff` by default).
@@ -30,7 +43,7 @@ pub struct Topology {
     /// worker is dead-lettered after this many deliveries instead of looping.
     pub delivery_limit: u32,
     /// One delay queue per back-off tier (milliseconds). Messages wait there
-    /// out their TTL and are dead-lettered back to the work queue.
+    /// out their TTL and are dead-lettered back to their host's queue.
     pub retry_delays_ms: Vec<u64>,
 }
 
@@ -52,22 +65,24 @@ impl Topology {
         }
     }
 
-    /// Where accepted stops wait for a worker.
-    pub fn work_queue(&self) -> String {
-        format!("{}.stop", self.prefix)
+    /// Where the accepted stops of `host`'s instances wait for its workers.
+    pub fn host_queue(&self, host: &HostName) -> String {
+        format!("{}.stop.{host}", self.prefix)
     }
 
-    /// Poison messages and messages over the delivery limit end here.
+    /// Poison messages and messages over the delivery limit end here, from
+    /// every host.
     pub fn dead_queue(&self) -> String {
-        format!("{}.stop.dead", self.prefix)
+        format!("{}.dead", self.prefix)
     }
 
-    /// The delay queue for a retry tier.
+    /// The delay queue of a retry tier, and the fanout exchange in front of
+    /// it (same name).
     pub fn retry_queue(&self, delay_ms: u64) -> String {
-        format!("{}.stop.retry.{delay_ms}ms", self.prefix)
+        format!("{}.retry.{delay_ms}ms", self.prefix)
     }
 
-    /// The retry queue used before attempt `attempt + 1` (attempt is 1-based).
+    /// The retry tier used before attempt `attempt + 1` (attempt is 1-based).
     pub fn retry_queue_for_attempt(&self, attempt: u32) -> Option<String> {
         if self.retry_delays_ms.is_empty() {
             return None;
@@ -76,58 +91,107 @@ impl Topology {
         Some(self.retry_queue(self.retry_delays_ms[i]))
     }
 
-    pub fn all_queues(&self) -> Vec<String> {
-        let mut q = vec![self.work_queue(), self.dead_queue()];
+    /// The queues every process declares (not the hosts' own).
+    pub fn shared_queues(&self) -> Vec<String> {
+        let mut q = vec![self.dead_queue()];
         q.extend(self.retry_delays_ms.iter().map(|d| self.retry_queue(*d)));
         q
     }
 
-    /// Declares every queue (idempotent as long as the arguments agree).
+    /// Declares the dead-letter queue and the retry tiers (idempotent as
+    /// long as the arguments agree). A host's queue is declared by its
+    /// workers ([`Topology::declare_host`]), never by a publisher.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
         let mut dead = quorum();
         // The dead-letter queue must refuse rather than drop when full, so
         // at-least-once dead-lettering never loses a message.
         dead.insert("x-overflow".into(), text("reject-publish"));
         channel
-            .queue_declare(self.dead_queue().as_str().into(), durable, dead)
-            .await?;
-
-        let mut work = quorum();
-        work.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(self.delivery_limit as i64),
-        );
-        dead_letter_to(&mut work, &self.dead_queue());
-        channel
-            .queue_declare(self.work_queue().as_str().into(), durable, work)
+            .queue_declare(self.dead_queue().as_str().into(), durable(), dead)
             .await?;
 
         for delay in &self.retry_delays_ms {
+            let name = self.retry_queue(*delay);
             let mut retry = quorum();
             retry.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(*delay as i64),
             );
-            dead_letter_to(&mut retry, &self.work_queue());
+            // No dead-letter routing key: an expired message keeps the key
+            // it was published with, its host queue's name.
+            retry.insert("x-dead-letter-exchange".into(), text(""));
+            at_least_once(&mut retry);
             channel
-                .queue_declare(self.retry_queue(*delay).as_str().into(), durable, retry)
+                .queue_declare(name.as_str().into(), durable(), retry)
+                .await?;
+            channel
+                .exchange_declare(
+                    name.as_str().into(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    name.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
         }
         Ok(())
     }
 
-    /// Deletes every queue of this topology (tests clean up with it).
-    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        for q in self.all_queues() {
+    /// Declares `host`'s own work queue (its workers do, at start).
+    pub async fn declare_host(&self, channel: &Channel, host: &HostName) -> lapin::Result<()> {
+        let mut work = quorum();
+        work.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(self.delivery_limit as i64),
+        );
+        work.insert("x-dead-letter-exchange".into(), text(""));
+        work.insert("x-dead-letter-routing-key".into(), text(&self.dead_queue()));
+        at_least_once(&mut work);
+        channel
+            .queue_declare(self.host_queue(host).as_str().into(), durable(), work)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes this topology's shared queues and exchanges and the queues
+    /// of `hosts` (tests clean up with it).
+    pub async fn delete(&self, channel: &Channel, hosts: &[HostName]) -> lapin::Result<()> {
+        for q in self
+            .shared_queues()
+            .into_iter()
+            .chain(hosts.iter().map(|h| self.host_queue(h)))
+        {
             channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await?;
         }
+        for d in &self.retry_delays_ms {
+            channel
+                .exchange_delete(
+                    self.retry_queue(*d).as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await?;
+        }
         Ok(())
+    }
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
     }
 }
 
@@ -141,9 +205,7 @@ fn quorum() -> FieldTable {
     t
 }
 
-fn dead_letter_to(args: &mut FieldTable, queue: &str) {
-    args.insert("x-dead-letter-exchange".into(), text(""));
-    args.insert("x-dead-letter-routing-key".into(), text(queue));
+fn at_least_once(args: &mut FieldTable) {
     args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
     // at-least-once dead-lettering requires reject-publish overflow.
     args.insert("x-overflow".into(), text("reject-publish"));
@@ -158,7 +220,7 @@ pub enum BrokerError {
     Timeout(Duration),
     #[error("broker refused the message (nack)")]
     Nacked,
-    #[error("message was unroutable: queue {0} does not exist")]
+    #[error("message was unroutable: queue {0} does not exist (no worker of its host has started)")]
     Unroutable(String),
     #[error("broker error: {0}")]
     Protocol(#[from] lapin::Error),
@@ -301,17 +363,33 @@ impl Publisher {
         link.conn = None;
     }
 
-    /// Publishes a stop job to the work queue and waits for the broker's confirm.
+    /// Publishes a stop job to its host's queue and waits for the broker's
+    /// confirm. [`BrokerError::Unroutable`] when that host has no queue: no
+    /// worker of it has ever started (or its queue was deleted); the job
+    /// stays in PostgreSQL and the host's first worker re-drives it.
     pub async fn publish(&self, job: &StopJob) -> Result<(), BrokerError> {
-        let queue = self.topology.work_queue();
-        self.publish_to(&queue, job).await
+        let queue = self.topology.host_queue(&job.host);
+        self.publish_via("", &queue, job).await
     }
 
-    /// Publishes persistent + mandatory to `queue` (via the default exchange)
+    /// Parks a stop on the retry tier `tier` (a name of
+    /// [`Topology::retry_queue_for_attempt`]); it returns to its host's
+    /// queue when the tier's delay is over.
+    pub async fn publish_retry(&self, tier: &str, job: &StopJob) -> Result<(), BrokerError> {
+        let queue = self.topology.host_queue(&job.host);
+        self.publish_via(tier, &queue, job).await
+    }
+
+    /// Publishes persistent + mandatory to `exchange` under `routing_key`
     /// and waits for the confirm. Ok only if the broker stored and routed it.
-    pub async fn publish_to(&self, queue: &str, job: &StopJob) -> Result<(), BrokerError> {
+    async fn publish_via(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        job: &StopJob,
+    ) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
-        let result = publish_on(&channel, queue, job, self.timeouts.confirm).await;
+        let result = publish_on(&channel, exchange, routing_key, job, self.timeouts.confirm).await;
         if matches!(
             result,
             Err(BrokerError::Protocol(_)) | Err(BrokerError::Timeout(_))
@@ -323,9 +401,14 @@ impl Publisher {
 }
 
 /// One confirmed, persistent, mandatory publish on a confirm-mode channel.
+///
+/// A message the broker could not route comes back as a `basic.return`
+/// ahead of its ack, which lapin hands over with that ack's confirmation:
+/// never counted as delivered.
 pub async fn publish_on(
     channel: &Channel,
-    queue: &str,
+    exchange: &str,
+    routing_key: &str,
     job: &StopJob,
     timeout: Duration,
 ) -> Result<(), BrokerError> {
@@ -338,8 +421,8 @@ pub async fn publish_on(
     let fut = async {
         let confirm = channel
             .basic_publish(
-                "".into(),
-                queue.into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -355,7 +438,7 @@ pub async fn publish_on(
         Err(_) => Err(BrokerError::Timeout(timeout)),
         Ok(Err(e)) => Err(BrokerError::Protocol(e)),
         Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(BrokerError::Unroutable(queue.to_string())),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(BrokerError::Unroutable(routing_key.to_string())),
         Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::Nacked),
         Ok(Ok(Confirmation::NotRequested)) => Err(BrokerError::Unavailable(
             "channel is not in confirm mode".into(),

@@ -9,6 +9,8 @@ use crate::telemetry::LogFormat;
 
 /// PostgreSQL on a developer machine of ours.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shutoff";
+/// A host none of whose workers beat for this long is down.
+pub const DEFAULT_HOST_DOWN_AFTER_SECS: u64 = 30;
 /// RabbitMQ on a developer machine of ours.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -33,7 +35,7 @@ pub struct Common {
     )]
     pub amqp_url: String,
 
-    /// Prefix of every queue name (`<prefix>.stop`, `.stop.dead`, `.stop.retry.<ms>ms`);
+    /// Prefix of every queue name (`<prefix>.stop.<host>`, `.dead`, `.retry.<ms>ms`);
     /// give each deployment (or test) its own.
     #[arg(long, env = "SHUTOFF_QUEUE_PREFIX", default_value = "shutoff")]
     pub queue_prefix: String,
@@ -63,9 +65,18 @@ pub struct Common {
     #[arg(long, env = "SHUTOFF_RESCUE_INTERVAL_MS", default_value_t = 2000)]
     pub rescue_interval_ms: u64,
 
-    /// Maximum PostgreSQL connections of this process.
-    #[arg(long, env = "SHUTOFF_DB_MAX_CONNECTIONS", default_value_t = 16)]
-    pub db_max_connections: u32,
+    /// A host none of whose workers has sent a heartbeat for this long is
+    /// down: its stops wait in PostgreSQL (still accepted, still
+    /// `powering-off`, no attempt used) until one of its workers starts.
+    #[arg(long, env = "SHUTOFF_HOST_DOWN_AFTER_SECS", default_value_t = DEFAULT_HOST_DOWN_AFTER_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub host_down_after_secs: u64,
+
+    /// Maximum PostgreSQL connections of this process (default: 16 for the
+    /// API, 4 for a worker, whose statements are batched: with a worker on
+    /// every host, the fleet's connections are what PostgreSQL must hold).
+    #[arg(long, env = "SHUTOFF_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
 
     /// Server-side limit on any one statement, in milliseconds. A statement
     /// that waits this long on another transaction's lock is rolled back and
@@ -105,9 +116,14 @@ impl Common {
         Duration::from_millis(self.rescue_interval_ms)
     }
 
-    pub fn pool_settings(&self) -> crate::store::PoolSettings {
+    pub fn host_down_after(&self) -> Duration {
+        Duration::from_secs(self.host_down_after_secs)
+    }
+
+    /// The pool of a process whose own default is `default_max` connections.
+    pub fn pool_settings(&self, default_max: u32) -> crate::store::PoolSettings {
         crate::store::PoolSettings {
-            max_connections: self.db_max_connections,
+            max_connections: self.db_max_connections.unwrap_or(default_max).max(1),
             statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
             ..Default::default()
         }
@@ -139,7 +155,7 @@ pub struct Queues {
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
 
-    /// Prefix of every queue name (`<prefix>.stop`, `.stop.dead`, `.stop.retry.<ms>ms`);
+    /// Prefix of every queue name (`<prefix>.stop.<host>`, `.dead`, `.retry.<ms>ms`);
     /// give each deployment (or test) its own.
     #[arg(long, env = "SHUTOFF_QUEUE_PREFIX", default_value = "shutoff")]
     pub queue_prefix: String,

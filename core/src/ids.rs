@@ -82,6 +82,89 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// A compute host's name: where a VM runs and which workers may stop it.
+/// It becomes part of a queue name (`<prefix>.stop.<host>`), so it keeps to
+/// what a host name and an AMQP queue name can both hold: letters, digits,
+/// `.`, `_` and `-`, starting with a letter or digit, at most 200 characters
+/// (the `hosts` table checks the same).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostName(String);
+
+impl TryFrom<String> for HostName {
+    type Error = InvalidHostName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<HostName> for String {
+    fn from(h: HostName) -> String {
+        h.0
+    }
+}
+
+/// Why a host name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid host name {0:?}: use 1 to 200 letters, digits, '.', '_' or '-', starting with a letter or digit"
+)]
+pub struct InvalidHostName(pub String);
+
+impl HostName {
+    pub const MAX_LEN: usize = 200;
+
+    pub fn parse(s: &str) -> Result<Self, InvalidHostName> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(HostName(s.to_string()))
+        } else {
+            Err(InvalidHostName(s.chars().take(80).collect()))
+        }
+    }
+
+    /// Nova's default for its `host` option: this machine's host name (the
+    /// first label of it would lose information between `a.x` and `a.y`).
+    pub fn of_this_machine() -> Result<Self, InvalidHostName> {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        Self::parse(&name)
+    }
+
+    /// A name read back from PostgreSQL, where a check constraint holds new
+    /// names to [`HostName::parse`]'s rule. Rows older than that constraint
+    /// are taken as they are: a queue name may hold any text, and refusing
+    /// to route such an instance's stop would strand it.
+    pub fn from_stored(s: String) -> Self {
+        HostName(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for HostName {
+    type Err = InvalidHostName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +188,18 @@ mod tests {
         assert!(r.as_str().starts_with("req-"));
         assert_eq!(RequestId::parse(r.as_str()), Some(r));
         assert!(RequestId::parse("req-<script>").is_none());
+    }
+
+    #[test]
+    fn host_names_fit_a_queue_name() {
+        assert_eq!(HostName::parse("sim-1").unwrap().as_str(), "sim-1");
+        assert!(HostName::parse("compute-07.rack3.example.org").is_ok());
+        assert!(HostName::parse("").is_err());
+        assert!(HostName::parse("-x").is_err());
+        assert!(HostName::parse("a b").is_err());
+        assert!(HostName::parse("a/b").is_err());
+        assert!(HostName::parse("a#").is_err());
+        assert!(HostName::parse(&"a".repeat(200)).is_ok());
+        assert!(HostName::parse(&"a".repeat(201)).is_err());
     }
 }

@@ -30,6 +30,7 @@ pub mod backoff;
 pub mod batch;
 pub mod broker;
 pub mod config;
+pub mod host_census;
 pub mod ids;
 pub mod message;
 pub mod metrics;

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::Publisher;
+use crate::broker::{BrokerError, Publisher};
 use crate::message::StopJob;
 use crate::store::publish;
 
@@ -49,6 +49,9 @@ pub struct Relay {
     metrics: RelayMetrics,
     /// Jobs older than this are the rescuer's (its `rescue_after`).
     window: Duration,
+    /// A host whose workers have not beaten for this long is down; its
+    /// stops wait for its worker to re-drive them.
+    host_down_after: Duration,
 }
 
 impl Relay {
@@ -57,6 +60,7 @@ impl Relay {
         publisher: Arc<Publisher>,
         metrics: RelayMetrics,
         window: Duration,
+        host_down_after: Duration,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Uuid>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let relay = Arc::new(Relay {
@@ -66,6 +70,7 @@ impl Relay {
             confirmed: tx,
             metrics,
             window,
+            host_down_after,
         });
         (relay, rx)
     }
@@ -77,6 +82,13 @@ impl Relay {
             Ok(()) => {
                 self.metrics.published(PublishPath::Request, 1);
                 let _ = self.confirmed.send(job.job_id);
+            }
+            Err(BrokerError::Unroutable(queue)) => {
+                // Not a failure of ours: the host has never had a worker
+                // (or lost its queue). Its first worker re-drives the stop.
+                self.metrics.unroutable.inc();
+                tracing::info!(job.id = %job.job_id, host = %job.host, %queue,
+                    "no worker of this host has started yet; the stop waits in PostgreSQL for one");
             }
             Err(e) => {
                 self.metrics.publish_failures.inc();
@@ -90,16 +102,28 @@ impl Relay {
     pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
         let mut total = 0;
         loop {
-            let batch = publish::unpublished(&self.pool, MIN_AGE, self.window, BATCH).await?;
+            let batch = publish::unpublished(
+                &self.pool,
+                MIN_AGE,
+                self.window,
+                self.host_down_after,
+                BATCH,
+            )
+            .await?;
             if batch.is_empty() {
                 return Ok(total);
             }
             let mut done = Vec::with_capacity(batch.len());
+            let mut broker_away = false;
+            let mut unroutable = 0usize;
             for job in &batch {
                 match self.publisher.publish(job).await {
                     Ok(()) => done.push(job.job_id),
+                    // One host without a queue must not hold up the others.
+                    Err(BrokerError::Unroutable(_)) => unroutable += 1,
                     Err(e) => {
                         tracing::debug!(error = %e, "relay: broker still unavailable");
+                        broker_away = true;
                         break;
                     }
                 }
@@ -108,8 +132,9 @@ impl Relay {
                 .published(PublishPath::Relay, done.len() as u64);
             publish::mark_published(&self.pool, &done).await?;
             total += done.len();
-            if done.len() < batch.len() {
-                // The broker is still away; the next pass goes on.
+            if broker_away || unroutable > 0 {
+                // The next pass goes on; an unroutable job stays queued
+                // and is taken up by its host's worker (or the rescuer).
                 return Ok(total);
             }
         }
@@ -210,6 +235,8 @@ pub struct PublishLabels {
 pub struct RelayMetrics {
     pub jobs_published: Family<PublishLabels, Counter>,
     pub publish_failures: Counter,
+    /// Publishes the broker returned: the stop's host has no queue yet.
+    pub unroutable: Counter,
     /// Jobs committed but not yet marked published, as of the relay's last pass.
     pub relay_backlog: Gauge,
 }
@@ -225,6 +252,11 @@ impl RelayMetrics {
             "jobs_publish_failures",
             "Publishes on the request path that failed, leaving the job to the relay",
             self.publish_failures.clone(),
+        );
+        registry.register(
+            "jobs_unroutable",
+            "Publishes RabbitMQ returned because the stop's host has no queue (no worker of it has started); the stop waits in PostgreSQL",
+            self.unroutable.clone(),
         );
         registry.register(
             "relay_backlog",

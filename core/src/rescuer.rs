@@ -1,6 +1,9 @@
 //! The rescuer: no accepted stop stays unfinished because a message or a
-//! process was lost. It runs in every API and worker process; the store's
-//! `FOR UPDATE SKIP LOCKED` + compare-and-swap makes that safe.
+//! process was lost. It runs in every API process (and in a worker only when
+//! asked, `--rescuer`): one pass every interval per process, however many
+//! hosts there are. The store's `FOR UPDATE SKIP LOCKED` + compare-and-swap
+//! makes several at once safe. It leaves hosts that are down alone; their
+//! workers re-drive their own stops when they start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,8 @@ pub struct Rescuer {
     /// How long a job may sit unmoved before it is rescued.
     pub stale_after: Duration,
     pub interval: Duration,
+    /// A host none of whose workers beat for this long is down.
+    pub host_down_after: Duration,
     /// Recorded as the host of a failure the rescuer writes.
     pub host: String,
 }
@@ -25,7 +30,14 @@ pub struct Rescuer {
 impl Rescuer {
     /// One pass: returns how many jobs were republished and failed.
     pub async fn run_once(&self) -> Result<(usize, usize), sqlx::Error> {
-        let rescued = rescue::rescue(&self.pool, self.stale_after, &self.host, 500).await?;
+        let rescued = rescue::rescue(
+            &self.pool,
+            self.stale_after,
+            self.host_down_after,
+            &self.host,
+            500,
+        )
+        .await?;
         let (mut republished, mut failed) = (0, 0);
         for r in rescued {
             match r {

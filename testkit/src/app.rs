@@ -95,7 +95,7 @@ pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
     let api_pool = match &opts.database_url {
         Some(u) => {
             settings.common.database_url = u.clone();
-            shutoff_core::store::pool(u, &settings.common.pool_settings(), "test-api").unwrap()
+            shutoff_core::store::pool(u, &settings.common.pool_settings(16), "test-api").unwrap()
         }
         None => pool.clone(),
     };

@@ -2,10 +2,12 @@
 //! database comes from `#[sqlx::test]`; its queue names are its own and are
 //! deleted when the test ends, pass or fail.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shutoff_core::broker::Topology;
-use shutoff_core::ids::ProjectId;
+use shutoff_core::ids::{HostName, ProjectId};
 use shutoff_core::store::admin::{self, NewServer};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -23,6 +25,17 @@ pub struct TestEnv {
     pub amqp_url: String,
     /// Queue names unique to this test.
     pub topology: Topology,
+    /// The hosts whose queues this test may have made, deleted with the
+    /// rest at the end ([`DEFAULT_HOST`] always among them).
+    hosts: Arc<Mutex<BTreeSet<HostName>>>,
+}
+
+/// The host of every server a test creates unless it says otherwise (the
+/// `instances.host` default), and of every worker it starts.
+pub const DEFAULT_HOST: &str = "sim-1";
+
+pub fn default_host() -> HostName {
+    HostName::parse(DEFAULT_HOST).expect("the default host name is valid")
 }
 
 impl TestEnv {
@@ -42,7 +55,34 @@ impl TestEnv {
             database_url,
             amqp_url: amqp_url(),
             topology,
+            hosts: Arc::new(Mutex::new(BTreeSet::from([default_host()]))),
         }
+    }
+
+    /// Notes that this test uses `host` (its queue is deleted at the end)
+    /// and returns it.
+    pub fn host(&self, name: &str) -> HostName {
+        let host = HostName::parse(name).expect("a valid test host name");
+        self.hosts.lock().unwrap().insert(host.clone());
+        host
+    }
+
+    /// Declares `host`'s queue, as its first worker would: from then on a
+    /// stop for it is kept by the broker even while no worker runs.
+    pub async fn declare_host(&self, host: &HostName) {
+        self.hosts.lock().unwrap().insert(host.clone());
+        let conn = lapin::Connection::connect(&self.amqp_url, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        self.topology.declare(&ch).await.unwrap();
+        self.topology.declare_host(&ch, host).await.unwrap();
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// The default host's queue.
+    pub fn work_queue(&self) -> String {
+        self.topology.host_queue(&default_host())
     }
 
     pub async fn project(&self) -> ProjectId {
@@ -199,6 +239,7 @@ impl Drop for TestEnv {
             }
         }
         let url = self.amqp_url.clone();
+        let hosts: Vec<HostName> = self.hosts.lock().unwrap().iter().cloned().collect();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -208,7 +249,7 @@ impl Drop for TestEnv {
                 let fut = async {
                     let conn = lapin::Connection::connect(&url, Default::default()).await?;
                     let ch = conn.create_channel().await?;
-                    topology.delete(&ch).await?;
+                    topology.delete(&ch, &hosts).await?;
                     conn.close(200, "cleanup".into()).await
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(10), fut).await;

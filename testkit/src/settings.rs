@@ -20,8 +20,9 @@ impl TestEnv {
         .expect("the test settings of shutoff-api parse")
     }
 
-    /// `shutoff-worker` with a random health port and an id of its own, on
-    /// this test's database and queues.
+    /// `shutoff-worker` for the default host with a random health port, an
+    /// id of its own and its own rescuer (these tests often run workers
+    /// without an API), on this test's database and queues.
     pub fn worker_settings(&self) -> shutoff_worker::Settings {
         let id = format!("test-{}", uuid::Uuid::new_v4().simple());
         let args = self.common_args();
@@ -32,6 +33,9 @@ impl TestEnv {
                 "127.0.0.1:0",
                 "--worker-id",
                 &id,
+                "--host",
+                crate::env::DEFAULT_HOST,
+                "--rescuer",
             ]
             .into_iter()
             .map(String::from)

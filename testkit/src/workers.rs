@@ -34,6 +34,8 @@ pub struct Ctx {
 pub struct RunningWorker {
     /// The id it records on the jobs it runs.
     pub id: String,
+    /// The host it serves.
+    pub host: shutoff_core::ids::HostName,
     /// Where its `/healthz`, `/readyz` and `/metrics` answer.
     pub health: SocketAddr,
     /// Cancelling it is the worker's SIGTERM.
@@ -47,6 +49,7 @@ impl RunningWorker {
         let w = Worker::build_with_pool(settings, pool).await.unwrap();
         RunningWorker {
             id: w.worker_id().to_string(),
+            host: w.host().clone(),
             health: w.health_addr(),
             shutdown: shutdown.clone(),
             handle: tokio::spawn(w.run_until_stopped(shutdown)),
@@ -63,8 +66,11 @@ impl RunningWorker {
 }
 
 /// A [`Ctx`] on the test's database (from `#[sqlx::test]`), with a project.
+/// The default host's queue is declared, as if its worker had run before, so
+/// a stop published before the test starts a worker waits in it.
 pub async fn ctx(pool: PgPool) -> Ctx {
     let env = TestEnv::new(pool);
+    env.declare_host(&crate::env::default_host()).await;
     let project = env.project().await;
     let publisher = Publisher::new(
         &env.amqp_url,
@@ -99,9 +105,26 @@ impl Ctx {
     }
 
     pub async fn server(&self, hypervisor: &str) -> Uuid {
+        self.server_on(crate::env::DEFAULT_HOST, hypervisor).await
+    }
+
+    /// A server on `host` (noted for clean-up).
+    pub async fn server_on(&self, host: &str, hypervisor: &str) -> Uuid {
+        let host = self.env.host(host);
         let mut s = NewServer::new(&self.project, &format!("vm-{}", Uuid::new_v4().simple()));
         s.hypervisor = hypervisor.into();
+        s.host = host.to_string();
         self.env.server(s).await
+    }
+
+    /// A worker serving `host` (noted for clean-up).
+    pub async fn worker_for(&self, host: &str, tweak: impl FnOnce(&mut Settings)) -> RunningWorker {
+        let host = self.env.host(host);
+        self.worker(|s| {
+            s.host = Some(host);
+            tweak(s)
+        })
+        .await
     }
 
     /// Accepts a stop as the API does, without publishing it.

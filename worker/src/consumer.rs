@@ -17,6 +17,7 @@ use lapin::types::FieldTable;
 use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::{self, Topology};
 use shutoff_core::message::StopJob;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -29,6 +30,9 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     pub grace: Duration,
     pub connect_timeout: Duration,
+    /// Notified each time the consumer attaches to the host's queue, so the
+    /// host's waiting stops are re-driven (see [`crate::presence`]).
+    pub attached: Arc<Notify>,
 }
 
 /// Consumes until `shutdown`; returns after the in-flight jobs finished or
@@ -42,7 +46,7 @@ pub async fn run(
     // In-flight jobs; aborted if they outlive the grace period, as they would
     // be if the process exited (their leases then lapse and they are rescued).
     let mut in_flight = JoinSet::new();
-    let queue = settings.topology.work_queue();
+    let queue = settings.topology.host_queue(&ctx.host);
     let mut failures = 0u32;
     let mut open: Option<(lapin::Connection, lapin::Channel)> = None;
     while !shutdown.is_cancelled() {
@@ -67,6 +71,10 @@ pub async fn run(
         };
         let tag = format!("{}-{}", ctx.worker_id, uuid::Uuid::new_v4().simple());
         let consumer = tokio::time::timeout(settings.connect_timeout, async {
+            // Only a host's own workers declare its queue: until one has,
+            // publishes for the host are returned rather than kept where
+            // nobody would take them.
+            settings.topology.declare_host(&channel, &ctx.host).await?;
             broker::set_prefetch(&channel, settings.prefetch).await?;
             channel
                 .basic_consume(
@@ -98,7 +106,8 @@ pub async fn run(
         }
         failures = 0;
         ready.store(true, Ordering::SeqCst);
-        tracing::info!(%queue, prefetch = settings.prefetch, "consuming");
+        settings.attached.notify_one();
+        tracing::info!(%queue, host = %ctx.host, prefetch = settings.prefetch, "consuming");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use shutoff_core::batch::{self, Batcher, Ticket};
+use shutoff_core::ids::HostName;
 use shutoff_core::message::StopJob;
 use shutoff_core::store::claim::{self, Claim, ClaimedJob, Success};
 use shutoff_core::store::{self, StoreError, dead_letters};
@@ -37,14 +38,20 @@ pub struct JobStore {
 impl JobStore {
     /// Claims and successes wait up to `linger` for company (see the
     /// worker's `--batch-linger-ms`); lease renewals go at once.
-    pub fn new(pool: PgPool, worker_id: String, lease: Duration, linger: Duration) -> Self {
-        let (p, worker) = (pool.clone(), worker_id.clone());
+    pub fn new(
+        pool: PgPool,
+        worker_id: String,
+        host: HostName,
+        lease: Duration,
+        linger: Duration,
+    ) -> Self {
+        let (p, worker, h) = (pool.clone(), worker_id.clone(), host.clone());
         let claims =
             Batcher::spawn_lingering(MAX_BATCH, IN_FLIGHT, linger, move |batch: Vec<StopJob>| {
-                let (pool, worker) = (p.clone(), worker.clone());
+                let (pool, worker, host) = (p.clone(), worker.clone(), h.clone());
                 async move {
                     batch::all_or_each(&batch, |items| {
-                        claim::claim_many(&pool, items, &worker, lease)
+                        claim::claim_many(&pool, items, &worker, &host, lease)
                     })
                     .await
                 }

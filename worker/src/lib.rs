@@ -7,6 +7,8 @@
 //!   off, record the result, then ack.
 //! - [`job_store`]: the worker's one way into the jobs table; claims, lease
 //!   renewals and successes of concurrent jobs share one statement and commit.
+//! - [`presence`]: the host's heartbeat in PostgreSQL, and the re-drive of
+//!   the host's waiting stops when the worker attaches to its queue.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on a small port.
 //! - [`metrics`]: job counters, power-off durations, jobs in flight.
 //!
@@ -19,6 +21,7 @@ pub mod consumer;
 pub mod health;
 pub mod job_store;
 pub mod metrics;
+pub mod presence;
 pub mod settings;
 pub mod stop_job;
 pub mod worker;

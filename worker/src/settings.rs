@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shutoff_core::config::Common;
+use shutoff_core::ids::HostName;
 use shutoff_hypervisor::DriverSettings;
 
 #[derive(Debug, Clone, Parser)]
@@ -13,9 +14,28 @@ pub struct Settings {
     #[command(flatten)]
     pub common: Common,
 
+    /// The compute host this worker serves (Nova's `host` option; default:
+    /// this machine's host name). It takes only the stops of instances on
+    /// this host, from the host's own queue `<prefix>.stop.<host>`; any
+    /// number of workers may serve one host.
+    #[arg(long, env = "SHUTOFF_HOST")]
+    pub host: Option<HostName>,
+
     /// Name recorded on the jobs this worker runs (default: host name and pid).
     #[arg(long, env = "SHUTOFF_WORKER_ID")]
     pub worker_id: Option<String>,
+
+    /// How often this worker tells PostgreSQL that its host is up (one
+    /// UPDATE). Keep it well under `--host-down-after-secs`.
+    #[arg(long, env = "SHUTOFF_HEARTBEAT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_secs: u64,
+
+    /// Also run a rescuer pass every `--rescue-interval-ms` in this worker.
+    /// The API runs one already: with a worker on every host, one rescuer
+    /// per worker would cost the database a query per host per interval.
+    #[arg(long, env = "SHUTOFF_RESCUER", default_value_t = false)]
+    pub rescuer: bool,
 
     /// Unacknowledged messages (and so jobs in progress) at once. A job
     /// waiting on a slow hypervisor costs a few KiB and no connection, so one
@@ -73,6 +93,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The host served: `--host`, else this machine's name.
+    pub fn host(&self) -> anyhow::Result<HostName> {
+        match &self.host {
+            Some(h) => Ok(h.clone()),
+            None => HostName::of_this_machine().map_err(|e| {
+                anyhow::anyhow!("{e}: this machine's host name cannot name a host; pass --host")
+            }),
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
     }

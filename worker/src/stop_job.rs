@@ -11,6 +11,7 @@ use std::time::Duration;
 use shutoff_core::backoff::Backoff;
 use shutoff_core::batch::Ticket;
 use shutoff_core::broker::Publisher;
+use shutoff_core::ids::HostName;
 use shutoff_core::message::StopJob;
 use shutoff_core::store::StoreError;
 use shutoff_core::store::claim::{Claim, ClaimedJob, Success};
@@ -46,6 +47,8 @@ pub struct JobContext {
     /// For putting a message on a retry (delay) queue.
     pub publisher: Arc<Publisher>,
     pub worker_id: String,
+    /// The host this worker serves; it carries out stops of this host only.
+    pub host: HostName,
     pub lease: Duration,
     /// A safety net for one power-off, stretched to the driver's own bound.
     pub power_off_timeout: Duration,
@@ -63,14 +66,22 @@ impl JobContext {
         pool: PgPool,
         publisher: Arc<Publisher>,
         settings: &Settings,
+        host: HostName,
         metrics: WorkerMetrics,
     ) -> Self {
         let worker_id = settings.worker_id();
         let lease = settings.lease();
-        let store = JobStore::new(pool, worker_id.clone(), lease, settings.batch_linger());
+        let store = JobStore::new(
+            pool,
+            worker_id.clone(),
+            host.clone(),
+            lease,
+            settings.batch_linger(),
+        );
         JobContext {
             publisher,
             worker_id,
+            host,
             lease,
             power_off_timeout: settings.power_off_timeout(),
             drivers: settings.drivers(),
@@ -138,6 +149,23 @@ async fn handle_message(
         )),
         Claim::Finished(state) => {
             tracing::info!(%state, "job already finished; acking the duplicate without a second power-off");
+            Disposition::Ack
+        }
+        Claim::OtherHost { host } => {
+            // Only reachable if the instance moved after its stop was
+            // routed (or a message was put on the wrong queue by hand):
+            // hand it to its own host and never touch the VM from here.
+            tracing::warn!(our_host = %ctx.host, instance_host = %host,
+                "the instance is on another host; handing the stop to that host's queue");
+            let moved = StopJob {
+                host,
+                ..message.clone()
+            };
+            if let Err(e) = ctx.publisher.publish(&moved).await {
+                // The job is still unfinished in PostgreSQL: the rescuer, or
+                // that host's worker when it starts, publishes it again.
+                tracing::warn!(error = %e, "could not hand the stop over; it waits in PostgreSQL");
+            }
             Disposition::Ack
         }
         Claim::HeldElsewhere { worker } => {
@@ -269,7 +297,7 @@ async fn retry_later(ctx: &JobContext, job: &ClaimedJob, error: &str) -> Disposi
     let Some(queue) = topology.retry_queue_for_attempt(job.attempts as u32) else {
         return Disposition::Requeue;
     };
-    match ctx.publisher.publish_to(&queue, &job.message()).await {
+    match ctx.publisher.publish_retry(&queue, &job.message()).await {
         Ok(()) => {
             ctx.metrics.retried.inc();
             tracing::info!(attempt = job.attempts, error, retry_queue = %queue, "transient failure; retrying after back-off");

@@ -8,21 +8,31 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shutoff_core::broker::{BrokerTimeouts, Publisher};
+use shutoff_core::ids::HostName;
 use shutoff_core::rescuer::Rescuer;
 use shutoff_core::store;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, ConsumerSettings};
 use crate::health::{self, Health};
 use crate::metrics::WorkerMetrics;
+use crate::presence::Presence;
 use crate::settings::Settings;
 use crate::stop_job::JobContext;
 
+/// PostgreSQL connections of a worker unless `--db-max-connections` says
+/// otherwise. Its hot statements are batched (one claim, one success and
+/// one lease-renewal statement in flight at a time), so a few connections
+/// carry a full host; with a worker on every host, the fleet's connections
+/// are what PostgreSQL has to hold.
+pub const DEFAULT_POOL: u32 = 4;
+
 pub struct Worker {
     settings: Settings,
-    /// For the rescuer, which works on every worker's stale jobs, not ours.
+    /// For the heartbeat, the re-drive and (with `--rescuer`) the rescuer.
     pool: PgPool,
     ctx: Arc<JobContext>,
     health_listener: TcpListener,
@@ -32,7 +42,7 @@ impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = store::pool(
             &settings.common.database_url,
-            &settings.common.pool_settings(),
+            &settings.common.pool_settings(DEFAULT_POOL),
             "shutoff-worker",
         )
         .context("invalid DATABASE_URL")?;
@@ -40,6 +50,7 @@ impl Worker {
     }
 
     pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let host = settings.host()?;
         let worker_id = settings.worker_id();
         let publisher = Publisher::new(
             &settings.common.amqp_url,
@@ -54,6 +65,7 @@ impl Worker {
             pool.clone(),
             publisher,
             &settings,
+            host,
             WorkerMetrics::new(),
         ));
         Ok(Worker {
@@ -74,6 +86,10 @@ impl Worker {
         &self.ctx.worker_id
     }
 
+    pub fn host(&self) -> &HostName {
+        &self.ctx.host
+    }
+
     /// Runs until `shutdown`, then drains (see [`consumer::run`]) and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Worker {
@@ -82,7 +98,7 @@ impl Worker {
             ctx,
             health_listener,
         } = self;
-        tracing::info!(worker = %ctx.worker_id, health = %health_listener.local_addr()?, "shutoff-worker starting");
+        tracing::info!(worker = %ctx.worker_id, host = %ctx.host, health = %health_listener.local_addr()?, "shutoff-worker starting");
         let consuming = Arc::new(AtomicBool::new(false));
         let background = CancellationToken::new();
 
@@ -98,14 +114,28 @@ impl Worker {
                 .await
         });
 
-        let rescuer = Rescuer {
+        let rescuer_task = settings.rescuer.then(|| {
+            let rescuer = Rescuer {
+                pool: pool.clone(),
+                publisher: ctx.publisher.clone(),
+                stale_after: settings.common.rescue_after(),
+                interval: settings.common.rescue_interval(),
+                host_down_after: settings.common.host_down_after(),
+                host: ctx.worker_id.clone(),
+            };
+            tokio::spawn(rescuer.run(background.clone()))
+        });
+        let attached = Arc::new(Notify::new());
+        let presence = Presence {
             pool,
             publisher: ctx.publisher.clone(),
-            stale_after: settings.common.rescue_after(),
-            interval: settings.common.rescue_interval(),
-            host: ctx.worker_id.clone(),
+            host: ctx.host.clone(),
+            worker_id: ctx.worker_id.clone(),
+            interval: settings.heartbeat(),
+            consuming: consuming.clone(),
+            attached: attached.clone(),
         };
-        let rescuer_task = tokio::spawn(rescuer.run(background.clone()));
+        let presence_task = tokio::spawn(presence.run(background.clone()));
 
         consumer::run(
             ctx.clone(),
@@ -115,6 +145,7 @@ impl Worker {
                 prefetch: settings.prefetch,
                 grace: settings.grace(),
                 connect_timeout: Duration::from_secs(5),
+                attached,
             },
             consuming,
             shutdown,
@@ -122,7 +153,10 @@ impl Worker {
         .await;
 
         background.cancel();
-        let _ = rescuer_task.await;
+        if let Some(task) = rescuer_task {
+            let _ = task.await;
+        }
+        let _ = presence_task.await;
         let _ = health_task.await;
         tracing::info!(worker = %ctx.worker_id, "shutoff-worker stopped");
         Ok(())

@@ -60,9 +60,7 @@ async fn jobs_are_counted_by_outcome_and_power_offs_timed_by_driver_and_outcome(
         c.stop(broken, 5).await,
         c.stop(flaky, 2).await,
     ];
-    c.env
-        .publish_raw(&c.env.topology.work_queue(), b"not a job")
-        .await;
+    c.env.publish_raw(&c.env.work_queue(), b"not a job").await;
     for (job, state) in jobs.iter().zip(["succeeded", "failed", "failed"]) {
         assert!(
             c.until_job(job.job_id, state, Duration::from_secs(20))

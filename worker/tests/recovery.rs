@@ -7,17 +7,20 @@ use std::time::Duration;
 use lapin::options::{BasicConsumeOptions, BasicNackOptions};
 use serde_json::json;
 use shutoff_testkit::TcpProxy;
+use shutoff_testkit::env::default_host;
 use shutoff_testkit::workers;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 const T: Duration = Duration::from_secs(30);
+/// The host-down-after the rescuers of these tests count with.
+const UP: Duration = Duration::from_secs(30);
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn poison_messages_are_dead_lettered_and_recorded_and_the_worker_goes_on(pool: PgPool) {
     let c = workers::ctx(pool).await;
     let w = c.worker(|_| {}).await;
-    let queue = c.env.topology.work_queue();
+    let queue = c.env.work_queue();
     let unknown =
         json!({"job_id": Uuid::new_v4(), "instance_uuid": Uuid::new_v4(), "request_id": "req-x"});
 
@@ -52,7 +55,7 @@ async fn poison_messages_are_dead_lettered_and_recorded_and_the_worker_goes_on(p
 async fn a_message_redelivered_past_the_delivery_limit_goes_to_the_dead_letter_queue(pool: PgPool) {
     let mut c = workers::ctx(pool).await;
     c.env.topology.delivery_limit = 2;
-    let queue = c.env.topology.work_queue();
+    let queue = c.env.work_queue();
     c.env.publish_raw(&queue, b"kills its worker").await;
 
     // A consumer that "dies" on every delivery: the broker requeues each time.
@@ -280,6 +283,7 @@ async fn a_worker_rides_out_a_broker_outage_and_reports_not_ready_meanwhile(pool
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
+    use shutoff_core::store::hosts;
     use shutoff_core::store::rescue::{self, Rescue};
     let c = workers::ctx(pool).await;
     let mut ids = Vec::new();
@@ -292,11 +296,15 @@ async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
         .await
         .unwrap();
 
+    // Their host is up (a worker of it beats), or the rescuers leave them be.
+    hosts::beat(&c.env.pool, &default_host(), "w", "test")
+        .await
+        .unwrap();
     // Four rescuers (as in two APIs and two workers) pass at the same moment.
     let passes = futures::future::join_all((0..4).map(|i| {
         let pool = c.env.pool.clone();
         async move {
-            rescue::rescue(&pool, Duration::from_secs(60), &format!("r{i}"), 500)
+            rescue::rescue(&pool, Duration::from_secs(60), UP, &format!("r{i}"), 500)
                 .await
                 .unwrap()
         }
@@ -316,7 +324,7 @@ async fn rescuers_running_at_once_hand_each_stale_job_out_once(pool: PgPool) {
     assert_eq!(handed_out, ids, "every stale job handed out exactly once");
     // Touched: a pass right after finds nothing stale.
     assert!(
-        rescue::rescue(&c.env.pool, Duration::from_secs(60), "r", 500)
+        rescue::rescue(&c.env.pool, Duration::from_secs(60), UP, "r", 500)
             .await
             .unwrap()
             .is_empty()

@@ -38,7 +38,7 @@ async fn a_redelivered_finished_job_is_acked_without_a_second_power_off(pool: Pg
     for _ in 0..3 {
         c.publisher.publish(&job).await.unwrap();
     }
-    let queue = c.env.topology.work_queue();
+    let queue = c.env.work_queue();
     assert!(
         c.env
             .eventually(T, || async { c.ready_messages(&queue).await == 0 })
@@ -153,7 +153,7 @@ async fn two_workers_holding_one_job_reach_one_decision(pool: PgPool) {
     }
 
     assert!(c.until_job(job.job_id, "succeeded", T).await);
-    let queue = c.env.topology.work_queue();
+    let queue = c.env.work_queue();
     assert!(
         c.env
             .eventually(T, || async { c.ready_messages(&queue).await == 0 })

@@ -6,7 +6,7 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ids::{RequestId, ServerId};
+use crate::ids::{HostName, RequestId, ServerId};
 use crate::message::StopJob;
 use crate::policy::{Caller, InstanceCheck};
 use crate::state::{TaskState, VmState};
@@ -22,15 +22,15 @@ WITH inst AS (
        AND vm_state = ANY($9)
        AND launched_at IS NOT NULL
        AND ($2 OR (project_id = $3 AND NOT locked))
-    RETURNING uuid
+    RETURNING uuid, host
 ), act AS (
     INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
     SELECT 'stop', uuid, $4, $5, $3 FROM inst
     RETURNING id, instance_uuid
 )
-INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts)
-SELECT $6, instance_uuid, $4, id, $7 FROM act
-RETURNING id";
+INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, host)
+SELECT $6, act.instance_uuid, $4, act.id, $7, inst.host FROM act, inst
+RETURNING id, host";
 
 /// The same compare-and-swap for many requests in one statement (a group
 /// commit). Two requests for one instance in a batch: the instance row is
@@ -49,17 +49,17 @@ WITH input AS (
        AND instances.vm_state = ANY($9)
        AND instances.launched_at IS NOT NULL
        AND (input.is_admin OR (instances.project_id = input.project_id AND NOT instances.locked))
-    RETURNING instances.uuid, input.project_id, input.request_id, input.user_id,
-              input.job_id, input.max_attempts
+    RETURNING instances.uuid, instances.host, input.project_id, input.request_id,
+              input.user_id, input.job_id, input.max_attempts
 ), act AS (
     INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
     SELECT 'stop', uuid, request_id, user_id, project_id FROM inst
     RETURNING id, request_id
 )
-INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts)
-SELECT inst.job_id, inst.uuid, inst.request_id, act.id, inst.max_attempts
+INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, host)
+SELECT inst.job_id, inst.uuid, inst.request_id, act.id, inst.max_attempts, inst.host
   FROM inst JOIN act ON act.request_id = inst.request_id
-RETURNING id";
+RETURNING id, host";
 
 /// One stop to accept: who asks, for which server, under which ids.
 #[derive(Debug, Clone)]
@@ -91,24 +91,27 @@ impl AcceptRequest {
         }
     }
 
-    /// The message to publish once accepted.
-    pub fn job(&self) -> StopJob {
+    /// The message to publish once accepted on `host` (the instance's, as
+    /// the acceptance statement read it).
+    pub fn job(&self, host: HostName) -> StopJob {
         StopJob {
             job_id: self.job_id,
             instance_uuid: self.server.0,
+            host,
             request_id: self.request_id.clone(),
         }
     }
 }
 
-/// Runs the compare-and-swap for each request: true where it was accepted
-/// (instance powering-off, action and job inserted, all committed).
+/// Runs the compare-and-swap for each request: the instance's host where it
+/// was accepted (instance powering-off, action and job inserted, all
+/// committed), none where not.
 pub async fn try_accept_many(
     pool: &PgPool,
     requests: &[AcceptRequest],
-) -> Result<Vec<bool>, sqlx::Error> {
+) -> Result<Vec<Option<HostName>>, sqlx::Error> {
     if let [r] = requests {
-        let accepted: Option<Uuid> = sqlx::query_scalar(ACCEPT_SQL)
+        let accepted: Option<(Uuid, String)> = sqlx::query_as(ACCEPT_SQL)
             .bind(r.server.0)
             .bind(r.is_admin)
             .bind(&r.project_id)
@@ -120,10 +123,10 @@ pub async fn try_accept_many(
             .bind(&VmState::STOPPABLE[..])
             .fetch_optional(pool)
             .await?;
-        return Ok(vec![accepted.is_some()]);
+        return Ok(vec![accepted.map(|(_, host)| HostName::from_stored(host))]);
     }
     let col = |f: fn(&AcceptRequest) -> &str| requests.iter().map(f).collect::<Vec<&str>>();
-    let accepted: Vec<Uuid> = sqlx::query_scalar(ACCEPT_MANY_SQL)
+    let accepted: Vec<(Uuid, String)> = sqlx::query_as(ACCEPT_MANY_SQL)
         .bind(requests.iter().map(|r| r.server.0).collect::<Vec<_>>())
         .bind(requests.iter().map(|r| r.is_admin).collect::<Vec<_>>())
         .bind(col(|r| &r.project_id))
@@ -135,10 +138,10 @@ pub async fn try_accept_many(
         .bind(&VmState::STOPPABLE[..])
         .fetch_all(pool)
         .await?;
-    let accepted: std::collections::HashSet<Uuid> = accepted.into_iter().collect();
+    let mut accepted: std::collections::HashMap<Uuid, String> = accepted.into_iter().collect();
     Ok(requests
         .iter()
-        .map(|r| accepted.contains(&r.job_id))
+        .map(|r| accepted.remove(&r.job_id).map(HostName::from_stored))
         .collect())
 }
 

@@ -128,3 +128,52 @@ pub async fn server_project(
             .await?;
     Ok(project.as_deref().and_then(ProjectId::parse))
 }
+
+/// What `shutoff-admin jobs cancel` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// Failed with the operator's reason: task_state back to none, an
+    /// instance fault and an Error event, as a failed stop.
+    Cancelled,
+    /// Already succeeded or failed: nothing to cancel.
+    Finished(String),
+    /// A worker holds it under a live lease and may be powering the VM off
+    /// right now; cancelling would make the record disagree with the VM.
+    Held {
+        worker: Option<String>,
+        until: Option<DateTime<Utc>>,
+    },
+    NotFound,
+}
+
+/// Ends an unfinished stop nobody is carrying out, as Nova's `reset-state`
+/// ends a task an operator knows will not complete (its host is gone): the
+/// job is failed with `reason`, the instance's task_state goes back to none
+/// (vm_state unchanged) with an instance fault saying so.
+pub async fn cancel_job(pool: &PgPool, id: Uuid, reason: &str) -> Result<Cancel, sqlx::Error> {
+    let message = format!("cancelled by an operator: {reason}");
+    let n: i64 = sqlx::query_scalar(super::claim::fail_sql(
+        "state NOT IN ('succeeded', 'failed')
+         AND (state <> 'running' OR lease_expires_at IS NULL OR lease_expires_at < now())",
+    ))
+    .bind(id)
+    .bind(&message)
+    .bind(&message)
+    .bind("shutoff-admin")
+    .bind(TaskState::PoweringOff)
+    .fetch_one(pool)
+    .await?;
+    if n == 1 {
+        return Ok(Cancel::Cancelled);
+    }
+    let row: Option<(String, Option<String>, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT state, worker, lease_expires_at FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        None => Cancel::NotFound,
+        Some((state, _, _)) if state == "succeeded" || state == "failed" => Cancel::Finished(state),
+        Some((_, worker, until)) => Cancel::Held { worker, until },
+    })
+}

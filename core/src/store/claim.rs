@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
+use crate::ids::HostName;
 use crate::message::StopJob;
 use crate::state::{JobState, TaskState, VmState};
 
@@ -33,6 +34,7 @@ impl ClaimedJob {
         StopJob {
             job_id: self.id,
             instance_uuid: self.instance_uuid,
+            host: HostName::from_stored(self.host.clone()),
             request_id: self.request_id.clone(),
         }
     }
@@ -54,6 +56,10 @@ pub enum Claim {
     HeldElsewhere { worker: Option<String> },
     /// Every attempt is used up but the job never ended: fail it.
     Exhausted { attempts: i32 },
+    /// The job's instance is on another host: this worker must not touch
+    /// it (its driver address means something else here, or nothing). The
+    /// message belongs on `host`'s queue.
+    OtherHost { host: HostName },
     /// No such job: a poison message.
     Unknown,
 }
@@ -65,33 +71,36 @@ WITH input AS (
      ORDER BY id
 ), j AS (
     UPDATE jobs
-       SET state = 'running', attempts = jobs.attempts + 1, worker = $2,
+       SET state = 'running', attempts = jobs.attempts + 1, worker = $2, host = $5,
            lease_expires_at = now() + make_interval(secs => $3),
            started_at = coalesce(started_at, now()), updated_at = now()
-      FROM input
+      FROM input JOIN instances i ON i.uuid = input.instance_uuid
      WHERE jobs.id = input.id AND jobs.instance_uuid = input.instance_uuid
+       AND i.host = $5
        AND jobs.attempts < jobs.max_attempts
        AND (jobs.state IN ('queued', 'published', 'retrying')
             OR (jobs.state = 'running' AND jobs.lease_expires_at < now()))
     RETURNING jobs.id, jobs.instance_uuid, jobs.request_id, jobs.action_id,
-              jobs.attempts, jobs.max_attempts
+              jobs.attempts, jobs.max_attempts, i.hypervisor, i.host
 ), ev AS (
     INSERT INTO instance_actions_events (action_id, event, host)
     SELECT action_id, 'compute_stop_instance', $2 FROM j
     ON CONFLICT (action_id, event) DO NOTHING
 )
-SELECT j.id, j.instance_uuid, j.request_id, j.action_id, j.attempts, j.max_attempts,
-       i.hypervisor, i.host
-  FROM j JOIN instances i ON i.uuid = j.instance_uuid";
+SELECT id, instance_uuid, request_id, action_id, attempts, max_attempts, hypervisor, host
+  FROM j";
 
-/// Tries to take the jobs the messages name for `worker` with a lease of
-/// `lease`, in one statement (a group commit): one answer per message, in
-/// order. A message whose instance is not its job's is treated as unknown. A
-/// job named twice is claimed once; the other copy finds it held.
+/// Tries to take the jobs the messages name for `worker`, which serves
+/// `host`, with a lease of `lease`, in one statement (a group commit): one
+/// answer per message, in order. Only jobs whose instance is on `host` are
+/// taken: the instance's row decides, not the message. A message whose
+/// instance is not its job's is treated as unknown. A job named twice is
+/// claimed once; the other copy finds it held.
 pub async fn claim_many(
     pool: &PgPool,
     messages: &[StopJob],
     worker: &str,
+    host: &HostName,
     lease: Duration,
 ) -> Result<Vec<Claim>, sqlx::Error> {
     let ids: Vec<Uuid> = messages.iter().map(|m| m.job_id).collect();
@@ -101,6 +110,7 @@ pub async fn claim_many(
         .bind(worker)
         .bind(lease.as_secs_f64())
         .bind(&instances)
+        .bind(host.as_str())
         .fetch_all(pool)
         .await?;
     let mut claimed: HashMap<Uuid, ClaimedJob> = claimed
@@ -119,9 +129,10 @@ pub async fn claim_many(
     }
     // Why the others were not taken, read after our claims committed.
     let rows: Vec<JobRow> = sqlx::query_as(
-        "SELECT id, instance_uuid, state, attempts, max_attempts, worker,
-                coalesce(lease_expires_at > now(), false) AS lease_live
-           FROM jobs WHERE id = ANY($1)",
+        "SELECT j.id, j.instance_uuid, j.state, j.attempts, j.max_attempts, j.worker,
+                coalesce(j.lease_expires_at > now(), false) AS lease_live, i.host
+           FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+          WHERE j.id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(pool)
@@ -130,7 +141,7 @@ pub async fn claim_many(
     for (answer, m) in answers.iter_mut().zip(messages) {
         if answer.is_none() {
             *answer = Some(match rows.get(&m.job_id) {
-                Some(r) if r.instance_uuid == m.instance_uuid => r.not_claimed(),
+                Some(r) if r.instance_uuid == m.instance_uuid => r.not_claimed(host),
                 _ => Claim::Unknown,
             });
         }
@@ -148,14 +159,20 @@ struct JobRow {
     max_attempts: i32,
     worker: Option<String>,
     lease_live: bool,
+    /// The instance's host.
+    host: String,
 }
 
 impl JobRow {
-    fn not_claimed(&self) -> Claim {
+    fn not_claimed(&self, ours: &HostName) -> Claim {
         let state = JobState::parse(&self.state).unwrap_or(JobState::Failed);
         let worker = self.worker.clone();
         if state.is_terminal() {
             Claim::Finished(state)
+        } else if self.host != ours.as_str() {
+            Claim::OtherHost {
+                host: HostName::from_stored(self.host.clone()),
+            }
         } else if state == JobState::Running && self.lease_live {
             Claim::HeldElsewhere { worker }
         } else if self.attempts >= self.max_attempts {

@@ -7,6 +7,7 @@
 //!   retry, release.
 //! - [`rescue`]: jobs nobody is moving, handed back or failed (the rescuer).
 //! - [`dead_letters`]: messages no job matches.
+//! - [`hosts`]: the workers' heartbeats, and which hosts are up.
 //! - [`auth`]: token lookup.
 //! - [`reads`]: what the GET endpoints show.
 //! - [`admin`]: what `shutoff-admin` creates.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod claim;
 pub mod dead_letters;
 mod error;
+pub mod hosts;
 pub mod prune;
 pub mod publish;
 pub mod reads;

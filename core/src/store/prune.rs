@@ -387,6 +387,7 @@ mod tests {
                 &self.pool,
                 std::slice::from_ref(&job),
                 "w",
+                &job.host,
                 Duration::from_secs(60),
             )
             .await

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::ids::HostName;
 use crate::message::StopJob;
 
 pub(super) const MARK_PUBLISHED_SQL: &str = "
@@ -43,32 +44,41 @@ pub async fn mark_published(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Er
     Ok(r.rows_affected())
 }
 
-/// Committed jobs whose message was never confirmed, oldest first. `min_age`
-/// leaves the request path time to publish its own job first; jobs older
-/// than `window` are the rescuer's (so a pass never walks a huge backlog).
+/// Committed jobs whose message was never confirmed, oldest first, of
+/// hosts that are up (a worker beat within `host_down_after`): a down
+/// host's stops wait in PostgreSQL for its worker, which re-drives them when
+/// it starts. `min_age` leaves the request path time to publish its own job
+/// first; jobs older than `window` are the rescuer's (so a pass never walks
+/// a huge backlog).
 pub async fn unpublished(
     pool: &PgPool,
     min_age: Duration,
     window: Duration,
+    host_down_after: Duration,
     limit: i64,
 ) -> Result<Vec<StopJob>, sqlx::Error> {
-    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-        "SELECT id, instance_uuid, request_id FROM jobs
-          WHERE state = 'queued' AND published_at IS NULL
-            AND created_at < now() - make_interval(secs => $1)
-            AND created_at > now() - make_interval(secs => $2)
-          ORDER BY created_at LIMIT $3",
+    let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(
+        "SELECT j.id, j.instance_uuid, i.host, j.request_id
+           FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+          WHERE j.state = 'queued' AND j.published_at IS NULL
+            AND j.created_at < now() - make_interval(secs => $1)
+            AND j.created_at > now() - make_interval(secs => $2)
+            AND EXISTS (SELECT 1 FROM host_workers w
+                         WHERE w.host = i.host AND w.last_seen > now() - make_interval(secs => $4))
+          ORDER BY j.created_at LIMIT $3",
     )
     .bind(min_age.as_secs_f64())
     .bind(window.as_secs_f64())
     .bind(limit)
+    .bind(host_down_after.as_secs_f64())
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(job_id, instance_uuid, request_id)| StopJob {
+        .map(|(job_id, instance_uuid, host, request_id)| StopJob {
             job_id,
             instance_uuid,
+            host: HostName::from_stored(host),
             request_id,
         })
         .collect())

@@ -142,6 +142,9 @@ pub struct JobRow {
     pub max_attempts: i32,
     pub last_error: Option<String>,
     pub worker: Option<String>,
+    /// The host it is for (and was carried out on); none for jobs older
+    /// than host-aware routing that finished before it.
+    pub host: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -153,7 +156,7 @@ pub async fn jobs(
 ) -> Result<Vec<JobRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, instance_uuid, request_id, state, attempts, max_attempts, last_error, worker,
-                created_at, finished_at
+                host, created_at, finished_at
            FROM jobs WHERE ($1::uuid IS NULL OR instance_uuid = $1)
           ORDER BY created_at DESC LIMIT $2",
     )

@@ -1,13 +1,20 @@
 //! Rescue: jobs nobody is moving (a lost message, a dead worker) handed
-//! back to the queue or failed once out of attempts. Run by the rescuer
-//! ([`crate::rescuer`]) in every process.
+//! back to their host's queue or failed once out of attempts. Run by the
+//! rescuer ([`crate::rescuer`]) for every host that is up, and by a host's
+//! own worker for that host's jobs when it starts ([`redrive`]).
+//!
+//! A host that is down is left alone: its stops wait in PostgreSQL, still
+//! `powering-off`, without using an attempt or filling its queue with
+//! copies, until a worker of that host beats again.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::claim::fail_sql;
+use crate::ids::HostName;
 use crate::message::StopJob;
 use crate::state::TaskState;
 
@@ -20,35 +27,95 @@ pub enum Rescue {
     Failed(Uuid),
 }
 
-/// Finds unfinished jobs that nobody is moving — a running job whose lease
-/// expired, a published/retrying job untouched for `stale_after`, a queued
-/// job the relay never got out — and either hands them back (state
-/// `published`, touched so other rescuers skip them) or fails them when no
-/// attempts are left. Safe to run in every process at once: rows are taken
-/// with `FOR UPDATE SKIP LOCKED` and moved by compare-and-swap.
+/// The jobs a rescue pass takes, oldest first, locked. $1 seconds a
+/// non-running job must have sat unmoved, $2 the limit, $3 the deployment's
+/// host-down-after in seconds.
+const STALE_SQL: &str = "
+SELECT j.id, j.instance_uuid, i.host, j.request_id, j.attempts, j.max_attempts
+  FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+ WHERE j.finished_at IS NULL
+   AND ((j.state = 'running' AND j.lease_expires_at < now())
+        OR (j.state <> 'running' AND j.updated_at < now() - make_interval(secs => $1)))
+   AND EXISTS (SELECT 1 FROM host_workers w
+                WHERE w.host = i.host AND w.last_seen > now() - make_interval(secs => $3))
+ ORDER BY j.updated_at
+ LIMIT $2
+ FOR UPDATE OF j SKIP LOCKED";
+
+/// The jobs of one host a re-drive takes: every unfinished job nobody holds
+/// a live lease on, last moved before the re-drive began. $1 the host, $2
+/// the limit, $3 the re-drive's start.
+const HOST_SQL: &str = "
+SELECT j.id, j.instance_uuid, i.host, j.request_id, j.attempts, j.max_attempts
+  FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+ WHERE j.finished_at IS NULL AND i.host = $1
+   AND ((j.state = 'running' AND j.lease_expires_at < now())
+        OR (j.state <> 'running' AND j.updated_at < $3))
+ ORDER BY j.updated_at
+ LIMIT $2
+ FOR UPDATE OF j SKIP LOCKED";
+
+type Row = (Uuid, Uuid, String, String, i32, i32);
+
+/// Finds unfinished jobs of hosts that are up that nobody is moving — a
+/// running job whose lease expired, a published/retrying job untouched for
+/// `stale_after`, a queued job the relay never got out — and either hands
+/// them back (state `published`, touched so other rescuers skip them) or
+/// fails them when no attempts are left. Safe to run in every process at
+/// once: rows are taken with `FOR UPDATE SKIP LOCKED` and moved by
+/// compare-and-swap.
 pub async fn rescue(
     pool: &PgPool,
     stale_after: Duration,
-    host: &str,
+    host_down_after: Duration,
+    recorded_as: &str,
     limit: i64,
 ) -> Result<Vec<Rescue>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, Uuid, String, i32, i32)> = sqlx::query_as(
-        "SELECT id, instance_uuid, request_id, attempts, max_attempts FROM jobs
-          WHERE finished_at IS NULL
-            AND ((state = 'running' AND lease_expires_at < now())
-                 OR (state <> 'running' AND updated_at < now() - make_interval(secs => $1)))
-          ORDER BY updated_at
-          LIMIT $2
-          FOR UPDATE SKIP LOCKED",
-    )
-    .bind(stale_after.as_secs_f64())
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<Row> = sqlx::query_as(STALE_SQL)
+        .bind(stale_after.as_secs_f64())
+        .bind(limit)
+        .bind(host_down_after.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?;
+    let out = hand_back(&mut tx, rows, recorded_as).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// A host's worker, starting (or back after losing PostgreSQL or RabbitMQ),
+/// takes up every stop of its host that is not under a live lease: they
+/// waited while the host was down, or their messages may be gone with a
+/// broker that lost its queues. Jobs last moved after `before` are left
+/// alone, so a re-drive done in batches ends. Jobs out of attempts are
+/// failed, as the rescuer would.
+pub async fn redrive(
+    pool: &PgPool,
+    host: &HostName,
+    before: DateTime<Utc>,
+    recorded_as: &str,
+    limit: i64,
+) -> Result<Vec<Rescue>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<Row> = sqlx::query_as(HOST_SQL)
+        .bind(host.as_str())
+        .bind(limit)
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await?;
+    let out = hand_back(&mut tx, rows, recorded_as).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+async fn hand_back(
+    tx: &mut sqlx::PgConnection,
+    rows: Vec<Row>,
+    recorded_as: &str,
+) -> Result<Vec<Rescue>, sqlx::Error> {
     let mut out = Vec::with_capacity(rows.len());
     let mut republish = Vec::new();
-    for (id, instance_uuid, request_id, attempts, max_attempts) in rows {
+    for (id, instance_uuid, host, request_id, attempts, max_attempts) in rows {
         if attempts >= max_attempts {
             let n: i64 = sqlx::query_scalar(fail_sql(
                 "state NOT IN ('succeeded', 'failed')",
@@ -56,7 +123,7 @@ pub async fn rescue(
             .bind(id)
             .bind(format!("gave up after {attempts} attempts: the job stalled (worker lost or message lost)"))
             .bind("rescued by shutoff after its deadline passed")
-            .bind(host)
+            .bind(recorded_as)
             .bind(TaskState::PoweringOff)
             .fetch_one(&mut *tx)
             .await?;
@@ -68,6 +135,7 @@ pub async fn rescue(
             out.push(Rescue::Republish(StopJob {
                 job_id: id,
                 instance_uuid,
+                host: HostName::from_stored(host),
                 request_id,
             }));
         }
@@ -82,6 +150,11 @@ pub async fn rescue(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
     Ok(out)
+}
+
+/// PostgreSQL's clock, so a re-drive's cut-off does not depend on the
+/// worker's.
+pub async fn db_now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(pool).await
 }
