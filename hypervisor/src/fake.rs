@@ -96,6 +96,7 @@ impl Hypervisor for FakeHypervisor {
                 how: StopMethod::Simulated,
                 elapsed: start.elapsed(),
                 note: "no VM behind fake://".into(),
+                gone: None,
             })
         })
     }

@@ -119,6 +119,41 @@ pub struct Stopped {
     /// One line for the event's `details`, after `how` and `elapsed`: what
     /// the hypervisor said.
     pub note: String,
+    /// Set only with [`StopMethod::AlreadyOff`], when the VM counted as off
+    /// because nothing answered on its monitor, not because the hypervisor
+    /// said so: which sign it was, for code that must not read `note`.
+    pub gone: Option<Gone>,
+}
+
+/// How a VM was found gone: nothing answered where its monitor should be.
+/// Both count as stopped (Nova's "no such domain"), but they are told apart
+/// because they point at different causes: a missing socket is also what a
+/// worker sees for a VM of another host, a refused one only a QEMU that died
+/// on this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// The unix socket path does not exist on this host: QEMU removes its
+    /// socket when it exits, and never made one where it does not run.
+    NoSocket,
+    /// The connection was refused: the socket file is still there (or the
+    /// TCP port is closed) but nothing listens, so QEMU exited without
+    /// cleaning up (killed, or crashed).
+    Refused,
+}
+
+impl Gone {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gone::NoSocket => "no-socket",
+            Gone::Refused => "refused",
+        }
+    }
+}
+
+impl fmt::Display for Gone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How the VM went off.
@@ -130,7 +165,7 @@ pub enum StopMethod {
     /// Hard power-off: the guest did not shut down in time (or the clean
     /// shutdown was skipped), and QEMU was told to `quit`.
     Forced,
-    /// It was off (or gone) before we did anything.
+    /// It was off (or gone, see [`Stopped::gone`]) before we did anything.
     AlreadyOff,
     /// The simulator.
     Simulated,

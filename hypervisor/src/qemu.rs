@@ -2,7 +2,9 @@
 //! stopped as Nova's libvirt driver stops a server (`power_off` with a clean
 //! shutdown):
 //!
-//! 1. Gone (no socket, connection refused) or already `shutdown`: success.
+//! 1. Gone (no socket, connection refused: [`Gone`], kept in
+//!    [`Stopped::gone`] and worded in the event) or already `shutdown`:
+//!    success.
 //! 2. Running: press the ACPI power button (`system_powerdown`) and wait for
 //!    the `SHUTDOWN` event, pressing again every `shutdown_retry_interval`
 //!    (a guest that is still booting ignores the press), for at most
@@ -37,7 +39,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::qmp::{Endpoint, Qmp, QmpError};
-use crate::{DriverError, DriverSettings, Hypervisor, StopMethod, Stopped};
+use crate::{DriverError, DriverSettings, Gone, Hypervisor, StopMethod, Stopped};
 
 /// A per-instance override may not exceed this (an hour).
 const MAX_OVERRIDE_SECS: u64 = 3600;
@@ -142,16 +144,20 @@ impl QemuHypervisor {
             how,
             elapsed: start.elapsed(),
             note,
+            gone: None,
         };
         let mut qmp = match self.connect().await {
             Ok(q) => q,
-            Err(QmpError::Unreachable { source, .. }) => {
-                tracing::info!(%instance, endpoint = %self.endpoint, error = %source, "QMP socket gone: the VM is off");
-                return Ok(done(
-                    StopMethod::AlreadyOff,
-                    PowerState::Shutdown,
-                    format!("nothing listens on QMP {} ({source})", self.endpoint),
-                ));
+            Err(QmpError::Unreachable { gone, source, .. }) => {
+                tracing::info!(%instance, endpoint = %self.endpoint, %gone, error = %source, "QMP monitor gone: the VM is off");
+                return Ok(Stopped {
+                    gone: Some(gone),
+                    ..done(
+                        StopMethod::AlreadyOff,
+                        PowerState::Shutdown,
+                        gone_note(&self.endpoint, gone),
+                    )
+                });
             }
             Err(e) => return Err(self.transient("connecting", e)),
         };
@@ -331,6 +337,23 @@ pub fn power_state_of(status: &str) -> PowerState {
         | "save-vm" | "debug" | "io-error" | "watchdog" | "colo" => PowerState::Paused,
         _ => PowerState::NoState,
     }
+}
+
+/// The event's note for a VM found gone: where nothing answered and what
+/// that says about QEMU, so an operator reading the action can tell a VM
+/// that exited from a socket that was never on this host.
+fn gone_note(endpoint: &Endpoint, gone: Gone) -> String {
+    let why = match (endpoint, gone) {
+        (Endpoint::Unix(_), Gone::NoSocket) => {
+            "QEMU removes it when it exits, and never made it if it does not run here"
+        }
+        (Endpoint::Unix(_), Gone::Refused) => {
+            "the socket file exists but nothing listens on it: QEMU exited without removing it"
+        }
+        (Endpoint::Tcp { .. }, Gone::Refused) => "nothing listens on the port: QEMU exited",
+        (Endpoint::Tcp { .. }, Gone::NoSocket) => "nothing listens: QEMU exited",
+    };
+    format!("{} ({why})", endpoint.gone_words(gone))
 }
 
 fn plural(n: u32, one: &str, many: &str) -> String {
@@ -615,10 +638,27 @@ mod tests {
         );
     }
 
+    /// The note of an already-off stop's details, after checking the
+    /// details are `already off in N s: NOTE`.
+    fn already_off_note(s: &Stopped) -> String {
+        assert_eq!(
+            (s.how, s.power_state),
+            (StopMethod::AlreadyOff, PowerState::Shutdown)
+        );
+        let details = s.details();
+        let Some((head, note)) = details.split_once(" s: ") else {
+            panic!("no note in {details:?}")
+        };
+        assert!(head.starts_with("already off in "), "{details}");
+        assert_eq!(note, s.note);
+        note.to_string()
+    }
+
     #[tokio::test]
     async fn a_missing_socket_is_a_vm_that_is_already_off() {
         let dir = tempdir::Dir::new();
-        let address = format!("qmp+unix://{}/gone.qmp", dir.0.display());
+        let path = dir.0.join("gone.qmp");
+        let address = format!("qmp+unix://{}", path.display());
 
         let s = driver_with(&address, &fast())
             .unwrap()
@@ -626,9 +666,130 @@ mod tests {
             .await
             .unwrap();
 
+        assert_eq!(s.gone, Some(Gone::NoSocket));
         assert_eq!(
-            (s.how, s.power_state),
-            (StopMethod::AlreadyOff, PowerState::Shutdown)
+            already_off_note(&s),
+            format!(
+                "the QMP socket {} does not exist on this host (QEMU removes it when it \
+                 exits, and never made it if it does not run here)",
+                path.display()
+            )
         );
+    }
+
+    #[tokio::test]
+    async fn a_socket_file_nobody_listens_on_is_a_refused_vm_that_is_already_off() {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("killed.qmp");
+        // What a killed QEMU leaves: the socket file, and nothing behind it.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "dropping a listener leaves its file");
+        let driver = driver_with(&format!("qmp+unix://{}", path.display()), &fast()).unwrap();
+
+        let s = driver.power_off(Uuid::new_v4()).await.unwrap();
+
+        assert_eq!(s.gone, Some(Gone::Refused));
+        assert_eq!(
+            already_off_note(&s),
+            format!(
+                "QMP connection refused at unix:{} on this host (the socket file exists but \
+                 nothing listens on it: QEMU exited without removing it)",
+                path.display()
+            )
+        );
+        let Err(DriverError::Permanent { message, .. }) = driver.power_state(Uuid::new_v4()).await
+        else {
+            panic!("asking a gone VM for its power state is not an operator error")
+        };
+        assert!(
+            message.starts_with(&format!(
+                "QMP connection refused at unix:{} on this host: ",
+                path.display()
+            )) && message.ends_with(": is the VM running?"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_tcp_port_is_a_refused_vm_that_is_already_off() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+
+        let s = driver_with(&format!("qmp+tcp://127.0.0.1:{port}"), &fast())
+            .unwrap()
+            .power_off(Uuid::new_v4())
+            .await
+            .unwrap();
+
+        assert_eq!(s.gone, Some(Gone::Refused));
+        assert_eq!(
+            already_off_note(&s),
+            format!(
+                "QMP connection refused at tcp:127.0.0.1:{port} (nothing listens on the port: \
+                 QEMU exited)"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn the_qmp_error_says_which_sign_of_a_gone_vm_and_keeps_the_io_error() {
+        let dir = tempdir::Dir::new();
+        let missing = dir.0.join("missing.qmp");
+        let stale = dir.0.join("stale.qmp");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cases = [
+            (
+                Endpoint::Unix(missing.clone()),
+                Gone::NoSocket,
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "the QMP socket {} does not exist on this host",
+                    missing.display()
+                ),
+            ),
+            (
+                Endpoint::Unix(stale.clone()),
+                Gone::Refused,
+                std::io::ErrorKind::ConnectionRefused,
+                format!(
+                    "QMP connection refused at unix:{} on this host",
+                    stale.display()
+                ),
+            ),
+            (
+                Endpoint::Tcp {
+                    host: "127.0.0.1".into(),
+                    port,
+                },
+                Gone::Refused,
+                std::io::ErrorKind::ConnectionRefused,
+                format!("QMP connection refused at tcp:127.0.0.1:{port}"),
+            ),
+        ];
+
+        for (endpoint, want, kind, words) in cases {
+            let Err(e) = Qmp::connect(&endpoint, Duration::from_millis(300)).await else {
+                panic!("{endpoint} answered")
+            };
+
+            let QmpError::Unreachable { gone, source, .. } = &e else {
+                panic!("{endpoint}: {e:?}")
+            };
+            assert_eq!((*gone, source.kind()), (want, kind), "{endpoint}");
+            assert_eq!(e.to_string(), format!("{words}: {source}"));
+            let kept = std::error::Error::source(&e).expect("the I/O error is kept");
+            assert_eq!(
+                kept.downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind),
+                Some(kind),
+                "{endpoint}"
+            );
+        }
     }
 }

@@ -21,6 +21,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 
+use crate::Gone;
+
 /// Longest line we accept from QEMU; a reply to the commands we send is a
 /// few hundred bytes.
 const MAX_LINE: usize = 1 << 20;
@@ -32,6 +34,26 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `-qmp tcp:HOST:PORT,server=on,wait=off`
     Tcp { host: String, port: u16 },
+}
+
+impl Endpoint {
+    /// What finding the VM gone here means, in the words an error and an
+    /// event share. A unix socket can only be on this host, so the words say
+    /// so; a TCP endpoint names its own host.
+    pub fn gone_words(&self, gone: Gone) -> String {
+        match (self, gone) {
+            (Endpoint::Unix(p), Gone::NoSocket) => {
+                format!("the QMP socket {} does not exist on this host", p.display())
+            }
+            (Endpoint::Unix(_), Gone::Refused) => {
+                format!("QMP connection refused at {self} on this host")
+            }
+            (Endpoint::Tcp { .. }, Gone::Refused) => format!("QMP connection refused at {self}"),
+            // Never made by `connect` (a TCP endpoint has no file to miss);
+            // worded anyway, since these words are only a record.
+            (Endpoint::Tcp { .. }, Gone::NoSocket) => format!("no QMP endpoint at {self}"),
+        }
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -47,10 +69,12 @@ impl std::fmt::Display for Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     /// Nothing listens: the socket file is missing, or the connection was
-    /// refused. For a QEMU monitor this means the VM process is gone.
-    #[error("nothing listens on {endpoint}: {source}")]
+    /// refused (`gone` says which). For a QEMU monitor this means the VM
+    /// process is gone.
+    #[error("{}: {source}", .endpoint.gone_words(*.gone))]
     Unreachable {
-        endpoint: String,
+        endpoint: Endpoint,
+        gone: Gone,
         #[source]
         source: io::Error,
     },
@@ -102,22 +126,28 @@ impl Qmp {
     /// Connects, reads the greeting and negotiates capabilities, each step
     /// within `timeout`.
     pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Qmp, QmpError> {
-        let unreachable = |source: io::Error| QmpError::Unreachable {
-            endpoint: endpoint.to_string(),
-            source,
-        };
-        let gone = |e: &io::Error| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            )
+        let failed = |source: io::Error| {
+            let gone = match (endpoint, source.kind()) {
+                // Only a unix socket is a file that can be missing: over TCP
+                // a NotFound would be something else (a name that does not
+                // resolve), and taking it for a stopped VM would record a
+                // stop that never happened.
+                (Endpoint::Unix(_), io::ErrorKind::NotFound) => Gone::NoSocket,
+                (_, io::ErrorKind::ConnectionRefused) => Gone::Refused,
+                _ => return QmpError::Io(source),
+            };
+            QmpError::Unreachable {
+                endpoint: endpoint.clone(),
+                gone,
+                source,
+            }
         };
         let (reader, writer): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match endpoint {
             Endpoint::Unix(path) => {
                 let s = tokio::time::timeout(timeout, UnixStream::connect(path))
                     .await
                     .map_err(|_| QmpError::Timeout(timeout, "connect"))?
-                    .map_err(|e| if gone(&e) { unreachable(e) } else { e.into() })?;
+                    .map_err(failed)?;
                 let (r, w) = s.into_split();
                 (Box::new(r), Box::new(w))
             }
@@ -125,7 +155,7 @@ impl Qmp {
                 let s = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), *port)))
                     .await
                     .map_err(|_| QmpError::Timeout(timeout, "connect"))?
-                    .map_err(|e| if gone(&e) { unreachable(e) } else { e.into() })?;
+                    .map_err(failed)?;
                 s.set_nodelay(true)?;
                 let (r, w) = s.into_split();
                 (Box::new(r), Box::new(w))

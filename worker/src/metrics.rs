@@ -201,6 +201,7 @@ mod tests {
             how,
             elapsed: std::time::Duration::from_millis(5),
             note: String::new(),
+            gone: None,
         };
         assert_eq!(
             power_off_outcome(&Ok(stopped(StopMethod::Simulated))),
