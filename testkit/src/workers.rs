@@ -147,10 +147,13 @@ impl Ctx {
             .unwrap()
     }
 
-    /// Accepts and publishes a stop, as the API does.
+    /// Accepts and publishes a stop, as the API does (the confirm recorded).
     pub async fn stop(&self, server: Uuid, max_attempts: i32) -> StopJob {
         let job = self.accept(server, max_attempts).await;
         self.publisher.publish(&job).await.unwrap();
+        shutoff_core::store::publish::mark_published(&self.env.pool, &[job.job_id])
+            .await
+            .unwrap();
         job
     }
 

@@ -94,10 +94,14 @@ impl Presence {
         }
     }
 
-    /// Publishes every stop of this host that nobody holds; true when done.
+    /// Publishes the stops of this host the broker never took; true when done.
     async fn redrive(&self) -> bool {
         let pass = async {
             let before = rescue::db_now(&self.pool).await?;
+            let touched = rescue::touch_host(&self.pool, &self.host, before).await?;
+            if touched > 0 {
+                tracing::info!(host = %self.host, touched, "stops waiting in the host's queue are taken up from there");
+            }
             let (mut published, mut failed) = (0usize, 0usize);
             loop {
                 let batch = rescue::redrive(

@@ -21,6 +21,7 @@ async fn the_worker_binary_finishes_its_job_and_exits_0_on_sigterm(pool: PgPool)
             &c.env.topology.prefix,
         ])
         .args(["--retry-delays-ms", "100,200", "--grace-secs", "10"])
+        .args(["--host", shutoff_testkit::env::DEFAULT_HOST])
         .args(["--health-listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -21,8 +21,7 @@ async fn poison_messages_are_dead_lettered_and_recorded_and_the_worker_goes_on(p
     let c = workers::ctx(pool).await;
     let w = c.worker(|_| {}).await;
     let queue = c.env.work_queue();
-    let unknown =
-        json!({"job_id": Uuid::new_v4(), "instance_uuid": Uuid::new_v4(), "request_id": "req-x"});
+    let unknown = json!({"job_id": Uuid::new_v4(), "instance_uuid": Uuid::new_v4(), "host": "sim-1", "request_id": "req-x"});
 
     c.env.publish_raw(&queue, b"\xff not json at all").await;
     c.env
@@ -54,8 +53,11 @@ async fn poison_messages_are_dead_lettered_and_recorded_and_the_worker_goes_on(p
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_message_redelivered_past_the_delivery_limit_goes_to_the_dead_letter_queue(pool: PgPool) {
     let mut c = workers::ctx(pool).await;
+    // A host of its own: the default host's queue exists with the default limit.
     c.env.topology.delivery_limit = 2;
-    let queue = c.env.work_queue();
+    let host = c.env.host("crash-host");
+    c.env.declare_host(&host).await;
+    let queue = c.env.topology.host_queue(&host);
     c.env.publish_raw(&queue, b"kills its worker").await;
 
     // A consumer that "dies" on every delivery: the broker requeues each time.

@@ -42,18 +42,30 @@ SELECT j.id, j.instance_uuid, i.host, j.request_id, j.attempts, j.max_attempts
  LIMIT $2
  FOR UPDATE OF j SKIP LOCKED";
 
-/// The jobs of one host a re-drive takes: every unfinished job nobody holds
-/// a live lease on, last moved before the re-drive began. $1 the host, $2
-/// the limit, $3 the re-drive's start.
+/// The jobs of one host a re-drive publishes: those the broker never
+/// confirmed (accepted while the host had no queue, or while the broker was
+/// away), older than the request path's own publish. $1 the host, $2 the
+/// limit, $3 the re-drive's start.
 const HOST_SQL: &str = "
 SELECT j.id, j.instance_uuid, i.host, j.request_id, j.attempts, j.max_attempts
   FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
  WHERE j.finished_at IS NULL AND i.host = $1
-   AND ((j.state = 'running' AND j.lease_expires_at < now())
-        OR (j.state <> 'running' AND j.updated_at < $3))
- ORDER BY j.updated_at
+   AND j.state = 'queued' AND j.published_at IS NULL
+   AND j.created_at < $3 - interval '2 seconds'
+ ORDER BY j.created_at
  LIMIT $2
  FOR UPDATE OF j SKIP LOCKED";
+
+/// The jobs of one host whose messages the broker confirmed and still
+/// holds in the host's durable queue: touched, so the rescuer, which sees
+/// them as untouched for as long as the host was down, gives the queue its
+/// `rescue_after` to deliver them before it publishes copies.
+const TOUCH_HOST_SQL: &str = "
+UPDATE jobs SET updated_at = now()
+ WHERE id IN (SELECT j.id FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+               WHERE j.finished_at IS NULL AND i.host = $1
+                 AND j.state IN ('published', 'retrying') AND j.updated_at < $2
+                 FOR NO KEY UPDATE OF j SKIP LOCKED)";
 
 type Row = (Uuid, Uuid, String, String, i32, i32);
 
@@ -83,12 +95,12 @@ pub async fn rescue(
     Ok(out)
 }
 
-/// A host's worker, starting (or back after losing PostgreSQL or RabbitMQ),
-/// takes up every stop of its host that is not under a live lease: they
-/// waited while the host was down, or their messages may be gone with a
-/// broker that lost its queues. Jobs last moved after `before` are left
-/// alone, so a re-drive done in batches ends. Jobs out of attempts are
-/// failed, as the rescuer would.
+/// A host's worker, starting (or back after losing PostgreSQL), takes up
+/// the stops of its host that the broker does not hold: those never
+/// confirmed are handed back for publishing (state `published`); those
+/// waiting in the host's durable queue are only touched (see
+/// [`touch_host`]). Running jobs are left to their lease and the rescuer.
+/// Jobs moved after `before` are left alone, so a re-drive in batches ends.
 pub async fn redrive(
     pool: &PgPool,
     host: &HostName,
@@ -106,6 +118,21 @@ pub async fn redrive(
     let out = hand_back(&mut tx, rows, recorded_as).await?;
     tx.commit().await?;
     Ok(out)
+}
+
+/// Restarts the rescuer's clock on the stops of `host` whose messages
+/// wait in its queue; returns how many.
+pub async fn touch_host(
+    pool: &PgPool,
+    host: &HostName,
+    before: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(TOUCH_HOST_SQL)
+        .bind(host.as_str())
+        .bind(before)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
 }
 
 async fn hand_back(
