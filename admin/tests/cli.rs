@@ -3,6 +3,7 @@
 
 use std::process::Output;
 
+use shutoff_core::store::hosts;
 use shutoff_testkit::TestEnv;
 use sqlx::PgPool;
 
@@ -66,7 +67,9 @@ async fn migrate_is_idempotent_and_declares_the_queues(pool: PgPool) {
     for _ in 0..2 {
         let out = stdout(&admin(&env, &["migrate"]));
         assert!(out.contains("migrated"), "{out}");
-        assert!(out.contains(&env.work_queue()), "{out}");
+        assert!(out.contains(&env.topology.dead_queue()), "{out}");
+        // A host's queue is its workers' to declare, never the admin's.
+        assert!(!out.contains(&env.work_queue()), "{out}");
     }
 }
 
@@ -201,6 +204,9 @@ async fn server_stop_accepts_as_the_api_does_publishes_and_refuses_what_nova_ref
         ],
     ));
 
+    // Its host has had a worker: the host's queue exists.
+    env.declare_host(&shutoff_testkit::env::default_host())
+        .await;
     let out = stdout(&admin(&env, &["server", "stop", &server]));
     let (request_id, job) = out.split_once(' ').expect("request id and job id");
     assert!(request_id.starts_with("req-"), "{out}");
@@ -398,4 +404,158 @@ fn each_subcommand_lists_only_the_options_it_takes() {
         !migrate.iter().any(|o| o == "--rescue-after-secs"),
         "{migrate:?}"
     );
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_stop_for_a_host_without_workers_waits_shows_in_hosts_and_can_be_cancelled(pool: PgPool) {
+    let env = TestEnv::new(pool);
+    let lonely = env.host("lonely-1");
+    let project = stdout(&admin(&env, &["project", "create", "--name", "p"]));
+    let created = admin(
+        &env,
+        &[
+            "server",
+            "create",
+            "--project",
+            &project,
+            "--name",
+            "vm",
+            "--host",
+            "lonely-1",
+        ],
+    );
+    let server = stdout(&created);
+    assert!(
+        stderr(&created).contains("host lonely-1 has no live worker yet"),
+        "{}",
+        stderr(&created)
+    );
+    refused(
+        &admin(
+            &env,
+            &[
+                "server",
+                "create",
+                "--project",
+                &project,
+                "--name",
+                "x",
+                "--host",
+                "no such host",
+            ],
+        ),
+        "invalid host name",
+    );
+
+    // Accepted and committed; the broker has no queue for the host, so the
+    // stop waits in PostgreSQL, unpublished.
+    let stopped = admin(&env, &["server", "stop", &server]);
+    let out = stdout(&stopped);
+    let (_, job) = out.split_once(' ').expect("request id and job id");
+    assert!(
+        stderr(&stopped).contains("host lonely-1 has no queue yet"),
+        "{}",
+        stderr(&stopped)
+    );
+    let (state, published, host): (String, bool, Option<String>) = sqlx::query_as(
+        "SELECT state, published_at IS NOT NULL, host FROM jobs WHERE id = $1::uuid",
+    )
+    .bind(job)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (state.as_str(), published, host.as_deref()),
+        ("queued", false, Some("lonely-1"))
+    );
+
+    // Another host with a live worker, for contrast.
+    let busy = env.host("busy-1");
+    hosts::beat(&env.pool, &busy, "w-7", "9.9.9").await.unwrap();
+    let listed = stdout(&admin(&env, &["hosts"]));
+    let line = |name: &str| line_of(&listed, name);
+    let l = line(lonely.as_str());
+    assert_eq!((l[1].as_str(), l[2].as_str()), ("down", "1"), "{listed}");
+    let b = line(busy.as_str());
+    assert_eq!((b[1].as_str(), b[2].as_str()), ("up", "0"), "{listed}");
+    assert!(listed.contains("w-7 (9.9.9)"), "{listed}");
+
+    // The operator ends it: failed with a fault, the server's task back to none.
+    let out = stdout(&admin(
+        &env,
+        &["jobs", "cancel", job, "--reason", "host decommissioned"],
+    ));
+    assert!(out.contains("cancelled"), "{out}");
+    let (state, task_state, vm_state): (String, Option<String>, String) = sqlx::query_as(
+        "SELECT j.state, i.task_state, i.vm_state FROM jobs j
+           JOIN instances i ON i.uuid = j.instance_uuid WHERE j.id = $1::uuid",
+    )
+    .bind(job)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (state.as_str(), task_state, vm_state.as_str()),
+        ("failed", None, "active")
+    );
+    let fault: String =
+        sqlx::query_scalar("SELECT message FROM instance_faults WHERE instance_uuid = $1::uuid")
+            .bind(&server)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(fault, "cancelled by an operator: host decommissioned");
+    refused(&admin(&env, &["jobs", "cancel", job]), "already failed");
+    refused(
+        &admin(&env, &["jobs", "cancel", &uuid::Uuid::new_v4().to_string()]),
+        "no job",
+    );
+    // Nothing waits for it and no worker ever served it: not a host to list.
+    let listed = stdout(&admin(&env, &["hosts"]));
+    assert!(!listed.contains(lonely.as_str()), "{listed}");
+}
+
+fn line_of(listed: &str, name: &str) -> Vec<String> {
+    listed
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} not in {listed}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_stop_a_worker_holds_under_a_live_lease_is_not_cancelled(pool: PgPool) {
+    let env = TestEnv::new(pool);
+    let project = stdout(&admin(&env, &["project", "create", "--name", "p"]));
+    let server = stdout(&admin(
+        &env,
+        &["server", "create", "--project", &project, "--name", "vm"],
+    ));
+    let out = stdout(&admin(&env, &["server", "stop", &server]));
+    let (_, job) = out.split_once(' ').unwrap();
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', attempts = 1, worker = 'w-1', started_at = now(),
+                lease_expires_at = now() + interval '1 hour'
+          WHERE id = $1::uuid",
+    )
+    .bind(job)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    refused(
+        &admin(&env, &["jobs", "cancel", job]),
+        "is held by worker w-1",
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1::uuid")
+        .bind(job)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "running", "a refused cancel changes nothing");
 }

@@ -154,6 +154,8 @@ impl Run {
                 &format!("127.0.0.1:{health_port}"),
                 "--worker-id",
                 "logs-test",
+                "--host",
+                shutoff_testkit::env::DEFAULT_HOST,
             ]),
             rust_log,
         );

@@ -9,6 +9,8 @@ use sqlx::PgPool;
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn the_api_binary_exits_0_on_sigterm_and_keeps_what_it_accepted(pool: PgPool) {
     let env = shutoff_testkit::TestEnv::new(pool);
+    env.declare_host(&shutoff_testkit::env::default_host())
+        .await;
     let project = env.project().await;
     let token = env.token(&project, &["member"]).await;
     let port = {

@@ -190,6 +190,8 @@ pub async fn start_worker(w: &Wiring, id: &str) -> anyhow::Result<Service> {
         &[
             "--worker-id".into(),
             id.into(),
+            "--host".into(),
+            "sim-1".into(),
             "--health-listen".into(),
             health.clone(),
         ],

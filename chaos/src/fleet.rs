@@ -193,6 +193,9 @@ impl Fleet {
         )
         .arg("--worker-id")
         .arg(&slot.id)
+        // Every chaos server is on the default host, and so is every worker.
+        .arg("--host")
+        .arg("sim-1")
         .arg("--health-listen")
         .arg(format!("127.0.0.1:{}", slot.port));
         let mut proc = Proc::spawn(

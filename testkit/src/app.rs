@@ -79,8 +79,11 @@ pub async fn spawn_api_only(pool: PgPool) -> TestApp {
     .await
 }
 
+/// The default host's queue is declared first, as if its worker had run
+/// before: an API-only test's stops wait in it instead of being returned.
 pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
     let env = TestEnv::new(pool.clone());
+    env.declare_host(&crate::env::default_host()).await;
     let mut settings = env.api_settings();
     settings.relay_interval_ms = 200;
     if let Some(tweak) = opts.tweak {
