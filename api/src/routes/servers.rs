@@ -1,6 +1,7 @@
 //! `GET /v2/{project_id}/servers[/detail]` and `/servers/{id}`: Nova's server
 //! document, enough for the openstack CLI, openstacksdk and novaclient to find
-//! a server by name and watch it reach SHUTOFF.
+//! a server by name and watch it reach SHUTOFF; and for an admin, where each
+//! server runs (`OS-EXT-SRV-ATTR:host`).
 
 use axum::Json;
 use axum::extract::State;
@@ -35,6 +36,13 @@ pub struct ListQuery {
 }
 
 const MAX_LIMIT: i64 = 1000;
+
+/// Whether the caller may know where servers run: see their host in the
+/// document (Nova's policy `os_compute_api:os-extended-server-attributes`,
+/// admin-only).
+fn sees_hosts(caller: &Caller) -> bool {
+    caller.is_admin()
+}
 
 fn nova_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -84,6 +92,22 @@ pub struct Server {
     /// 1 RUNNING, 4 SHUTDOWN (Nova's power states).
     #[serde(rename = "OS-EXT-STS:power_state")]
     pub power_state: i16,
+    /// The compute host the server runs on. Admins only: absent, not null,
+    /// for other callers (Nova's `os-extended-server-attributes` policy).
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:host",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(nullable = false, example = "sim-1")]
+    pub host: Option<String>,
+    /// The hypervisor's name; for shutoff, the same as the host. Admins only,
+    /// as `OS-EXT-SRV-ATTR:host`.
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:hypervisor_hostname",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(nullable = false, example = "sim-1")]
+    pub hypervisor_hostname: Option<String>,
     #[serde(rename = "OS-SRV-USG:launched_at")]
     pub launched_at: Option<String>,
     #[serde(rename = "OS-SRV-USG:terminated_at")]
@@ -138,10 +162,11 @@ pub struct ServerDetailList {
     pub servers: Vec<Server>,
 }
 
-/// Nova's full server document.
-pub fn document(s: &ServerRow, base: &str) -> Server {
+/// Nova's full server document, as `caller` may see it.
+pub fn document(s: &ServerRow, base: &str, caller: &Caller) -> Server {
     let id = s.uuid.to_string();
     let host_id = hex::encode(Sha224::digest(format!("{}{}", s.project_id, s.host)));
+    let host = sees_hosts(caller).then(|| s.host.clone());
     Server {
         name: s.name.clone(),
         status: s.vm_state.status().to_string(),
@@ -153,6 +178,8 @@ pub fn document(s: &ServerRow, base: &str) -> Server {
         vm_state: s.vm_state.to_string(),
         task_state: s.task_state.as_ref().map(|t| t.to_string()),
         power_state: s.power_state,
+        hypervisor_hostname: host.clone(),
+        host,
         launched_at: s
             .launched_at
             .map(|t| t.format("%Y-%m-%dT%H:%M:%S.%6f").to_string()),
@@ -260,7 +287,7 @@ pub async fn list_detail(
 ) -> Result<Json<ServerDetailList>, ApiError> {
     let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
-    let servers = rows.iter().map(|s| document(s, &base)).collect();
+    let servers = rows.iter().map(|s| document(s, &base, &caller)).collect();
     Ok(Json(ServerDetailList { servers }))
 }
 
@@ -289,6 +316,6 @@ pub async fn show(
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(ServerShow {
-        server: document(&row, &base_url(&headers)),
+        server: document(&row, &base_url(&headers), &caller),
     }))
 }
