@@ -1,10 +1,13 @@
 //! Where servers run, for admins only, as Nova's policies have it: the
 //! `OS-EXT-SRV-ATTR:host` and `OS-EXT-SRV-ATTR:hypervisor_hostname` of the
-//! server document.
+//! server document, and the `host` filter of the server lists
+//! (`openstack server list --host`).
+
+use std::collections::BTreeSet;
 
 use reqwest::Response;
 use serde_json::Value;
-use shutoff_testkit::app::{TestApp, spawn_api_only};
+use shutoff_testkit::app::{TestApp, fault, spawn_api_only};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -37,6 +40,21 @@ async fn server_on(app: &TestApp, name: &str, host: &str) -> Uuid {
         s.host = host.into();
     })
     .await
+}
+
+/// The ids a list (`servers` or `servers/detail`) shows for `query`.
+async fn listed(app: &TestApp, token: &str, list: &str, query: &str) -> BTreeSet<String> {
+    let doc = json_as(app, token, &format!("/v2/{}/{list}{query}", app.project)).await;
+    doc["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn ids(servers: &[Uuid]) -> BTreeSet<String> {
+    servers.iter().map(Uuid::to_string).collect()
 }
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
@@ -74,6 +92,116 @@ async fn a_member_sees_no_host_keys_at_all_not_even_null(pool: PgPool) {
                 "{s:?}"
             );
         }
+    }
+    app.shut_down().await;
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn an_admins_host_filter_lists_only_that_hosts_servers_of_the_project(pool: PgPool) {
+    let app = spawn_api_only(pool).await;
+    let a1 = server_on(&app, "a-1", "compute-a").await;
+    let a2 = server_on(&app, "a-2", "compute-a").await;
+    let b1 = server_on(&app, "b-1", "compute-b").await;
+    // Another project's server on the same host stays out of this project's list.
+    let other = app.env.project().await;
+    let mut theirs = shutoff_core::store::admin::NewServer::new(&other, "a-3");
+    theirs.host = "compute-a".into();
+    app.env.server(theirs).await;
+    let admin = admin(&app).await;
+
+    for list in ["servers", "servers/detail"] {
+        let on = |q: &'static str| listed(&app, &admin, list, q);
+        assert_eq!(on("?host=compute-a").await, ids(&[a1, a2]), "{list}");
+        assert_eq!(on("?host=compute-b").await, ids(&[b1]), "{list}");
+        // An exact match, as Nova's: no prefix or substring.
+        assert_eq!(on("?host=compute").await, ids(&[]), "{list}");
+        assert_eq!(on("?host=compute-a&name=a-2").await, ids(&[a2]), "{list}");
+        assert_eq!(on("").await, ids(&[a1, a2, b1]), "{list}");
+    }
+    let detail = json_as(
+        &app,
+        &admin,
+        &format!("/v2/{}/servers/detail?host=compute-b", app.project),
+    )
+    .await;
+    assert_eq!(detail["servers"][0][HOST], "compute-b");
+    app.shut_down().await;
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_members_host_filter_is_ignored(pool: PgPool) {
+    let app = spawn_api_only(pool).await;
+    let a1 = server_on(&app, "a-1", "compute-a").await;
+    let b1 = server_on(&app, "b-1", "compute-b").await;
+
+    for list in ["servers", "servers/detail"] {
+        let unfiltered = listed(&app, &app.token, list, "").await;
+        assert_eq!(unfiltered, ids(&[a1, b1]), "{list}");
+        for q in ["?host=compute-a", "?host=compute-b", "?host=nowhere"] {
+            assert_eq!(
+                listed(&app, &app.token, list, q).await,
+                unfiltered,
+                "{list}{q}"
+            );
+        }
+    }
+    app.shut_down().await;
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn an_empty_over_long_or_nul_host_is_a_400_fault(pool: PgPool) {
+    let app = spawn_api_only(pool).await;
+    let longest = "h".repeat(255);
+    let id = server_on(&app, "web-1", &longest).await;
+    let admin = admin(&app).await;
+    let p = app.project.to_string();
+
+    for list in ["servers", "servers/detail"] {
+        let too_long = "h".repeat(256);
+        let msg = fault(
+            get_as(&app, &admin, &format!("/v2/{p}/{list}?host={too_long}")).await,
+            400,
+            "badRequest",
+        )
+        .await;
+        assert_eq!(
+            msg,
+            "Invalid input for query parameters host: the value is 256 characters long; \
+             a host name is 1 to 255 characters, without NUL."
+        );
+        let msg = fault(
+            get_as(&app, &admin, &format!("/v2/{p}/{list}?host=")).await,
+            400,
+            "badRequest",
+        )
+        .await;
+        assert!(msg.contains("the value is empty"), "{msg}");
+        let msg = fault(
+            get_as(&app, &admin, &format!("/v2/{p}/{list}?host=a%00b")).await,
+            400,
+            "badRequest",
+        )
+        .await;
+        assert!(msg.contains("the value contains NUL"), "{msg}");
+        // Checked for every caller, though only an admin's filter applies.
+        let msg = fault(
+            get_as(&app, &app.token, &format!("/v2/{p}/{list}?host={too_long}")).await,
+            400,
+            "badRequest",
+        )
+        .await;
+        assert!(msg.contains("256 characters"), "{msg}");
+
+        // 255 characters is a host name; so are 255 two-byte ones.
+        assert_eq!(
+            listed(&app, &admin, list, &format!("?host={longest}")).await,
+            ids(&[id])
+        );
+        let wide = "%C3%A9".repeat(255);
+        assert_eq!(
+            listed(&app, &admin, list, &format!("?host={wide}")).await,
+            ids(&[])
+        );
     }
     app.shut_down().await;
 }
