@@ -151,8 +151,10 @@ async fn a_members_host_filter_is_ignored(pool: PgPool) {
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn an_empty_over_long_or_nul_host_is_a_400_fault(pool: PgPool) {
     let app = spawn_api_only(pool).await;
-    let longest = "h".repeat(255);
-    let id = server_on(&app, "web-1", &longest).await;
+    // On an ordinary host: instances may hold only host names a queue name
+    // can carry, so the 255-character filters below match nothing, but they
+    // are filters, not 400s.
+    server_on(&app, "web-1", "compute-a").await;
     let admin = admin(&app).await;
     let p = app.project.to_string();
 
@@ -193,15 +195,15 @@ async fn an_empty_over_long_or_nul_host_is_a_400_fault(pool: PgPool) {
         assert!(msg.contains("256 characters"), "{msg}");
 
         // 255 characters is a host name; so are 255 two-byte ones.
-        assert_eq!(
-            listed(&app, &admin, list, &format!("?host={longest}")).await,
-            ids(&[id])
-        );
+        let longest = "h".repeat(255);
         let wide = "%C3%A9".repeat(255);
-        assert_eq!(
-            listed(&app, &admin, list, &format!("?host={wide}")).await,
-            ids(&[])
-        );
+        for host in [&longest, &wide] {
+            assert_eq!(
+                listed(&app, &admin, list, &format!("?host={host}")).await,
+                ids(&[]),
+                "{list}"
+            );
+        }
     }
     app.shut_down().await;
 }
