@@ -1,6 +1,7 @@
 //! `GET /v2/{project_id}/servers[/detail]` and `/servers/{id}`: Nova's server
 //! document, enough for the openstack CLI, openstacksdk and novaclient to find
-//! a server by name and watch it reach SHUTOFF.
+//! a server by name and watch it reach SHUTOFF; and for an admin, where each
+//! server runs (`OS-EXT-SRV-ATTR:host`, the `host` filter).
 
 use axum::Json;
 use axum::extract::State;
@@ -13,7 +14,7 @@ use sha2::{Digest, Sha224};
 use shutoff_core::ids::ServerId;
 use shutoff_core::policy::Caller;
 use shutoff_core::policy::Refusal;
-use shutoff_core::store::reads::{self, ServerRow};
+use shutoff_core::store::reads::{self, ServerFilter, ServerRow};
 use sqlx::PgPool;
 
 use crate::auth::{Authenticated, check_project};
@@ -30,11 +31,28 @@ use utoipa::{IntoParams, ToSchema};
 pub struct ListQuery {
     /// Servers whose name contains this text (case-sensitive).
     name: Option<String>,
+    /// Servers on this compute host (what `openstack server list --host`
+    /// sends), 1 to 255 characters. Only an admin's filter applies: as Nova
+    /// does for filters its policy does not allow the caller, another
+    /// caller's is ignored (but still checked).
+    #[param(min_length = 1, max_length = 255)]
+    host: Option<String>,
     /// At most this many servers (0 to 1000; larger values mean 1000).
     limit: Option<i64>,
 }
 
 const MAX_LIMIT: i64 = 1000;
+
+/// Nova's `instances.host` is a `String(255)`.
+const MAX_HOST_CHARS: usize = 255;
+
+/// Whether the caller may know where servers run: see their host in the
+/// document (Nova's policy `os_compute_api:os-extended-server-attributes`)
+/// and filter a list by host (`os_compute_api:servers:allow_all_filters`).
+/// Both are admin-only in Nova.
+fn sees_hosts(caller: &Caller) -> bool {
+    caller.is_admin()
+}
 
 fn nova_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -84,6 +102,22 @@ pub struct Server {
     /// 1 RUNNING, 4 SHUTDOWN (Nova's power states).
     #[serde(rename = "OS-EXT-STS:power_state")]
     pub power_state: i16,
+    /// The compute host the server runs on. Admins only: absent, not null,
+    /// for other callers (Nova's `os-extended-server-attributes` policy).
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:host",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(nullable = false, example = "sim-1")]
+    pub host: Option<String>,
+    /// The hypervisor's name; for shutoff, the same as the host. Admins only,
+    /// as `OS-EXT-SRV-ATTR:host`.
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:hypervisor_hostname",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(nullable = false, example = "sim-1")]
+    pub hypervisor_hostname: Option<String>,
     #[serde(rename = "OS-SRV-USG:launched_at")]
     pub launched_at: Option<String>,
     #[serde(rename = "OS-SRV-USG:terminated_at")]
@@ -138,10 +172,11 @@ pub struct ServerDetailList {
     pub servers: Vec<Server>,
 }
 
-/// Nova's full server document.
-pub fn document(s: &ServerRow, base: &str) -> Server {
+/// Nova's full server document, as `caller` may see it.
+pub fn document(s: &ServerRow, base: &str, caller: &Caller) -> Server {
     let id = s.uuid.to_string();
     let host_id = hex::encode(Sha224::digest(format!("{}{}", s.project_id, s.host)));
+    let host = sees_hosts(caller).then(|| s.host.clone());
     Server {
         name: s.name.clone(),
         status: s.vm_state.status().to_string(),
@@ -153,6 +188,8 @@ pub fn document(s: &ServerRow, base: &str) -> Server {
         vm_state: s.vm_state.to_string(),
         task_state: s.task_state.as_ref().map(|t| t.to_string()),
         power_state: s.power_state,
+        hypervisor_hostname: host.clone(),
+        host,
         launched_at: s
             .launched_at
             .map(|t| t.format("%Y-%m-%dT%H:%M:%S.%6f").to_string()),
@@ -192,7 +229,13 @@ async fn visible_servers(
     check_project(caller, project_id)?;
     let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
     let name = q.name.as_deref().map(checked_name).transpose()?;
-    Ok(reads::servers(pool, caller, name, limit).await?)
+    let host = q.host.as_deref().map(checked_host).transpose()?;
+    let filter = ServerFilter {
+        name,
+        host: host.filter(|_| sees_hosts(caller)),
+        limit,
+    };
+    Ok(reads::servers(pool, caller, &filter).await?)
 }
 
 /// PostgreSQL text cannot hold NUL, so a name with one matches nothing we
@@ -202,6 +245,25 @@ fn checked_name(name: &str) -> Result<&str, ApiError> {
         return Err(ApiError::BadRequest("Invalid filter field: name.".into()));
     }
     Ok(name)
+}
+
+/// A host name as `instances.host` could hold it. Checked for every caller,
+/// as Nova checks the query before it drops the filters a caller may not use.
+fn checked_host(host: &str) -> Result<&str, ApiError> {
+    let chars = host.chars().count();
+    let problem = if host.contains('\0') {
+        "contains NUL".to_string()
+    } else if chars == 0 {
+        "is empty".to_string()
+    } else if chars > MAX_HOST_CHARS {
+        format!("is {chars} characters long")
+    } else {
+        return Ok(host);
+    };
+    Err(ApiError::BadRequest(format!(
+        "Invalid input for query parameters host: the value {problem}; \
+         a host name is 1 to {MAX_HOST_CHARS} characters, without NUL."
+    )))
 }
 
 /// `GET /v2/{project_id}/servers`: id, name and links of each server.
@@ -260,7 +322,7 @@ pub async fn list_detail(
 ) -> Result<Json<ServerDetailList>, ApiError> {
     let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
-    let servers = rows.iter().map(|s| document(s, &base)).collect();
+    let servers = rows.iter().map(|s| document(s, &base, &caller)).collect();
     Ok(Json(ServerDetailList { servers }))
 }
 
@@ -289,6 +351,6 @@ pub async fn show(
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(ServerShow {
-        server: document(&row, &base_url(&headers)),
+        server: document(&row, &base_url(&headers), &caller),
     }))
 }

@@ -47,24 +47,37 @@ pub async fn server(
     .await
 }
 
-/// The project's servers, optionally filtered by name. Nova treats `name` as
-/// a regular expression; clients then match exactly, so a substring match
-/// (case-sensitive) gives them what they need without regex injection.
+/// Which of the project's servers a list shows, as the API checked it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerFilter<'a> {
+    /// Servers whose name contains this text. Nova treats `name` as a
+    /// regular expression; clients then match exactly, so a substring match
+    /// (case-sensitive) gives them what they need without regex injection.
+    pub name: Option<&'a str>,
+    /// Servers on exactly this host (`instances.host`), as Nova matches it.
+    /// Who may filter by host is the API's policy, not the store's.
+    pub host: Option<&'a str>,
+    /// At most this many servers.
+    pub limit: i64,
+}
+
+/// The caller's project's servers that pass `filter`, newest first.
 pub async fn servers(
     pool: &PgPool,
     caller: &Caller,
-    name: Option<&str>,
-    limit: i64,
+    filter: &ServerFilter<'_>,
 ) -> Result<Vec<ServerRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {SERVER_COLUMNS} FROM instances
           WHERE project_id = $1 AND vm_state <> 'deleted'
             AND ($2::text IS NULL OR strpos(name, $2) > 0)
-          ORDER BY created_at DESC, uuid LIMIT $3"
+            AND ($3::text IS NULL OR host = $3)
+          ORDER BY created_at DESC, uuid LIMIT $4"
     )))
     .bind(caller.project_id.as_str())
-    .bind(name)
-    .bind(limit)
+    .bind(filter.name)
+    .bind(filter.host)
+    .bind(filter.limit)
     .fetch_all(pool)
     .await
 }
