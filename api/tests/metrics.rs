@@ -169,3 +169,47 @@ async fn the_relay_backlog_counts_stops_committed_while_the_broker_is_away(pool:
     );
     app.shut_down().await;
 }
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn hosts_up_and_down_and_the_stops_waiting_for_each_are_gauged(pool: PgPool) {
+    use shutoff_core::store::hosts;
+    let app = app::spawn_api_only(pool).await;
+    // One host with a live worker; one whose worker was last seen long ago,
+    // with a stop waiting for it.
+    let (live, gone) = (app.env.host("m-live"), app.env.host("m-gone"));
+    hosts::beat(&app.env.pool, &live, "w1", "t").await.unwrap();
+    hosts::beat(&app.env.pool, &gone, "w2", "t").await.unwrap();
+    sqlx::query("UPDATE host_workers SET last_seen = now() - interval '1 hour' WHERE host = $1")
+        .bind(gone.as_str())
+        .execute(&app.env.pool)
+        .await
+        .unwrap();
+    let vm = app.server_with(|s| s.host = gone.to_string()).await;
+    assert_eq!(app.stop(vm).await.status().as_u16(), 202);
+
+    // The census runs every 10 s.
+    let counted = app
+        .env
+        .eventually(Duration::from_secs(25), || async {
+            let text = scrape(&app).await;
+            sample(&text, r#"shutoff_stops_waiting{host="m-gone"}"#) == Some(1.0)
+        })
+        .await;
+    let text = scrape(&app).await;
+    assert!(counted, "{text}");
+    assert_eq!(sample(&text, "shutoff_hosts_up"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "shutoff_hosts_down"), Some(1.0), "{text}");
+    assert!(
+        sample(
+            &text,
+            r#"shutoff_stops_waiting_oldest_seconds{host="m-gone"}"#
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"shutoff_stops_waiting{host="m-live"}"#),
+        None
+    );
+    app.shut_down().await;
+}
