@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! `shutoff-bench`: the whole pipeline measured against this machine's own
 //! limits, in one run.
 //!
@@ -5,11 +6,15 @@
 //! 2. accept:  the real `shutoff-api` binary under 64 HTTP connections;
 //! 3. e2e:     20,000 stops through the API and two real workers;
 //! 4. latency: a steady half of the e2e rate for 10 s: 202 to stopped, p50/p99/p99.9;
-//! 5. slow:    5,000 stops through ONE worker, each power-off taking 2 s.
+//! 5. hosts:   20,000 stops spread over 1,000 hosts, a worker each;
+//! 6. footprint: 60 worker processes, one host each: PostgreSQL connections
+//!    and statements per host, idle and under load;
+//! 7. slow:    5,000 stops through ONE worker, each power-off taking 2 s.
 //!
 //! Everything runs in a database and a RabbitMQ vhost of the bench's own,
 //! removed at the end; the services run with their default settings.
 
+mod fleet;
 mod load;
 mod pg_ceiling;
 mod report;
@@ -67,6 +72,16 @@ struct Args {
     /// end-to-end rate).
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
+    /// Hosts of the hosts phase (a worker each, in this process).
+    #[arg(long, default_value_t = 1_000)]
+    fleet_hosts: usize,
+    #[arg(long, default_value_t = 20_000)]
+    fleet_stops: usize,
+    /// Worker processes of the footprint phase (one host each).
+    #[arg(long, default_value_t = 60)]
+    footprint_workers: usize,
+    #[arg(long, default_value_t = 12_000)]
+    footprint_stops: usize,
     #[arg(long, default_value_t = 5_000)]
     slow_stops: usize,
     #[arg(long, default_value_t = 2_000)]
@@ -76,7 +91,8 @@ struct Args {
     /// deployment with that much history.
     #[arg(long, default_value_t = 50_000)]
     history: i64,
-    /// Phases to leave out (ceiling, accept, e2e, latency, slow), for profiling one.
+    /// Phases to leave out (ceiling, accept, e2e, latency, hosts, footprint,
+    /// slow), for profiling one.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -489,8 +505,182 @@ async fn run(
         );
         pool.close().await;
     }
+    if args.runs("hosts") {
+        // 5. The same stops spread over many hosts, a worker each.
+        let (url, pool) = phase_database(args, run_id, "hosts").await?;
+        let (project_h, tokens, servers) = project(
+            &pool,
+            "hosts",
+            args.connections,
+            args.fleet_stops,
+            "fake://",
+        )
+        .await?;
+        fleet::spread(&pool, &servers, "bh", args.fleet_hosts).await?;
+        let open_files = fleet::raise_open_files();
+        let needed = args.fleet_hosts as u64 * 4 + 2_000;
+        if open_files < needed {
+            bail!(
+                "hosts: {} hosts need about {needed} open files; the limit is {open_files}",
+                args.fleet_hosts
+            );
+        }
+        let broker = fleet::PrivateBroker::start().await?;
+        let mut w = wiring("hosts", &url);
+        w.amqp_url = broker.node.amqp_url();
+        let hosts: Vec<String> = (0..args.fleet_hosts)
+            .map(|i| fleet::host_name("bh", i))
+            .collect();
+        figures.broker_mb_before = broker.rss_mb();
+        // One pool for all of this process's workers: 1,000 pools of four
+        // would be past this PostgreSQL's max_connections.
+        let worker_pool = store::pool(
+            &url,
+            &store::PoolSettings {
+                max_connections: 48,
+                ..Default::default()
+            },
+            "shutoff-worker",
+        )?;
+        let workers = fleet::InProcess::start(&w, &worker_pool, &hosts, 50).await?;
+        figures.broker_mb_up = broker.rss_mb();
+        figures.host_start_ms = [
+            fleet::percentile(&workers.start_ms, 50.0),
+            fleet::percentile(&workers.start_ms, 99.0),
+            fleet::percentile(&workers.start_ms, 100.0),
+        ];
+        figures.hosts_all_up_s = workers.all_up.as_secs_f64();
+        eprintln!(
+            "hosts: {} workers consuming in {:.1} s (start p50 {:.0} ms, p99 {:.0} ms)",
+            hosts.len(),
+            figures.hosts_all_up_s,
+            figures.host_start_ms[0],
+            figures.host_start_ms[1]
+        );
+        let (api, addr) = services::start_api(&w).await?;
+        let outcome = load::run(
+            load::Target {
+                api: addr,
+                project: project_h.to_string(),
+                tokens,
+                servers,
+            },
+            None,
+        )
+        .await;
+        let done = wait_finished(&pool, &project_h, outcome.accepted).await;
+        figures.broker_mb_after = broker.rss_mb();
+        api.stop().await;
+        workers.stop().await;
+        worker_pool.close().await;
+        drop(broker);
+        let done = done?;
+        let wrong: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+              WHERE i.project_id = $1 AND (j.host IS DISTINCT FROM i.host
+                                           OR j.worker IS DISTINCT FROM 'bench-' || i.host)",
+        )
+        .bind(project_h.as_str())
+        .fetch_one(&pool)
+        .await?;
+        if wrong > 0 {
+            bail!("hosts: {wrong} stops were carried out by a worker of another host");
+        }
+        figures.hosts = hosts.len();
+        figures.hosts_stops = outcome.accepted;
+        figures.hosts_accept_per_s = outcome.per_second();
+        figures.hosts_succeeded = done.succeeded as usize;
+        figures.hosts_e2e_per_s =
+            done.succeeded as f64 / seconds(done.first_created, done.last_finished);
+        eprintln!(
+            "hosts: {:.0}/s over {} hosts (every stop by its own host's worker)",
+            figures.hosts_e2e_per_s,
+            hosts.len()
+        );
+        pool.close().await;
+    }
+    if args.runs("footprint") {
+        // 6. What a worker per host costs PostgreSQL.
+        let (url, pool) = phase_database(args, run_id, "footprint").await?;
+        let n = args.footprint_workers;
+        let (project_f, tokens, servers) = project(
+            &pool,
+            "footprint",
+            args.connections,
+            args.footprint_stops,
+            "fake://",
+        )
+        .await?;
+        fleet::spread(&pool, &servers, "fp", n).await?;
+        let w = wiring("footprint", &url);
+        let hosts: Vec<String> = (0..n).map(|i| fleet::host_name("fp", i)).collect();
+        let mut svc = fleet::start_processes(&w, &hosts).await?;
+        // Past the start-up re-drives, into the steady beat.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let conns = fleet::connections(&pool, "shutoff-worker").await?;
+        let rate = fleet::rate_over(&pool, Duration::from_secs(30)).await?;
+        figures.footprint_workers = n;
+        figures.idle_connections_per_host = conns as f64 / n as f64;
+        figures.idle_statements_per_host_s = rate / n as f64;
+        let (api, addr) = services::start_api(&w).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let with_api = fleet::rate_over(&pool, Duration::from_secs(20)).await?;
+        figures.api_idle_statements_s = (with_api - rate).max(0.0);
+        eprintln!(
+            "footprint: idle {conns} connections and {rate:.1} statements/s for {n} hosts; the API adds {:.1}/s",
+            figures.api_idle_statements_s
+        );
+        let sampling = tokio_util::sync::CancellationToken::new();
+        let sampler = {
+            let (pool, stop) = (pool.clone(), sampling.clone());
+            tokio::spawn(async move {
+                let (mut workers, mut api) = (0i64, 0i64);
+                while !stop.is_cancelled() {
+                    if let (Ok(w), Ok(a)) = (
+                        fleet::connections(&pool, "shutoff-worker").await,
+                        fleet::connections(&pool, "shutoff-api").await,
+                    ) {
+                        workers = workers.max(w);
+                        api = api.max(a);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                (workers, api)
+            })
+        };
+        let c0 = fleet::commits(&pool).await?;
+        let t0 = Instant::now();
+        let outcome = load::run(
+            load::Target {
+                api: addr,
+                project: project_f.to_string(),
+                tokens,
+                servers,
+            },
+            None,
+        )
+        .await;
+        let done = wait_finished(&pool, &project_f, outcome.accepted).await;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let c1 = fleet::commits(&pool).await?;
+        sampling.cancel();
+        let (max_workers, max_api) = sampler.await.unwrap_or((0, 0));
+        svc.push(api);
+        stop_all(svc).await;
+        let done = done?;
+        figures.load_max_worker_connections = max_workers;
+        figures.api_connections = max_api;
+        figures.load_statements_per_s = (c1 - c0) as f64 / elapsed;
+        figures.load_stops_per_s =
+            done.succeeded as f64 / seconds(done.first_created, done.last_finished);
+        eprintln!(
+            "footprint: under load at most {max_workers} worker and {max_api} API connections, {:.0} statements/s",
+            figures.load_statements_per_s
+        );
+        pool.close().await;
+    }
     if args.runs("slow") {
-        // 5. Slow power-offs through ONE worker.
+        // 7. Slow power-offs through ONE worker.
         let (url, pool) = phase_database(args, run_id, "slow").await?;
         let hypervisor = format!("fake://?delay_ms={}", args.slow_delay_ms);
         let (project_s, tokens, servers) = project(
@@ -665,7 +855,15 @@ async fn main() -> anyhow::Result<()> {
             Err(anyhow::anyhow!("interrupted by {signal}"))
         }
     };
-    for phase in ["accept", "e2e", "latency", "slow", "ceiling"] {
+    for phase in [
+        "accept",
+        "e2e",
+        "latency",
+        "hosts",
+        "footprint",
+        "slow",
+        "ceiling",
+    ] {
         drop_database(&args.database_url, &format!("{run_id}_{phase}")).await;
     }
     vhost.remove().await;

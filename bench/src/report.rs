@@ -33,6 +33,31 @@ pub struct Figures {
     /// the recorded stop.
     pub to_claim_ms: [f64; 2],
     pub claim_to_stopped_ms: [f64; 2],
+    /// The hosts phase: stops over many hosts, a worker each.
+    pub hosts: usize,
+    pub hosts_stops: usize,
+    pub hosts_succeeded: usize,
+    pub hosts_e2e_per_s: f64,
+    /// The API's accept rate while the hosts' stops went in.
+    pub hosts_accept_per_s: f64,
+    /// The hosts phase's own broker's RSS in MiB: before the hosts' workers
+    /// started, with all of them consuming, and after the stops.
+    pub broker_mb_before: Option<f64>,
+    pub broker_mb_up: Option<f64>,
+    pub broker_mb_after: Option<f64>,
+    /// From building a host's worker to its consuming, p50 / p99 / max, and
+    /// the time to bring every host up.
+    pub host_start_ms: [f64; 3],
+    pub hosts_all_up_s: f64,
+    /// The footprint phase: real worker processes, one host each.
+    pub footprint_workers: usize,
+    pub idle_connections_per_host: f64,
+    pub idle_statements_per_host_s: f64,
+    pub api_idle_statements_s: f64,
+    pub api_connections: i64,
+    pub load_max_worker_connections: i64,
+    pub load_statements_per_s: f64,
+    pub load_stops_per_s: f64,
 }
 
 /// The targets, as (name, met).
@@ -50,6 +75,25 @@ fn targets(f: &Figures) -> Vec<(&'static str, bool)> {
         ("slow_e2e_seconds <= 15", f.slow_e2e_seconds <= 15.0),
         ("worker_peak_rss_mb <= 100", f.worker_peak_rss_mb <= 100.0),
         ("api_peak_rss_mb <= 100", f.api_peak_rss_mb <= 100.0),
+        (
+            "hosts_e2e_per_s >= 0.8 x e2e_per_s (same run)",
+            f.hosts == 0 || f.hosts_e2e_per_s >= 0.8 * f.e2e_per_s,
+        ),
+        (
+            "broker memory growth <= 1 GiB with all hosts",
+            match (f.broker_mb_before, f.broker_mb_after.or(f.broker_mb_up)) {
+                (Some(a), Some(b)) => b - a <= 1024.0,
+                _ => f.hosts == 0,
+            },
+        ),
+        (
+            "idle: <= 1 connection per host",
+            f.footprint_workers == 0 || f.idle_connections_per_host <= 1.0,
+        ),
+        (
+            "idle: <= 1 statement/s per host",
+            f.footprint_workers == 0 || f.idle_statements_per_host_s <= 1.0,
+        ),
     ]
 }
 
@@ -136,6 +180,69 @@ impl Figures {
                 self.claim_to_stopped_ms[1]
             );
         }
+        if self.hosts > 0 {
+            let mb = |m: Option<f64>| m.map_or("?".to_string(), |rss| format!("{rss:.0} MiB RSS"));
+            println!(
+                "  {:<22} {:>10.0} /s     {:.2} x single-host e2e, {} hosts, {} of {} stopped",
+                "hosts_e2e_per_s",
+                self.hosts_e2e_per_s,
+                self.hosts_e2e_per_s / self.e2e_per_s,
+                self.hosts,
+                self.hosts_succeeded,
+                self.hosts_stops
+            );
+            println!(
+                "  {:<22} {:>10.0} /s     {:.2} x the single-host e2e phase's accept rate",
+                "hosts_accept_per_s",
+                self.hosts_accept_per_s,
+                self.hosts_accept_per_s / self.e2e_accept_per_s
+            );
+            println!(
+                "  {:<22} {:>10}        before {}, all consuming {}, after the stops {}",
+                "broker_memory",
+                "",
+                mb(self.broker_mb_before),
+                mb(self.broker_mb_up),
+                mb(self.broker_mb_after)
+            );
+            println!(
+                "  {:<22} {:>10.0} ms     p50 (p99 {:.0}, max {:.0}); all {} hosts up in {:.1} s",
+                "host_start_ms",
+                self.host_start_ms[0],
+                self.host_start_ms[1],
+                self.host_start_ms[2],
+                self.hosts,
+                self.hosts_all_up_s
+            );
+        }
+        if self.footprint_workers > 0 {
+            let n = self.footprint_workers as f64;
+            println!(
+                "  {:<22} {:>10.2}        per host at idle ({} worker processes); x1000 hosts: {:.0}",
+                "idle_connections",
+                self.idle_connections_per_host,
+                self.footprint_workers,
+                self.idle_connections_per_host * 1000.0
+            );
+            println!(
+                "  {:<22} {:>10.3} /s     per host at idle; x1000 hosts: {:.0}/s; the API adds {:.2}/s",
+                "idle_statements",
+                self.idle_statements_per_host_s,
+                self.idle_statements_per_host_s * 1000.0,
+                self.api_idle_statements_s
+            );
+            println!(
+                "  {:<22} {:>10}        workers at most {} ({:.1} per host; x1000: {:.0}), API {}; {:.0} statements/s for {:.0} stops/s",
+                "load_connections",
+                "",
+                self.load_max_worker_connections,
+                self.load_max_worker_connections as f64 / n,
+                self.load_max_worker_connections as f64 / n * 1000.0,
+                self.api_connections,
+                self.load_statements_per_s,
+                self.load_stops_per_s
+            );
+        }
         for (name, met) in targets(self) {
             println!(
                 "  target {:<40} {}",
@@ -171,6 +278,25 @@ impl Figures {
             "stop_latency_p999_ms": self.stop_latency_ms[2],
             "to_claim_p50_p99_ms": self.to_claim_ms,
             "claim_to_stopped_p50_p99_ms": self.claim_to_stopped_ms,
+            "hosts": self.hosts,
+            "hosts_stops": self.hosts_stops,
+            "hosts_succeeded": self.hosts_succeeded,
+            "hosts_e2e_per_s": self.hosts_e2e_per_s,
+            "hosts_accept_per_s": self.hosts_accept_per_s,
+            "hosts_e2e_ratio_to_single_host": self.hosts_e2e_per_s / self.e2e_per_s,
+            "broker_rss_mb_before": self.broker_mb_before,
+            "broker_rss_mb_all_consuming": self.broker_mb_up,
+            "broker_rss_mb_after": self.broker_mb_after,
+            "host_start_ms_p50_p99_max": self.host_start_ms,
+            "hosts_all_up_s": self.hosts_all_up_s,
+            "footprint_workers": self.footprint_workers,
+            "idle_connections_per_host": self.idle_connections_per_host,
+            "idle_statements_per_host_s": self.idle_statements_per_host_s,
+            "api_idle_statements_s": self.api_idle_statements_s,
+            "api_connections": self.api_connections,
+            "load_max_worker_connections": self.load_max_worker_connections,
+            "load_statements_per_s": self.load_statements_per_s,
+            "load_stops_per_s": self.load_stops_per_s,
             "accept_ratio": self.accept_per_s / c,
             "e2e_ratio": self.e2e_per_s / c,
             "connections": self.connections,

@@ -113,9 +113,18 @@ pub struct Wiring {
 pub struct Service {
     pub name: String,
     child: Child,
+    ready_url: Option<String>,
 }
 
 impl Service {
+    /// Waits until the service's `/readyz` says 200.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        match &self.ready_url {
+            Some(url) => wait_ready(url).await,
+            None => Ok(()),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
@@ -164,6 +173,7 @@ fn spawn(w: &Wiring, name: &str, program: &str, args: &[String]) -> anyhow::Resu
     Ok(Service {
         name: name.into(),
         child,
+        ready_url: None,
     })
 }
 
@@ -181,9 +191,17 @@ pub async fn start_api(w: &Wiring) -> anyhow::Result<(Service, String)> {
     Ok((api, addr))
 }
 
+/// Starts a worker of the default host, `sim-1`, and waits until it consumes.
 pub async fn start_worker(w: &Wiring, id: &str) -> anyhow::Result<Service> {
+    let worker = spawn_worker_for(w, id, "sim-1")?;
+    worker.wait_ready().await?;
+    Ok(worker)
+}
+
+/// Starts a worker serving `host`; [`Service::wait_ready`] waits for it.
+pub fn spawn_worker_for(w: &Wiring, id: &str, host: &str) -> anyhow::Result<Service> {
     let health = format!("127.0.0.1:{}", free_port()?);
-    let worker = spawn(
+    let mut worker = spawn(
         w,
         id,
         "shutoff-worker",
@@ -191,12 +209,12 @@ pub async fn start_worker(w: &Wiring, id: &str) -> anyhow::Result<Service> {
             "--worker-id".into(),
             id.into(),
             "--host".into(),
-            "sim-1".into(),
+            host.into(),
             "--health-listen".into(),
             health.clone(),
         ],
     )?;
-    wait_ready(&format!("http://{health}/readyz")).await?;
+    worker.ready_url = Some(format!("http://{health}/readyz"));
     Ok(worker)
 }
 

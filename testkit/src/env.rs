@@ -239,7 +239,9 @@ impl Drop for TestEnv {
             }
         }
         let url = self.amqp_url.clone();
-        let hosts: Vec<HostName> = self.hosts.lock().unwrap().iter().cloned().collect();
+        let mut hosts: Vec<HostName> = self.hosts.lock().unwrap().iter().cloned().collect();
+        // A worker started without --host serves this machine's name.
+        hosts.extend(HostName::of_this_machine());
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Jobs handed back per re-drive statement.
 const REDRIVE_BATCH: i64 = 500;
 /// Longest one heartbeat or one re-drive may take.
@@ -37,43 +38,24 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Beats until `cancel`, re-driving when the consumer attaches and when
-    /// a beat succeeds after failing; at the end, leaves the host.
+    /// Beats until `cancel`, while the consumer is attached: a host is up
+    /// only while a worker can take its stops. Each time the consumer
+    /// attaches, and when a beat succeeds after failing, the host's waiting
+    /// stops are taken up first; at the end, the worker leaves the host.
     pub async fn run(self, cancel: CancellationToken) {
-        let version = env!("CARGO_PKG_VERSION");
         let mut beating = false;
         let mut redrive_due = false;
         loop {
-            let beat = tokio::time::timeout(
-                CALL_TIMEOUT,
-                hosts::beat(&self.pool, &self.host, &self.worker_id, version),
-            )
-            .await;
-            match beat {
-                Ok(Ok(())) => {
-                    if !beating {
-                        tracing::info!(host = %self.host, "host is up: heartbeat recorded");
-                        // Back after an outage of PostgreSQL: the host may
-                        // have counted as down meanwhile.
-                        redrive_due = true;
-                    }
-                    beating = true;
+            if self.consuming.load(Ordering::SeqCst) {
+                if redrive_due || !beating {
+                    // Touched before the beat that makes the host up, so no
+                    // rescuer pass sees the stops in its queue as stalled.
+                    let done = self.take_up_waiting().await;
+                    redrive_due = !done;
+                    beating = done;
+                } else {
+                    beating = self.beat(beating).await;
                 }
-                Ok(Err(e)) => {
-                    if beating {
-                        tracing::warn!(error = %e, host = %self.host, "heartbeat failed");
-                    }
-                    beating = false;
-                }
-                Err(_) => {
-                    if beating {
-                        tracing::warn!(host = %self.host, "heartbeat timed out");
-                    }
-                    beating = false;
-                }
-            }
-            if redrive_due && beating && self.consuming.load(Ordering::SeqCst) {
-                redrive_due = !self.redrive().await;
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -94,14 +76,42 @@ impl Presence {
         }
     }
 
-    /// Publishes the stops of this host the broker never took; true when done.
-    async fn redrive(&self) -> bool {
+    /// One heartbeat; returns whether the host is up now.
+    async fn beat(&self, was_up: bool) -> bool {
+        let beat = tokio::time::timeout(
+            CALL_TIMEOUT,
+            hosts::beat(&self.pool, &self.host, &self.worker_id, VERSION),
+        )
+        .await;
+        match beat {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                if was_up {
+                    tracing::warn!(error = %e, host = %self.host, "heartbeat failed");
+                }
+                false
+            }
+            Err(_) => {
+                if was_up {
+                    tracing::warn!(host = %self.host, "heartbeat timed out");
+                }
+                false
+            }
+        }
+    }
+
+    /// The host comes up: the stops waiting in its queue are touched, the
+    /// beat recorded, and the stops the broker never took published. True
+    /// when all of it went through.
+    async fn take_up_waiting(&self) -> bool {
         let pass = async {
             let before = rescue::db_now(&self.pool).await?;
             let touched = rescue::touch_host(&self.pool, &self.host, before).await?;
             if touched > 0 {
                 tracing::info!(host = %self.host, touched, "stops waiting in the host's queue are taken up from there");
             }
+            hosts::beat(&self.pool, &self.host, &self.worker_id, VERSION).await?;
+            tracing::info!(host = %self.host, "host is up: heartbeat recorded");
             let (mut published, mut failed) = (0usize, 0usize);
             loop {
                 let batch = rescue::redrive(

@@ -293,3 +293,52 @@ async fn a_stray_message_on_another_hosts_queue_is_handed_to_the_instances_host_
     assert_eq!(c.instance(vm).await.0, "active");
     w.terminate().await;
 }
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_host_that_comes_back_takes_up_its_queued_stops_without_the_rescuer_copying_them(
+    pool: PgPool,
+) {
+    use shutoff_core::store::rescue;
+    let c = workers::ctx(pool).await;
+    let back = c.env.host("back-1");
+    c.env.declare_host(&back).await;
+    // Confirmed into the host's queue while it was down, long ago.
+    let vm = c.server_on(back.as_str(), "fake://").await;
+    let job = c.stop(vm, 5).await;
+    sqlx::query("UPDATE jobs SET updated_at = now() - interval '1 hour'")
+        .execute(&c.env.pool)
+        .await
+        .unwrap();
+    let queue = c.env.topology.host_queue(&back);
+    assert_eq!(c.ready_messages(&queue).await, 1);
+
+    // What its worker does when it attaches: touch, then beat.
+    let now = rescue::db_now(&c.env.pool).await.unwrap();
+    assert_eq!(
+        rescue::touch_host(&c.env.pool, &back, now).await.unwrap(),
+        1
+    );
+    hosts::beat(&c.env.pool, &back, "wb", "t").await.unwrap();
+    let rescuer = Rescuer {
+        pool: c.env.pool.clone(),
+        publisher: c.publisher.clone(),
+        stale_after: Duration::from_secs(60),
+        interval: Duration::from_secs(1),
+        host_down_after: UP,
+        host: "test-rescuer".into(),
+    };
+    assert_eq!(
+        rescuer.run_once().await.unwrap(),
+        (0, 0),
+        "nothing looks stalled"
+    );
+    assert_eq!(
+        c.ready_messages(&queue).await,
+        1,
+        "no copy of a message the queue holds"
+    );
+
+    let w = c.worker_for(back.as_str(), |_| {}).await;
+    assert!(c.until_job(job.job_id, "succeeded", T).await);
+    w.terminate().await;
+}

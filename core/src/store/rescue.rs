@@ -64,7 +64,9 @@ const TOUCH_HOST_SQL: &str = "
 UPDATE jobs SET updated_at = now()
  WHERE id IN (SELECT j.id FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
                WHERE j.finished_at IS NULL AND i.host = $1
-                 AND j.state IN ('published', 'retrying') AND j.updated_at < $2
+                 AND (j.state IN ('published', 'retrying')
+                      OR (j.state = 'queued' AND j.published_at IS NOT NULL))
+                 AND j.updated_at < $2
                  FOR NO KEY UPDATE OF j SKIP LOCKED)";
 
 type Row = (Uuid, Uuid, String, String, i32, i32);

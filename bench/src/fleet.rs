@@ -1,0 +1,272 @@
+//! The fleet phases: stops spread over many hosts, each served by its own
+//! worker, and what a worker on every host costs PostgreSQL.
+//!
+//! - `hosts`: 1,000 hosts, each with its own queue and one worker (run in
+//!   this process, one `shutoff_worker::Worker` per host, the production
+//!   code path: a worker serves exactly one host; they share one PostgreSQL
+//!   pool here, which a real fleet would not). Reports the broker's memory
+//!   before and after, how long a host's worker takes to start consuming,
+//!   and the end-to-end rate against the single-host phase of the same run.
+//! - `footprint`: 60 real `shutoff-worker` processes, one host each, with
+//!   their default settings: PostgreSQL connections and statements per
+//!   second per host, idle and under load, and the API's share.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::services::{self, Wiring};
+
+/// A RabbitMQ node of the hosts phase's own (own ports, epmd, data dir,
+/// from `shutoff-chaos`): a thousand hosts' queues and connections are
+/// measured there, never on the machine's node, whose file-descriptor limit
+/// they exhausted when tried (its Mnesia tables then failed and it had to be
+/// restarted). Stopped and removed when dropped, also on Ctrl-C.
+pub struct PrivateBroker {
+    /// Declared before `_work` so the node stops before its files go.
+    pub node: shutoff_chaos::rabbitmq::RabbitMq,
+    _work: shutoff_chaos::workdir::WorkDir,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> anyhow::Result<PrivateBroker> {
+        use shutoff_chaos::rabbitmq::{RabbitMq, RabbitPorts};
+        let work = shutoff_chaos::workdir::WorkDir::create()?;
+        let p = shutoff_chaos::ports::free_ports(3)?;
+        let ports = RabbitPorts {
+            amqp: p[0],
+            dist: p[1],
+            epmd: p[2],
+        };
+        let mut node = RabbitMq::init(
+            &work,
+            std::path::Path::new("/usr/lib/rabbitmq/bin"),
+            std::path::Path::new("epmd"),
+            ports,
+        )
+        .await
+        .context("a private RabbitMQ node for the hosts phase")?;
+        node.start().await?;
+        Ok(PrivateBroker { node, _work: work })
+    }
+
+    /// The node's resident set in MiB (its Erlang VM's, found by node name).
+    pub fn rss_mb(&self) -> Option<f64> {
+        let name = self.node.node().split('@').next()?.to_string();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("beam.smp") && cmdline.contains(&name) {
+                let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+                let kb: f64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()?;
+                return Some(kb / 1024.0);
+            }
+        }
+        None
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (children, the
+/// private broker among them, inherit it): a thousand workers hold three
+/// thousand sockets here. Returns the limit in force.
+pub fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return 1024;
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The name of host `i` of a phase.
+pub fn host_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:04}")
+}
+
+/// Puts the servers on `hosts` hosts, round robin.
+pub async fn spread(
+    pool: &PgPool,
+    servers: &[Uuid],
+    prefix: &str,
+    hosts: usize,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE instances i SET host = $2 || '-' || lpad(((s.n - 1) % $3)::text, 4, '0')
+           FROM unnest($1::uuid[]) WITH ORDINALITY AS s(uuid, n)
+          WHERE i.uuid = s.uuid",
+    )
+    .bind(servers)
+    .bind(prefix)
+    .bind(hosts as i64)
+    .execute(pool)
+    .await?;
+    sqlx::raw_sql("ANALYZE instances").execute(pool).await?;
+    Ok(())
+}
+
+/// Workers of the `hosts` phase, in this process.
+pub struct InProcess {
+    stop: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Milliseconds from build to consuming, per worker.
+    pub start_ms: Vec<f64>,
+    pub all_up: Duration,
+}
+
+impl InProcess {
+    /// One worker per host, started in waves of `wave`; each is up once its
+    /// `/readyz` says it consumes.
+    pub async fn start(
+        w: &Wiring,
+        pool: &PgPool,
+        hosts: &[String],
+        wave: usize,
+    ) -> anyhow::Result<InProcess> {
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let mut handles = Vec::with_capacity(hosts.len());
+        let mut start_ms = Vec::with_capacity(hosts.len());
+        let client = reqwest::Client::new();
+        for chunk in hosts.chunks(wave.max(1)) {
+            let mut waiting = Vec::new();
+            for h in chunk {
+                let t0 = Instant::now();
+                let settings = shutoff_worker::Settings::try_parse_from([
+                    "shutoff-worker",
+                    "--host",
+                    h,
+                    "--worker-id",
+                    &format!("bench-{h}"),
+                    "--health-listen",
+                    "127.0.0.1:0",
+                    "--database-url",
+                    &w.database_url,
+                    "--amqp-url",
+                    &w.amqp_url,
+                    "--queue-prefix",
+                    &w.queue_prefix,
+                ])
+                .context("worker settings")?;
+                let worker =
+                    shutoff_worker::Worker::build_with_pool(settings, pool.clone()).await?;
+                let health = worker.health_addr();
+                handles.push(tokio::spawn(worker.run_until_stopped(stop.clone())));
+                waiting.push((t0, health));
+            }
+            for (t0, health) in waiting {
+                let url = format!("http://{health}/readyz");
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    if let Ok(r) = client.get(&url).send().await
+                        && r.status().is_success()
+                    {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("a worker at {health} never started consuming");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                start_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        Ok(InProcess {
+            stop,
+            handles,
+            start_ms,
+            all_up: started.elapsed(),
+        })
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for h in self.handles {
+            let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
+        }
+    }
+}
+
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((p / 100.0) * (v.len() - 1) as f64).round() as usize]
+}
+
+/// Transactions committed in the database so far (each of shutoff's
+/// statements is its own transaction, but for the rescuer's and re-drive's
+/// few two-statement ones).
+pub async fn commits(pool: &PgPool) -> anyhow::Result<i64> {
+    // The statistics of this backend's own transactions are flushed at most
+    // once a second; a fresh snapshot is asked for, not the cached one.
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_scalar(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+/// Connections to this database by `application_name`.
+pub async fn connections(pool: &PgPool, app: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(app)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Statements per second over `window`, measured by commits (the bench's
+/// own two queries subtracted).
+pub async fn rate_over(pool: &PgPool, window: Duration) -> anyhow::Result<f64> {
+    let a = commits(pool).await?;
+    tokio::time::sleep(window).await;
+    // Counters reach pg_stat_database up to a second late.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let b = commits(pool).await?;
+    Ok(((b - a - 2).max(0)) as f64 / (window.as_secs_f64() + 1.1))
+}
+
+/// The real worker processes of the `footprint` phase.
+pub async fn start_processes(
+    w: &Wiring,
+    hosts: &[String],
+) -> anyhow::Result<Vec<services::Service>> {
+    let mut all = Vec::with_capacity(hosts.len());
+    for h in hosts {
+        all.push(services::spawn_worker_for(w, &format!("bench-{h}"), h)?);
+    }
+    for s in &all {
+        s.wait_ready().await?;
+    }
+    Ok(all)
+}
