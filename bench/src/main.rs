@@ -409,6 +409,7 @@ async fn run(
         }
         let (api, addr) = services::start_api(&w).await?;
         svc.push(api);
+        let c0 = fleet::commits(&pool).await?;
         let outcome = load::run(
             load::Target {
                 api: addr,
@@ -420,8 +421,11 @@ async fn run(
         )
         .await;
         let done = wait_finished(&pool, &project_e, outcome.accepted).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let c1 = fleet::commits(&pool).await?;
         stop_all(svc).await;
         let done = done?;
+        figures.e2e_commits_per_stop = (c1 - c0) as f64 / outcome.accepted.max(1) as f64;
         eprintln!(
             "e2e per second (accepted/claimed/finished): {}",
             e2e_timeline(&pool, &project_e).await?
@@ -558,6 +562,8 @@ async fn run(
             figures.host_start_ms[1]
         );
         let (api, addr) = services::start_api(&w).await?;
+        let c0 = fleet::commits(&pool).await?;
+        let (cpu0, wall0) = (fleet::own_cpu_seconds(), Instant::now());
         let outcome = load::run(
             load::Target {
                 api: addr,
@@ -569,6 +575,13 @@ async fn run(
         )
         .await;
         let done = wait_finished(&pool, &project_h, outcome.accepted).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let c1 = fleet::commits(&pool).await?;
+        figures.hosts_commits_per_stop = (c1 - c0) as f64 / outcome.accepted.max(1) as f64;
+        // This process: the load generator and the 1,000 workers' clients
+        // (a real fleet runs the workers on their own machines).
+        figures.hosts_bench_cores =
+            (fleet::own_cpu_seconds() - cpu0) / wall0.elapsed().as_secs_f64();
         figures.broker_mb_after = broker.rss_mb();
         api.stop().await;
         workers.stop().await;
@@ -600,8 +613,28 @@ async fn run(
         pool.close().await;
     }
     if args.runs("footprint") {
-        // 6. What a worker per host costs PostgreSQL.
-        let (url, pool) = phase_database(args, run_id, "footprint").await?;
+        // 6. What a worker per host costs PostgreSQL. On a PostgreSQL of the
+        // phase's own (max_connections 400, from shutoff-chaos): what is
+        // counted is how many connections the workers open, which must not
+        // be capped by this machine's 100, nor take them from its services.
+        let pg_work = shutoff_chaos::workdir::WorkDir::create()?;
+        let port = shutoff_chaos::ports::free_ports(1)?[0];
+        let mut private_pg = shutoff_chaos::postgres::Postgres::init(
+            &pg_work,
+            std::path::Path::new("/usr/lib/postgresql/15/bin"),
+            port,
+        )
+        .await?;
+        private_pg.start().await?;
+        let url = private_pg.url("footprint");
+        store::create_and_migrate(&url).await?;
+        let pool = connect(&url).await?;
+        let took = seed_history(&pool, args.history).await?;
+        eprintln!(
+            "footprint: a private PostgreSQL on port {port}, seeded {} finished stops in {:.1} s",
+            args.history,
+            took.as_secs_f64()
+        );
         let n = args.footprint_workers;
         let (project_f, tokens, servers) = project(
             &pool,
@@ -615,8 +648,9 @@ async fn run(
         let w = wiring("footprint", &url);
         let hosts: Vec<String> = (0..n).map(|i| fleet::host_name("fp", i)).collect();
         let mut svc = fleet::start_processes(&w, &hosts).await?;
-        // Past the start-up re-drives, into the steady beat.
-        tokio::time::sleep(Duration::from_secs(12)).await;
+        // Past the start-up bursts and the connections they opened (a
+        // worker closes a connection idle for 30 s), into the steady beat.
+        tokio::time::sleep(Duration::from_secs(45)).await;
         let conns = fleet::connections(&pool, "shutoff-worker").await?;
         let rate = fleet::rate_over(&pool, Duration::from_secs(30)).await?;
         figures.footprint_workers = n;
@@ -678,6 +712,8 @@ async fn run(
             figures.load_statements_per_s
         );
         pool.close().await;
+        let _ = private_pg.stop().await;
+        drop(pg_work);
     }
     if args.runs("slow") {
         // 7. Slow power-offs through ONE worker.

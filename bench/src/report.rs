@@ -19,6 +19,13 @@ pub struct Figures {
     pub e2e_seconds: f64,
     pub e2e_per_s: f64,
     pub e2e_accept_per_s: f64,
+    /// PostgreSQL transactions per stop, end to end (every statement of the
+    /// API, the workers and the bench's own polling): what batching saves.
+    pub e2e_commits_per_stop: f64,
+    pub hosts_commits_per_stop: f64,
+    /// Cores the bench process itself used during the hosts phase's load
+    /// (load generator plus the in-process workers).
+    pub hosts_bench_cores: f64,
     pub slow_stops: usize,
     pub slow_succeeded: usize,
     pub slow_e2e_seconds: f64,
@@ -192,6 +199,14 @@ impl Figures {
                 self.hosts_stops
             );
             println!(
+                "  {:<22} {:>10.2}        PostgreSQL transactions per stop over {} hosts (single host: {:.2}); the workers' process used {:.2} cores",
+                "hosts_commits_per_stop",
+                self.hosts_commits_per_stop,
+                self.hosts,
+                self.e2e_commits_per_stop,
+                self.hosts_bench_cores
+            );
+            println!(
                 "  {:<22} {:>10.0} /s     {:.2} x the single-host e2e phase's accept rate",
                 "hosts_accept_per_s",
                 self.hosts_accept_per_s,
@@ -283,6 +298,9 @@ impl Figures {
             "hosts_succeeded": self.hosts_succeeded,
             "hosts_e2e_per_s": self.hosts_e2e_per_s,
             "hosts_accept_per_s": self.hosts_accept_per_s,
+            "e2e_commits_per_stop": self.e2e_commits_per_stop,
+            "hosts_commits_per_stop": self.hosts_commits_per_stop,
+            "hosts_bench_cores": self.hosts_bench_cores,
             "hosts_e2e_ratio_to_single_host": self.hosts_e2e_per_s / self.e2e_per_s,
             "broker_rss_mb_before": self.broker_mb_before,
             "broker_rss_mb_all_consuming": self.broker_mb_up,

@@ -29,6 +29,8 @@ use crate::stop_job::JobContext;
 /// carry a full host; with a worker on every host, the fleet's connections
 /// are what PostgreSQL has to hold.
 pub const DEFAULT_POOL: u32 = 4;
+/// A worker's PostgreSQL connection idle this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Worker {
     settings: Settings,
@@ -42,7 +44,12 @@ impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = store::pool(
             &settings.common.database_url,
-            &settings.common.pool_settings(DEFAULT_POOL),
+            &store::PoolSettings {
+                // An idle worker keeps only the connection its heartbeat
+                // uses; the others a burst opened go after half a minute.
+                idle_timeout: Some(IDLE_TIMEOUT),
+                ..settings.common.pool_settings(DEFAULT_POOL)
+            },
             "shutoff-worker",
         )
         .context("invalid DATABASE_URL")?;

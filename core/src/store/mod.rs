@@ -49,6 +49,8 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// Server-side limit on any statement.
     pub statement_timeout: Duration,
+    /// A connection idle this long is closed (none: sqlx's 10 minutes).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for PoolSettings {
@@ -57,6 +59,7 @@ impl Default for PoolSettings {
             max_connections: 32,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(10),
+            idle_timeout: None,
         }
     }
 }
@@ -69,7 +72,12 @@ pub fn pool(url: &str, settings: &PoolSettings, app: &str) -> Result<PgPool, sql
         "statement_timeout",
         format!("{}", settings.statement_timeout.as_millis()),
     )]);
-    Ok(PgPoolOptions::new()
+    let options = PgPoolOptions::new();
+    let options = match settings.idle_timeout {
+        Some(t) => options.idle_timeout(t),
+        None => options,
+    };
+    Ok(options
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .test_before_acquire(false)
