@@ -28,14 +28,12 @@ async fn stopping_real_vms_through_the_api_ends_shutoff_cleanly_or_by_force(pool
     let clean = app
         .server_with(|s| {
             s.hypervisor = guest.address("");
-            s.host = "qemu-1".into();
         })
         .await;
     // No guest hears the button: forced after the instance's own 2 s.
     let forced = app
         .server_with(|s| {
             s.hypervisor = bare.address("?shutdown_timeout=2");
-            s.host = "qemu-1".into();
         })
         .await;
 
