@@ -649,8 +649,9 @@ async fn run(
         let hosts: Vec<String> = (0..n).map(|i| fleet::host_name("fp", i)).collect();
         let mut svc = fleet::start_processes(&w, &hosts).await?;
         // Past the start-up bursts and the connections they opened (a
-        // worker closes a connection idle for 30 s), into the steady beat.
-        tokio::time::sleep(Duration::from_secs(45)).await;
+        // worker closes a connection idle for one and a half heartbeats,
+        // 15 s), into the steady beat.
+        tokio::time::sleep(Duration::from_secs(40)).await;
         let conns = fleet::connections(&pool, "shutoff-worker").await?;
         let rate = fleet::rate_over(&pool, Duration::from_secs(30)).await?;
         figures.footprint_workers = n;

@@ -29,8 +29,6 @@ use crate::stop_job::JobContext;
 /// carry a full host; with a worker on every host, the fleet's connections
 /// are what PostgreSQL has to hold.
 pub const DEFAULT_POOL: u32 = 4;
-/// A worker's PostgreSQL connection idle this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Worker {
     settings: Settings,
@@ -46,8 +44,11 @@ impl Worker {
             &settings.common.database_url,
             &store::PoolSettings {
                 // An idle worker keeps only the connection its heartbeat
-                // uses; the others a burst opened go after half a minute.
-                idle_timeout: Some(IDLE_TIMEOUT),
+                // uses. The pool hands out its idle connections in turn, so
+                // with a timeout longer than two beats every connection a
+                // burst opened would be used again in time and stay; with
+                // one and a half beats, all but one are closed.
+                idle_timeout: Some(settings.heartbeat() * 3 / 2),
                 ..settings.common.pool_settings(DEFAULT_POOL)
             },
             "shutoff-worker",
