@@ -1,4 +1,5 @@
-//! The URL's project id, server id and request id parsers never panic, and
+//! The URL's project id, server id and request id parsers, and the host
+//! name parser (a host name becomes part of a queue name), never panic, and
 //! what they accept is canonical and parses back to itself.
 #![no_main]
 
@@ -8,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod ids;
 
-use ids::{ProjectId, RequestId, ServerId};
+use ids::{HostName, ProjectId, RequestId, ServerId};
 
 fuzz_target!(|data: &[u8]| {
     // axum hands the handlers percent-decoded UTF-8; anything else is a 404
@@ -31,5 +32,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(r.as_str(), s);
         assert!(r.as_str().is_ascii() && r.as_str().len() == 40);
         assert_eq!(RequestId::parse(r.as_str()).as_ref(), Some(&r));
+    }
+    if let Ok(h) = HostName::parse(&s) {
+        assert_eq!(h.as_str(), s);
+        assert!(h.as_str().len() <= HostName::MAX_LEN && h.as_str().is_ascii());
+        assert!(!h.as_str().contains(['/', '#', '*', ' ']));
     }
 });
