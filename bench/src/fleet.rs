@@ -283,3 +283,69 @@ pub fn own_cpu_seconds() -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz.max(1.0)
 }
+
+/// CPU seconds used so far by every process whose command line contains
+/// `pattern` (the PostgreSQL server's processes: "postgres"; a RabbitMQ
+/// node's VM: its node name), children included only as far as /proc
+/// counts them.
+pub fn cpu_seconds_of(pattern: &str) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0.0;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmdline).contains(pattern) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (ticks(11) + ticks(12)) / hz;
+    }
+    total
+}
+
+/// Cores used over a stretch of wall time, by whom.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cores {
+    pub postgres: f64,
+    pub broker: f64,
+    pub bench: f64,
+}
+
+pub struct CpuWatch {
+    start: Instant,
+    pg: f64,
+    broker: f64,
+    bench: f64,
+    broker_pattern: String,
+}
+
+impl CpuWatch {
+    /// `broker_pattern` picks the RabbitMQ node's VM out of /proc.
+    pub fn start(broker_pattern: &str) -> CpuWatch {
+        CpuWatch {
+            start: Instant::now(),
+            pg: cpu_seconds_of("postgres:"),
+            broker: cpu_seconds_of(broker_pattern),
+            bench: own_cpu_seconds(),
+            broker_pattern: broker_pattern.to_string(),
+        }
+    }
+
+    pub fn cores(&self) -> Cores {
+        let wall = self.start.elapsed().as_secs_f64().max(1e-3);
+        Cores {
+            postgres: (cpu_seconds_of("postgres:") - self.pg) / wall,
+            broker: (cpu_seconds_of(&self.broker_pattern) - self.broker) / wall,
+            bench: (own_cpu_seconds() - self.bench) / wall,
+        }
+    }
+}

@@ -410,6 +410,8 @@ async fn run(
         let (api, addr) = services::start_api(&w).await?;
         svc.push(api);
         let c0 = fleet::commits(&pool).await?;
+        // The machine's RabbitMQ node is the one whose home is /var/lib/rabbitmq.
+        let cpu = fleet::CpuWatch::start("/var/lib/rabbitmq");
         let outcome = load::run(
             load::Target {
                 api: addr,
@@ -426,6 +428,7 @@ async fn run(
         stop_all(svc).await;
         let done = done?;
         figures.e2e_commits_per_stop = (c1 - c0) as f64 / outcome.accepted.max(1) as f64;
+        figures.e2e_cores = cpu.cores();
         eprintln!(
             "e2e per second (accepted/claimed/finished): {}",
             e2e_timeline(&pool, &project_e).await?
@@ -563,7 +566,7 @@ async fn run(
         );
         let (api, addr) = services::start_api(&w).await?;
         let c0 = fleet::commits(&pool).await?;
-        let (cpu0, wall0) = (fleet::own_cpu_seconds(), Instant::now());
+        let cpu = fleet::CpuWatch::start(broker.node.node().split('@').next().unwrap_or("chaos"));
         let outcome = load::run(
             load::Target {
                 api: addr,
@@ -578,10 +581,9 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let c1 = fleet::commits(&pool).await?;
         figures.hosts_commits_per_stop = (c1 - c0) as f64 / outcome.accepted.max(1) as f64;
-        // This process: the load generator and the 1,000 workers' clients
-        // (a real fleet runs the workers on their own machines).
-        figures.hosts_bench_cores =
-            (fleet::own_cpu_seconds() - cpu0) / wall0.elapsed().as_secs_f64();
+        // The bench process is the load generator and the 1,000 workers'
+        // clients (a real fleet runs the workers on their own machines).
+        figures.hosts_cores = cpu.cores();
         figures.broker_mb_after = broker.rss_mb();
         api.stop().await;
         workers.stop().await;

@@ -23,9 +23,11 @@ pub struct Figures {
     /// API, the workers and the bench's own polling): what batching saves.
     pub e2e_commits_per_stop: f64,
     pub hosts_commits_per_stop: f64,
-    /// Cores the bench process itself used during the hosts phase's load
-    /// (load generator plus the in-process workers).
-    pub hosts_bench_cores: f64,
+    /// Cores used during the e2e and the hosts phases' load, by PostgreSQL,
+    /// the broker and the bench process (in the hosts phase: the load
+    /// generator plus the in-process workers; in e2e: the load generator).
+    pub e2e_cores: crate::fleet::Cores,
+    pub hosts_cores: crate::fleet::Cores,
     pub slow_stops: usize,
     pub slow_succeeded: usize,
     pub slow_e2e_seconds: f64,
@@ -199,12 +201,25 @@ impl Figures {
                 self.hosts_stops
             );
             println!(
-                "  {:<22} {:>10.2}        PostgreSQL transactions per stop over {} hosts (single host: {:.2}); the workers' process used {:.2} cores",
+                "  {:<22} {:>10.2}        PostgreSQL transactions per stop over {} hosts (single host: {:.2})",
                 "hosts_commits_per_stop",
                 self.hosts_commits_per_stop,
                 self.hosts,
                 self.e2e_commits_per_stop,
-                self.hosts_bench_cores
+            );
+            let c = |c: &crate::fleet::Cores| {
+                format!(
+                    "PostgreSQL {:.2}, RabbitMQ {:.2}, bench process {:.2}",
+                    c.postgres, c.broker, c.bench
+                )
+            };
+            println!(
+                "  {:<22} {:>10}        {} hosts: {}; one host: {}",
+                "cores_under_load",
+                "",
+                self.hosts,
+                c(&self.hosts_cores),
+                c(&self.e2e_cores)
             );
             println!(
                 "  {:<22} {:>10.0} /s     {:.2} x the single-host e2e phase's accept rate",
@@ -300,7 +315,8 @@ impl Figures {
             "hosts_accept_per_s": self.hosts_accept_per_s,
             "e2e_commits_per_stop": self.e2e_commits_per_stop,
             "hosts_commits_per_stop": self.hosts_commits_per_stop,
-            "hosts_bench_cores": self.hosts_bench_cores,
+            "hosts_cores_pg_broker_bench": [self.hosts_cores.postgres, self.hosts_cores.broker, self.hosts_cores.bench],
+            "e2e_cores_pg_broker_bench": [self.e2e_cores.postgres, self.e2e_cores.broker, self.e2e_cores.bench],
             "hosts_e2e_ratio_to_single_host": self.hosts_e2e_per_s / self.e2e_per_s,
             "broker_rss_mb_before": self.broker_mb_before,
             "broker_rss_mb_all_consuming": self.broker_mb_up,
