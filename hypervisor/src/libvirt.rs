@@ -21,9 +21,10 @@
 //! libvirt gives up on it; the job has moved on.)
 //!
 //! Addresses: `libvirt:///DOMAIN`, DOMAIN a UUID or a name (percent-encoded).
-//! The daemon is the worker's local `qemu:///system` unless the address says
-//! `?uri=LIBVIRT-URI` (percent-encoded, e.g.
-//! `?uri=qemu%2Bunix%3A%2F%2F%2Fsession%3Fsocket%3D%2Frun%2Fu%2Flibvirt-sock`).
+//! The daemon is the address's `?uri=LIBVIRT-URI` (percent-encoded, e.g.
+//! `?uri=qemu%2Bunix%3A%2F%2F%2Fsession%3Fsocket%3D%2Frun%2Fu%2Flibvirt-sock`),
+//! else the worker's [`DriverSettings::libvirt_uri`] (`--libvirt-uri`), by
+//! default the host's own `qemu:///system`.
 //! Per-instance overrides of the worker's settings, as for QEMU:
 //! `?shutdown_timeout=SECS` (0: hard power-off at once) and
 //! `?shutdown_retry_interval=SECS`.
@@ -41,10 +42,6 @@ use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
 use crate::{DriverError, DriverSettings, Hypervisor, StopMethod, Stopped, override_secs};
-
-/// The daemon a worker drives when the address names none: the host's own
-/// system instance, as nova-compute's default `connection_uri`.
-pub const DEFAULT_URI: &str = "qemu:///system";
 
 /// Which domain an address names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +95,7 @@ impl LibvirtHypervisor {
             Err(_) => DomainRef::Name(name.into_owned()),
         };
         let mut l = LibvirtHypervisor {
-            uri: DEFAULT_URI.to_string(),
+            uri: settings.libvirt_uri.clone(),
             domain,
             shutdown_timeout: settings.shutdown_timeout,
             shutdown_retry_interval: settings.shutdown_retry_interval,
@@ -571,7 +568,7 @@ mod tests {
         let u = Uuid::new_v4();
         let l = parse(&format!("libvirt:///{u}")).unwrap();
         assert_eq!(l.domain, DomainRef::Uuid(u));
-        assert_eq!(l.uri, DEFAULT_URI);
+        assert_eq!(l.uri, "qemu:///system");
         assert_eq!(l.shutdown_timeout, Duration::from_secs(60));
         assert_eq!(l.shutdown_retry_interval, Duration::from_secs(10));
 
@@ -584,6 +581,17 @@ mod tests {
         assert_eq!(l.uri, "qemu+unix:///session?socket=/run/s");
         assert_eq!(l.shutdown_timeout, Duration::from_secs(2));
         assert_eq!(l.shutdown_retry_interval, Duration::from_secs(1));
+
+        let elsewhere = DriverSettings {
+            libvirt_uri: "qemu:///session".into(),
+            ..DriverSettings::default()
+        };
+        let on = |a: &str| LibvirtHypervisor::from_url(&a.parse().unwrap(), &elsewhere).unwrap();
+        assert_eq!(on("libvirt:///vm").uri, "qemu:///session");
+        assert_eq!(
+            on("libvirt:///vm?uri=test%3A%2F%2F%2Fdefault").uri,
+            "test:///default"
+        );
 
         for bad in [
             "libvirt:///",

@@ -519,6 +519,7 @@ mod tests {
             shutdown_timeout: Duration::from_secs(5),
             shutdown_retry_interval: Duration::from_secs(1),
             qmp_timeout: Duration::from_millis(300),
+            ..DriverSettings::default()
         }
     }
 

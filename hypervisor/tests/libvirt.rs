@@ -302,6 +302,7 @@ fn settings(shutdown_timeout: u64, retry_interval: u64, call_timeout: u64) -> Dr
         shutdown_timeout: Duration::from_secs(shutdown_timeout),
         shutdown_retry_interval: Duration::from_secs(retry_interval),
         qmp_timeout: Duration::from_secs(call_timeout),
+        ..DriverSettings::default()
     }
 }
 
