@@ -7,6 +7,9 @@
 //!   over its QMP monitor ([`qemu`], on the client in [`qmp`]), stopped the
 //!   way Nova's libvirt driver does: power button first, hard power-off after
 //!   the shutdown timeout.
+//! - `libvirt:///DOMAIN` (UUID or name): a domain of a libvirt daemon
+//!   ([`libvirt`], built only with the `libvirt` feature: it links
+//!   libvirt.so), stopped as Nova's libvirt driver stops it.
 //!
 //! The worker runs [`Hypervisor::power_off`] for each job and records the
 //! [`Stopped`] or [`DriverError`] it returns; `shutoff-admin server create`
@@ -14,6 +17,8 @@
 //! holds driver code of its own.
 
 pub mod fake;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod qemu;
 pub mod qmp;
 
@@ -218,9 +223,17 @@ pub struct DriverSettings {
     /// `SHUTDOWN_RETRY_INTERVAL`).
     pub shutdown_retry_interval: Duration,
     /// Longest wait for any single QMP answer (connect, greeting, reply, or
-    /// QEMU exiting after `quit`).
+    /// QEMU exiting after `quit`), and for any single libvirt call.
     pub qmp_timeout: Duration,
+    /// The libvirt daemon of `libvirt:///` addresses that do not name one
+    /// (`?uri=`); by default the host's own `qemu:///system`. Unused by a
+    /// build without the `libvirt` feature.
+    pub libvirt_uri: String,
 }
+
+/// The libvirt daemon a worker drives unless told otherwise: the host's own
+/// system instance, nova-compute's default `connection_uri` for QEMU.
+pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
 
 impl Default for DriverSettings {
     fn default() -> Self {
@@ -228,7 +241,41 @@ impl Default for DriverSettings {
             shutdown_timeout: Duration::from_secs(60),
             shutdown_retry_interval: Duration::from_secs(10),
             qmp_timeout: Duration::from_secs(10),
+            libvirt_uri: DEFAULT_LIBVIRT_URI.to_string(),
         }
+    }
+}
+
+/// The refusal of a `libvirt:///` address by a build without the `libvirt`
+/// feature: permanent, since this worker will never have the driver.
+/// Compiled in every build so its words are tested in every build.
+#[cfg_attr(feature = "libvirt", allow(dead_code))]
+fn libvirt_not_built(address: &str) -> DriverError {
+    DriverError::permanent(format!(
+        "{address:?}: this build has no libvirt driver (build shutoff with the \
+         `libvirt` feature, which needs libvirt-dev)"
+    ))
+}
+
+/// A per-instance override of a timing may not exceed this (an hour).
+const MAX_OVERRIDE_SECS: u64 = 3600;
+
+/// An address's `KEY=SECS` override of a timing (`shutdown_timeout`,
+/// `shutdown_retry_interval`), in whole seconds; refused with `bad`.
+pub(crate) fn override_secs(
+    k: &str,
+    v: &str,
+    bad: impl Fn(String) -> DriverError,
+) -> Result<Duration, DriverError> {
+    let refused = || {
+        bad(format!(
+            "{k}={v}: expected whole seconds from 0 to {MAX_OVERRIDE_SECS}"
+        ))
+    };
+    match v.parse::<u64>() {
+        Ok(s) if s <= MAX_OVERRIDE_SECS => Ok(Duration::from_secs(s)),
+        Ok(_) => Err(refused()),
+        Err(e) => Err(refused().caused_by(e)),
     }
 }
 
@@ -266,6 +313,12 @@ pub fn driver_with(
     match url.scheme() {
         "fake" => Ok(Box::new(fake::FakeHypervisor::from_url(&url)?)),
         "qmp+unix" | "qmp+tcp" => Ok(Box::new(qemu::QemuHypervisor::from_url(&url, settings)?)),
+        #[cfg(feature = "libvirt")]
+        "libvirt" => Ok(Box::new(libvirt::LibvirtHypervisor::from_url(
+            &url, settings,
+        )?)),
+        #[cfg(not(feature = "libvirt"))]
+        "libvirt" => Err(libvirt_not_built(address)),
         other => Err(DriverError::permanent(format!(
             "no hypervisor driver for scheme {other:?}"
         ))),
@@ -291,6 +344,29 @@ mod tests {
             source.downcast_ref::<url::ParseError>(),
             Some(&url::ParseError::RelativeUrlWithoutBase)
         );
+    }
+
+    #[test]
+    fn a_build_without_libvirt_says_so_permanently() {
+        assert_eq!(
+            libvirt_not_built("libvirt:///web-1"),
+            DriverError::permanent(
+                "\"libvirt:///web-1\": this build has no libvirt driver (build shutoff with \
+                 the `libvirt` feature, which needs libvirt-dev)"
+            )
+        );
+    }
+
+    /// Runs in builds without the feature (the README's `cargo test`); CI
+    /// builds with it.
+    #[cfg(not(feature = "libvirt"))]
+    #[test]
+    fn a_build_without_libvirt_refuses_libvirt_addresses() {
+        let Err(e) = driver_for("libvirt:///web-1") else {
+            panic!("libvirt:/// was taken without the libvirt feature")
+        };
+
+        assert_eq!(e, libvirt_not_built("libvirt:///web-1"));
     }
 
     #[test]

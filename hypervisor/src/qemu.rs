@@ -39,10 +39,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::qmp::{Endpoint, Qmp, QmpError};
-use crate::{DriverError, DriverSettings, Gone, Hypervisor, StopMethod, Stopped};
-
-/// A per-instance override may not exceed this (an hour).
-const MAX_OVERRIDE_SECS: u64 = 3600;
+use crate::{DriverError, DriverSettings, Gone, Hypervisor, StopMethod, Stopped, override_secs};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuHypervisor {
@@ -102,18 +99,7 @@ impl QemuHypervisor {
             qmp_timeout: settings.qmp_timeout,
         };
         for (k, v) in url.query_pairs() {
-            let secs = || -> Result<Duration, DriverError> {
-                let refused = || {
-                    bad(format!(
-                        "{k}={v}: expected whole seconds from 0 to {MAX_OVERRIDE_SECS}"
-                    ))
-                };
-                match v.parse::<u64>() {
-                    Ok(s) if s <= MAX_OVERRIDE_SECS => Ok(Duration::from_secs(s)),
-                    Ok(_) => Err(refused()),
-                    Err(e) => Err(refused().caused_by(e)),
-                }
-            };
+            let secs = || override_secs(&k, &v, bad);
             match &*k {
                 "shutdown_timeout" => q.shutdown_timeout = secs()?,
                 "shutdown_retry_interval" => {
@@ -533,6 +519,7 @@ mod tests {
             shutdown_timeout: Duration::from_secs(5),
             shutdown_retry_interval: Duration::from_secs(1),
             qmp_timeout: Duration::from_millis(300),
+            ..DriverSettings::default()
         }
     }
 

@@ -14,6 +14,8 @@
 //!   RabbitMQ without touching the machine's services.
 //! - [`vm`]: [`vm::TestVm`], real QEMU VMs (a bare one, or the Linux test guest
 //!   built by `scripts/build-test-guest`).
+//! - [`libvirtd`]: [`libvirtd::Libvirtd`], a private session libvirtd with
+//!   QEMU domains on it (the test guest, or nothing to boot).
 //!
 //! Its own `tests/config_doc.rs` keeps the configuration reference in the
 //! README what the binaries' clap definitions say (`UPDATE_DOCS=1` rewrites
@@ -22,6 +24,7 @@
 
 pub mod app;
 pub mod env;
+pub mod libvirtd;
 pub mod proxy;
 pub mod settings;
 pub mod vm;

@@ -78,6 +78,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub qmp_timeout_secs: u64,
 
+    /// The libvirt daemon for `libvirt:///DOMAIN` addresses that name none
+    /// (an address's `?uri=` wins). Needs a worker built with the `libvirt`
+    /// feature.
+    #[arg(long, env = "SHUTOFF_LIBVIRT_URI", default_value = shutoff_hypervisor::DEFAULT_LIBVIRT_URI)]
+    pub libvirt_uri: String,
+
     /// How long a batch of claims or of successes waits for more jobs before
     /// its statement runs. Fewer, bigger statements cost PostgreSQL less per
     /// stop: end to end, 20 ms gave about 20% more stops per second than no
@@ -133,6 +139,7 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             shutdown_retry_interval: Duration::from_secs(self.shutdown_retry_interval_secs.max(1)),
             qmp_timeout: Duration::from_secs(self.qmp_timeout_secs.max(1)),
+            libvirt_uri: self.libvirt_uri.clone(),
         }
     }
 

@@ -24,6 +24,7 @@ fn settings(shutdown_timeout: u64, retry_interval: u64) -> DriverSettings {
         shutdown_timeout: Duration::from_secs(shutdown_timeout),
         shutdown_retry_interval: Duration::from_secs(retry_interval),
         qmp_timeout: Duration::from_secs(10),
+        ..DriverSettings::default()
     }
 }
 

@@ -167,6 +167,7 @@ async fn a_worker_of_another_host_in_its_own_mount_namespace_leaves_the_guest_al
             shutdown_timeout: Duration::from_secs(60),
             shutdown_retry_interval: Duration::from_secs(10),
             qmp_timeout: Duration::from_secs(10),
+            ..DriverSettings::default()
         },
     )
     .unwrap();
