@@ -152,7 +152,19 @@ async fn a_stop_confirmed_into_its_hosts_queue_before_a_broker_restart_is_carrie
     // late-1 had a worker once: it declared the queue, beat, and left.
     let first = worker_for(&c, host.as_str()).await;
     until_consuming(&c, &first).await;
-    assert!(host_row(&c, &host).await.up);
+    // Its first beat follows the attach by a moment.
+    assert!(
+        c.env
+            .eventually(T, || async {
+                hosts::list(&c.env.pool, UP)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|h| h.name == host.as_str() && h.up)
+            })
+            .await,
+        "late-1 never came up"
+    );
     first.terminate().await;
     assert!(
         !host_row(&c, &host).await.up,
