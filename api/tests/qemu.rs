@@ -8,10 +8,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shutoff_testkit::app::{self, spawn};
+use shutoff_testkit::app::spawn;
 use shutoff_testkit::vm::{Guest, TestVm, can_run};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 /// Booting the guest under TCG takes 3-5 s on an idle machine.
 const BOOT: Duration = Duration::from_secs(90);
@@ -52,7 +51,7 @@ async fn stopping_real_vms_through_the_api_ends_shutoff_cleanly_or_by_force(pool
 
     let mut took = Vec::new();
     for id in [clean, forced] {
-        let server = shutoff(&app, id, Duration::from_secs(60)).await;
+        let server = app.until_shutoff(id, Duration::from_secs(60)).await;
         took.push(t.elapsed());
         assert_eq!(server["status"], "SHUTOFF", "{server}");
         assert_eq!(server["OS-EXT-STS:power_state"], 4);
@@ -63,8 +62,8 @@ async fn stopping_real_vms_through_the_api_ends_shutoff_cleanly_or_by_force(pool
         took[0], took[1]
     );
 
-    let clean_event = stop_event(&app, clean, &requests[0]).await;
-    let forced_event = stop_event(&app, forced, &requests[1]).await;
+    let clean_event = app.stop_event(clean, &requests[0]).await;
+    let forced_event = app.stop_event(forced, &requests[1]).await;
     assert_eq!(clean_event["result"], "Success");
     let details = clean_event["details"].as_str().unwrap();
     assert!(details.starts_with("clean shutdown in "), "{details}");
@@ -79,31 +78,4 @@ async fn stopping_real_vms_through_the_api_ends_shutoff_cleanly_or_by_force(pool
     assert!(guest.exited(Duration::from_secs(10)).await.is_some());
     assert!(bare.exited(Duration::from_secs(10)).await.is_some());
     app.shut_down().await;
-}
-
-/// Polls the server until SHUTOFF (or the timeout) and returns it.
-async fn shutoff(app: &app::TestApp, id: Uuid, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let resp = app.get(&format!("/v2/{}/servers/{id}", app.project)).await;
-        assert_eq!(resp.status().as_u16(), 200);
-        let doc: Value = resp.json().await.unwrap();
-        if doc["server"]["status"] == "SHUTOFF" || Instant::now() > deadline {
-            return doc["server"].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn stop_event(app: &app::TestApp, id: Uuid, request_id: &str) -> Value {
-    let doc: Value = app
-        .get(&format!(
-            "/v2/{}/servers/{id}/os-instance-actions/{request_id}",
-            app.project
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
-    doc["instanceAction"]["events"][0].clone()
 }

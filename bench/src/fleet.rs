@@ -63,16 +63,7 @@ impl PrivateBroker {
             };
             let cmdline = String::from_utf8_lossy(&cmdline);
             if cmdline.contains("beam.smp") && cmdline.contains(&name) {
-                let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-                let kb: f64 = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()?;
-                return Some(kb / 1024.0);
+                return status_kb(&entry.path().join("status"), "VmRSS:").map(|kb| kb / 1024.0);
             }
         }
         None
@@ -271,17 +262,35 @@ pub async fn start_processes(
     Ok(all)
 }
 
-/// CPU seconds this process has used so far (user + system).
-pub fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// A `kB` field of a `/proc/<pid>/status` file (`VmRSS:`, `VmHWM:`).
+pub fn status_kb(path: &std::path::Path, field: &str) -> Option<f64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// User + system CPU seconds of a `/proc/<pid>/stat` file.
+fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // The fields after the command name, which is in parentheses.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 here.
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz.max(1.0)
+    let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 here.
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds this process has used so far (user + system).
+pub fn own_cpu_seconds() -> f64 {
+    stat_cpu_seconds(std::path::Path::new("/proc/self/stat"))
 }
 
 /// CPU seconds used so far by every process whose command line contains
@@ -289,8 +298,6 @@ pub fn own_cpu_seconds() -> f64 {
 /// node's VM: its node name), children included only as far as /proc
 /// counts them.
 pub fn cpu_seconds_of(pattern: &str) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
     };
@@ -300,14 +307,9 @@ pub fn cpu_seconds_of(pattern: &str) -> f64 {
         let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
             continue;
         };
-        if !String::from_utf8_lossy(&cmdline).contains(pattern) {
-            continue;
+        if String::from_utf8_lossy(&cmdline).contains(pattern) {
+            total += stat_cpu_seconds(&path.join("stat"));
         }
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        total += (ticks(11) + ticks(12)) / hz;
     }
     total
 }

@@ -131,13 +131,8 @@ impl Service {
 
     /// Peak resident set size so far (the kernel's high-water mark), in MiB.
     pub fn peak_rss_mb(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
+        let status = std::path::PathBuf::from(format!("/proc/{}/status", self.pid()));
+        crate::fleet::status_kb(&status, "VmHWM:").map_or(f64::NAN, |kb| kb / 1024.0)
     }
 
     /// SIGTERM, then wait for the graceful exit (SIGKILL after 30 s).

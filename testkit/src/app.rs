@@ -202,6 +202,36 @@ impl TestApp {
             .await
     }
 
+    /// Polls the server document until SHUTOFF (or `timeout`) and returns it.
+    pub async fn until_shutoff(&self, id: Uuid, timeout: std::time::Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let resp = self
+                .get(&format!("/v2/{}/servers/{id}", self.project))
+                .await;
+            assert_eq!(resp.status().as_u16(), 200);
+            let doc: serde_json::Value = resp.json().await.unwrap();
+            if doc["server"]["status"] == "SHUTOFF" || std::time::Instant::now() > deadline {
+                return doc["server"].clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The stop event of request `request_id` on server `id`, as the API shows it.
+    pub async fn stop_event(&self, id: Uuid, request_id: &str) -> serde_json::Value {
+        let doc: serde_json::Value = self
+            .get(&format!(
+                "/v2/{}/servers/{id}/os-instance-actions/{request_id}",
+                self.project
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        doc["instanceAction"]["events"][0].clone()
+    }
+
     pub async fn shut_down(self) {
         self.shutdown.cancel();
         self.api.await.unwrap().unwrap();

@@ -14,6 +14,7 @@
 //!   RabbitMQ without touching the machine's services.
 //! - [`vm`]: [`vm::TestVm`], real QEMU VMs (a bare one, or the Linux test guest
 //!   built by `scripts/build-test-guest`).
+//! - [`skip`]: skip a test that lacks a tool, or fail it in CI.
 //! - [`libvirtd`]: [`libvirtd::Libvirtd`], a private session libvirtd with
 //!   QEMU domains on it (the test guest, or nothing to boot).
 //!
@@ -27,6 +28,7 @@ pub mod env;
 pub mod libvirtd;
 pub mod proxy;
 pub mod settings;
+pub mod skip;
 pub mod vm;
 pub mod workers;
 

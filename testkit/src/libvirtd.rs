@@ -63,14 +63,7 @@ pub fn can_run(guest: bool) -> bool {
     } else {
         None
     };
-    match missing {
-        None => true,
-        Some(m) if std::env::var_os("CI").is_some() => panic!("CI is set but {m}"),
-        Some(m) => {
-            eprintln!("SKIPPED: {m}");
-            false
-        }
-    }
+    crate::skip::runnable(missing)
 }
 
 /// A private session libvirtd of one test.

@@ -70,14 +70,7 @@ pub fn can_run(guest: Guest) -> bool {
     } else {
         None
     };
-    match missing {
-        None => true,
-        Some(m) if std::env::var_os("CI").is_some() => panic!("CI is set but {m}"),
-        Some(m) => {
-            eprintln!("SKIPPED: {m}");
-            false
-        }
-    }
+    crate::skip::runnable(missing)
 }
 
 /// One QEMU process of one test.
