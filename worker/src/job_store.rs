@@ -4,15 +4,18 @@
 //! [`shutoff_core::batch`]). Each job still gets its own answer, decided by
 //! the same conditional UPDATE, so a batch changes how many commits a stop
 //! costs, not who decides it. The rarer moves (fail, retry, release, dead
-//! letters) run one statement each.
+//! letters) run one statement each, and so do the host's heartbeat and the
+//! re-drive of its waiting stops ([`crate::presence`]).
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use shutoff_core::batch::{self, Batcher, Ticket};
 use shutoff_core::ids::HostName;
 use shutoff_core::message::StopJob;
 use shutoff_core::store::claim::{self, Claim, ClaimedJob, Success};
-use shutoff_core::store::{self, StoreError, dead_letters};
+use shutoff_core::store::rescue::{self, Rescue};
+use shutoff_core::store::{self, StoreError, dead_letters, hosts};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -144,6 +147,40 @@ impl JobStore {
             &self.worker_id,
         )
         .await?)
+    }
+
+    /// Records that this worker (running `version`) serves `host`, now.
+    pub async fn beat(&self, host: &HostName, version: &str) -> Result<(), StoreError> {
+        Ok(hosts::beat(&self.pool, host, &self.worker_id, version).await?)
+    }
+
+    /// This worker no longer serves `host` (a clean shutdown).
+    pub async fn leave(&self, host: &HostName) -> Result<(), StoreError> {
+        Ok(hosts::leave(&self.pool, host, &self.worker_id).await?)
+    }
+
+    /// PostgreSQL's clock, for a re-drive's cut-off.
+    pub async fn db_now(&self) -> Result<DateTime<Utc>, StoreError> {
+        Ok(rescue::db_now(&self.pool).await?)
+    }
+
+    /// Restarts the rescuer's clock on `host`'s stops waiting in its queue.
+    pub async fn touch_host(
+        &self,
+        host: &HostName,
+        before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        Ok(rescue::touch_host(&self.pool, host, before).await?)
+    }
+
+    /// Hands back up to `limit` of `host`'s stops the broker never took.
+    pub async fn redrive(
+        &self,
+        host: &HostName,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Rescue>, StoreError> {
+        Ok(rescue::redrive(&self.pool, host, before, &self.worker_id, limit).await?)
     }
 
     /// True when PostgreSQL answers within `timeout` (for `/readyz`).

@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use shutoff_core::broker::Publisher;
 use shutoff_core::ids::HostName;
-use shutoff_core::store::hosts;
-use shutoff_core::store::rescue::{self, Rescue};
-use sqlx::PgPool;
+use shutoff_core::store::StoreError;
+use shutoff_core::store::rescue::Rescue;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::job_store::JobStore;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Jobs handed back per re-drive statement.
@@ -26,10 +27,10 @@ const REDRIVE_BATCH: i64 = 500;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Presence {
-    pub pool: PgPool,
+    /// The worker's one way into the tables.
+    pub store: JobStore,
     pub publisher: Arc<Publisher>,
     pub host: HostName,
-    pub worker_id: String,
     pub interval: Duration,
     /// Set by the consumer while it is attached to the host's queue.
     pub consuming: Arc<AtomicBool>,
@@ -63,12 +64,7 @@ impl Presence {
                 _ = tokio::time::sleep(self.interval) => {}
             }
         }
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            hosts::leave(&self.pool, &self.host, &self.worker_id),
-        )
-        .await
-        {
+        match tokio::time::timeout(Duration::from_secs(5), self.store.leave(&self.host)).await {
             Ok(Ok(())) => tracing::info!(host = %self.host, "left the host"),
             _ => {
                 tracing::warn!(host = %self.host, "could not leave the host; it goes down once its heartbeat is old")
@@ -78,11 +74,7 @@ impl Presence {
 
     /// One heartbeat; returns whether the host is up now.
     async fn beat(&self, was_up: bool) -> bool {
-        let beat = tokio::time::timeout(
-            CALL_TIMEOUT,
-            hosts::beat(&self.pool, &self.host, &self.worker_id, VERSION),
-        )
-        .await;
+        let beat = tokio::time::timeout(CALL_TIMEOUT, self.store.beat(&self.host, VERSION)).await;
         match beat {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -105,23 +97,19 @@ impl Presence {
     /// when all of it went through.
     async fn take_up_waiting(&self) -> bool {
         let pass = async {
-            let before = rescue::db_now(&self.pool).await?;
-            let touched = rescue::touch_host(&self.pool, &self.host, before).await?;
+            let before = self.store.db_now().await?;
+            let touched = self.store.touch_host(&self.host, before).await?;
             if touched > 0 {
                 tracing::info!(host = %self.host, touched, "stops waiting in the host's queue are taken up from there");
             }
-            hosts::beat(&self.pool, &self.host, &self.worker_id, VERSION).await?;
+            self.store.beat(&self.host, VERSION).await?;
             tracing::info!(host = %self.host, "host is up: heartbeat recorded");
             let (mut published, mut failed) = (0usize, 0usize);
             loop {
-                let batch = rescue::redrive(
-                    &self.pool,
-                    &self.host,
-                    before,
-                    &self.worker_id,
-                    REDRIVE_BATCH,
-                )
-                .await?;
+                let batch = self
+                    .store
+                    .redrive(&self.host, before, REDRIVE_BATCH)
+                    .await?;
                 let n = batch.len();
                 for r in batch {
                     match r {
@@ -137,7 +125,7 @@ impl Presence {
                     }
                 }
                 if (n as i64) < REDRIVE_BATCH {
-                    return Ok::<_, sqlx::Error>((published, failed));
+                    return Ok::<_, StoreError>((published, failed));
                 }
             }
         };

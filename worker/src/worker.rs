@@ -32,7 +32,7 @@ pub const DEFAULT_POOL: u32 = 4;
 
 pub struct Worker {
     settings: Settings,
-    /// For the heartbeat, the re-drive and (with `--rescuer`) the rescuer.
+    /// For the rescuer (with `--rescuer`), core's own loop over every host.
     pool: PgPool,
     ctx: Arc<JobContext>,
     health_listener: TcpListener,
@@ -135,10 +135,9 @@ impl Worker {
         });
         let attached = Arc::new(Notify::new());
         let presence = Presence {
-            pool,
+            store: ctx.store.clone(),
             publisher: ctx.publisher.clone(),
             host: ctx.host.clone(),
-            worker_id: ctx.worker_id.clone(),
             interval: settings.heartbeat(),
             consuming: consuming.clone(),
             attached: attached.clone(),
