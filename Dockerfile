@@ -4,6 +4,11 @@
 
 # ---- build ----
 FROM rust:1-bookworm AS builder
+# libvirt-dev: the worker's and the admin tool's libvirt:/// driver (the
+# `libvirt` feature) links libvirt's client library.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libvirt-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The cache mounts keep crates.io downloads and compiled dependencies between
@@ -11,14 +16,17 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p shutoff-api -p shutoff-worker -p shutoff-admin \
+        --features shutoff-worker/libvirt,shutoff-admin/libvirt \
  && install -D -m 0755 -t /out \
         target/release/shutoff-api target/release/shutoff-worker target/release/shutoff-admin
 
 # ---- run ----
 FROM debian:bookworm-slim
-# curl serves the compose healthchecks (GET /readyz).
+# curl serves the compose healthchecks (GET /readyz); libvirt0 is the
+# client library the libvirt driver links (the daemon is the host's own,
+# reached through its socket, /var/run/libvirt/libvirt-sock, mounted in).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl libvirt0 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --uid 10001 shutoff
 COPY --from=builder /out/ /usr/local/bin/

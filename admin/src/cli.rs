@@ -162,11 +162,17 @@ pub enum ServerCommand {
         #[arg(long)]
         locked: bool,
         /// Hypervisor address: the simulator (fake://?delay_ms=200,
-        /// fake://?fail=always) or a QEMU VM's QMP monitor
-        /// (qmp+unix:///run/vm1.qmp, qmp+tcp://127.0.0.1:4444, optionally
-        /// with ?shutdown_timeout=SECS).
+        /// fake://?fail=always), a QEMU VM's QMP monitor
+        /// (qmp+unix:///run/vm1.qmp, qmp+tcp://127.0.0.1:4444) or a libvirt
+        /// domain (libvirt:///UUID-OR-NAME, in a build with the libvirt
+        /// feature), optionally with ?shutdown_timeout=SECS.
         #[arg(long, default_value = "fake://")]
         hypervisor: String,
+        /// The libvirt daemon a libvirt:///DOMAIN address is verified on
+        /// when it names none (?uri=): the one the host's workers use
+        /// (their --libvirt-uri).
+        #[arg(long, env = "SHUTOFF_LIBVIRT_URI", default_value = shutoff_hypervisor::DEFAULT_LIBVIRT_URI)]
+        libvirt_uri: String,
         /// Register without asking the hypervisor. By default the address
         /// must reach the VM, and a running VM must be registered active and
         /// a shut-off one stopped.

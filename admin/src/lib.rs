@@ -44,8 +44,18 @@ async fn existing_project(pool: &sqlx::PgPool, s: &str) -> anyhow::Result<Projec
 /// The drivers the worker uses (`shutoff-hypervisor`) decide what a valid
 /// address is; unless `verify` is off, the VM must also answer, in a power
 /// state that matches the vm_state it is registered with.
-async fn check_hypervisor(address: &str, vm_state: VmState, verify: bool) -> anyhow::Result<()> {
-    let driver = shutoff_hypervisor::driver_for(address).map_err(|e| anyhow::anyhow!("{e}"))?;
+async fn check_hypervisor(
+    address: &str,
+    libvirt_uri: &str,
+    vm_state: VmState,
+    verify: bool,
+) -> anyhow::Result<()> {
+    let settings = shutoff_hypervisor::DriverSettings {
+        libvirt_uri: libvirt_uri.to_string(),
+        ..Default::default()
+    };
+    let driver =
+        shutoff_hypervisor::driver_with(address, &settings).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !verify {
         return Ok(());
     }
@@ -154,6 +164,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     not_launched,
                     locked,
                     hypervisor,
+                    libvirt_uri,
                     no_verify,
                     host,
                 },
@@ -165,7 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if name.trim().is_empty() || name.len() > 255 {
                 bail!("server name must be 1 to 255 characters");
             }
-            check_hypervisor(&hypervisor, vm_state, !no_verify).await?;
+            check_hypervisor(&hypervisor, &libvirt_uri, vm_state, !no_verify).await?;
             let project = existing_project(&pool, &project).await?;
             let mut s = admin::NewServer::new(&project, &name);
             s.user_id = user;

@@ -358,6 +358,61 @@ async fn a_running_qemu_vm_is_registered_by_its_qmp_address_once_it_answers(pool
     );
 }
 
+/// A libvirt domain is verified on the daemon `--libvirt-uri` names, as the
+/// host's worker will reach it: running and registered active is taken;
+/// registered stopped, or a domain the daemon does not have, is refused.
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_libvirt_domain_is_registered_once_the_daemon_the_worker_uses_has_it_running(
+    pool: PgPool,
+) {
+    use shutoff_testkit::libvirtd::{Libvirtd, can_run, driver_built};
+    if !driver_built() || !can_run(false) {
+        return;
+    }
+    let env = TestEnv::new(pool);
+    let project = stdout(&admin(&env, &["project", "create", "--name", "demo"]));
+    let daemon = Libvirtd::start();
+    let (uuid, name) = daemon.define(false, true);
+    let uri = daemon.uri();
+    let create = |address: &str, extra: &[&str]| {
+        let mut args = vec![
+            "server",
+            "create",
+            "--project",
+            &project,
+            "--name",
+            "vm",
+            "--host",
+            "kvm-1",
+            "--libvirt-uri",
+            &uri,
+            "--hypervisor",
+            address,
+        ];
+        args.extend_from_slice(extra);
+        admin(&env, &args)
+    };
+
+    refused(
+        &create(&format!("libvirt:///{name}"), &["--vm-state", "stopped"]),
+        "is running",
+    );
+    refused(
+        &create("libvirt:///no-such-domain", &[]),
+        "has no domain \"no-such-domain\": is it defined there?",
+    );
+    assert_eq!(count(&env, "instances").await, 0);
+
+    let by_name = stdout(&create(&format!("libvirt:///{name}"), &[]));
+    let by_uuid = stdout(&create(
+        &format!("libvirt:///{uuid}?shutdown_timeout=30"),
+        &[],
+    ));
+    assert_eq!((by_name.len(), by_uuid.len()), (36, 36));
+    assert_eq!(count(&env, "instances").await, 2);
+    assert_eq!(daemon.domstate(&name), "running (booted)");
+}
+
 #[test]
 fn each_subcommand_lists_only_the_options_it_takes() {
     let server_create = options_in_help(&["server", "create"]);

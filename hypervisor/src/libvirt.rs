@@ -10,9 +10,12 @@
 //!    then once a second look the domain up again and read its state, done
 //!    when it is off, pressing again every `shutdown_retry_interval`, for at
 //!    most `shutdown_timeout` seconds.
-//! 3. Then, if it is still on: `virDomainDestroyFlags` (hard power-off), where
+//! 3. Then, always (as Nova's `power_off` calls `_destroy` after every clean
+//!    shutdown): `virDomainDestroyFlags` (hard power-off), where
 //!    `VIR_ERR_NO_DOMAIN`, and `VIR_ERR_OPERATION_INVALID` while the domain is
-//!    shut off, count as success.
+//!    shut off, count as success; the state is read back. A domain still
+//!    "being shut down", or crashed, is finished here. The stop is recorded
+//!    forced only when the guest did not go off by itself in time.
 //!
 //! Every libvirt call blocks, so each runs on tokio's blocking pool and is
 //! bounded by the worker's `qmp_timeout`: a daemon that is down, or that
@@ -243,28 +246,27 @@ impl LibvirtHypervisor {
         };
         let st = self.state(&d, "reading the domain's state").await?;
         tracing::info!(%instance, uri = %self.uri, domain = %self.domain, state = %st, "libvirt connected");
-        if st.is_off() {
-            return Ok(done(
-                StopMethod::AlreadyOff,
-                st.power_state(),
-                format!("libvirt state {st}"),
-            ));
-        }
-        let why_hard = if self.shutdown_timeout.is_zero() {
-            "shutdown timeout 0: no clean shutdown".to_string()
+        let (how, why) = if st.is_off() {
+            (StopMethod::AlreadyOff, format!("libvirt state {st}"))
+        } else if self.shutdown_timeout.is_zero() {
+            let why = "shutdown timeout 0: no clean shutdown".to_string();
+            tracing::info!(%instance, uri = %self.uri, domain = %self.domain, reason = %why, "hard power-off (virDomainDestroyFlags)");
+            (StopMethod::Forced, why)
         } else {
             match self.clean_shutdown(&s, &d, instance).await? {
-                Clean::Done(how, power_state, note) => return Ok(done(how, power_state, note)),
-                Clean::TimedOut(note) => note,
+                Clean::Done(how, note) => (how, note),
+                Clean::TimedOut(why) => {
+                    tracing::info!(%instance, uri = %self.uri, domain = %self.domain, reason = %why, "hard power-off (virDomainDestroyFlags)");
+                    (StopMethod::Forced, why)
+                }
             }
         };
-        tracing::info!(%instance, uri = %self.uri, domain = %self.domain, reason = %why_hard, "hard power-off (virDomainDestroyFlags)");
+        // Nova's power_off destroys after every clean shutdown, also one
+        // that found the domain off: a domain still "being shut down"
+        // (which Nova's map already counts as off) or crashed is finished
+        // there, and the state is read back from what is left.
         let (power_state, note) = self.destroy(&s, &d).await?;
-        Ok(done(
-            StopMethod::Forced,
-            power_state,
-            format!("{why_hard}; {note}"),
-        ))
+        Ok(done(how, power_state, format!("{why}; {note}")))
     }
 
     /// Nova's `_clean_shutdown` after its first state check.
@@ -303,7 +305,6 @@ impl LibvirtHypervisor {
                 None => {
                     return Ok(Clean::Done(
                         StopMethod::Clean,
-                        PowerState::Shutdown,
                         format!(
                             "the domain went away after {sec} s and {}",
                             presses_text(presses, refused)
@@ -331,7 +332,6 @@ impl LibvirtHypervisor {
                 };
                 return Ok(Clean::Done(
                     how,
-                    st.power_state(),
                     format!(
                         "libvirt state {st}{not_ours} after {sec} s and {}",
                         presses_text(presses, refused)
@@ -384,7 +384,7 @@ impl LibvirtHypervisor {
             Err(e) if e.code() == ErrorNumber::OperationInvalid => {
                 match self.look_again(s, what).await? {
                     Some(st) if st.state == sys::VIR_DOMAIN_SHUTOFF => {
-                        format!("virDomainDestroyFlags: already shut off ({})", e.message())
+                        "virDomainDestroyFlags: not running".to_string()
                     }
                     None => format!("virDomainDestroyFlags: gone ({})", e.message()),
                     Some(st) => {
@@ -413,8 +413,8 @@ impl LibvirtHypervisor {
 }
 
 enum Clean {
-    /// Off: how, the state read back, and what libvirt said.
-    Done(StopMethod, PowerState, String),
+    /// Off: how, and what libvirt said.
+    Done(StopMethod, String),
     /// The guest did not shut down in time; why, for the record.
     TimedOut(String),
 }
@@ -473,8 +473,9 @@ impl std::fmt::Display for State {
 }
 
 /// libvirt's domain state as Nova's power state: Nova's
-/// `LIBVIRT_POWER_STATE`, where "being shut down" already counts as
-/// SHUTDOWN and "blocked" as RUNNING.
+/// `LIBVIRT_POWER_STATE` (nova/virt/libvirt/guest.py), checked entry by
+/// entry: no state 0, running and blocked 1, paused 3, "being shut down"
+/// and shut off 4, crashed 6, pm-suspended 7.
 pub fn power_state_of(state: sys::virDomainState) -> PowerState {
     match state {
         sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => PowerState::Running,

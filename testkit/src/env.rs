@@ -211,19 +211,30 @@ impl TestEnv {
         let ch = conn.create_channel().await.unwrap();
         self.topology.declare(&ch).await.unwrap();
         ch.confirm_select(Default::default()).await.unwrap();
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                Default::default(),
-                body,
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
+        // A quorum queue nacks a publish it could not commit (a leader busy
+        // on a loaded machine, just after the queue was declared); as the
+        // product's relay does, publish again rather than count it.
+        let mut nacks = 0;
+        loop {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    Default::default(),
+                    body,
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            if confirm.is_ack() {
+                break;
+            }
+            nacks += 1;
+            assert!(nacks < 5, "{queue} nacked {nacks} publishes in a row");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         let _ = conn.close(200, "done".into()).await;
     }
 }

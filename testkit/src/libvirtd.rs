@@ -42,6 +42,20 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
+/// True when this build has the libvirt driver (the `libvirt` feature,
+/// which the README's test command turns on); otherwise skipped with a
+/// message, or a failure in CI.
+pub fn driver_built() -> bool {
+    let missing = match shutoff_hypervisor::driver_for("libvirt:///probe") {
+        Err(e) if e.to_string().contains("this build has no libvirt driver") => Some(
+            "the tests were built without the libvirt feature (cargo test ... --features shutoff-worker/libvirt)"
+                .to_string(),
+        ),
+        _ => None,
+    };
+    crate::skip::runnable(missing)
+}
+
 /// True if a private libvirtd can run domains here (and, with `guest`, the
 /// test guest is built); otherwise skipped with a message, or a failure in CI.
 pub fn can_run(guest: bool) -> bool {
@@ -66,6 +80,34 @@ pub fn can_run(guest: bool) -> bool {
     crate::skip::runnable(missing)
 }
 
+/// Starts a session libvirtd whose every directory is under `dir` (as
+/// `nobody` when the tests run as root); its stderr goes to `libvirtd.err`.
+fn spawn_daemon(dir: &std::path::Path, runtime: &std::path::Path) -> Child {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]);
+        c.arg("libvirtd");
+        c
+    } else {
+        Command::new("libvirtd")
+    };
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("libvirtd.err"))
+        .expect("open libvirtd.err");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.join("home"))
+        .env("XDG_RUNTIME_DIR", runtime)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    cmd.spawn().expect("start libvirtd")
+}
+
 /// A private session libvirtd of one test.
 pub struct Libvirtd {
     child: Child,
@@ -84,8 +126,7 @@ impl Libvirtd {
         for d in ["run", "config", "cache", "home"] {
             std::fs::create_dir_all(dir.join(d)).expect("create the daemon's directories");
         }
-        let root = is_root();
-        if root {
+        if is_root() {
             // The daemon runs as nobody: it must own its directories (and
             // the serial logs its QEMUs write there).
             let s = Command::new("chown")
@@ -95,44 +136,41 @@ impl Libvirtd {
                 .expect("chown");
             assert!(s.success(), "chown {} to nobody", dir.display());
         }
-        let mut cmd = if root {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]);
-            c.arg("libvirtd");
-            c
-        } else {
-            Command::new("libvirtd")
-        };
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", dir.join("home"))
-            .env("XDG_RUNTIME_DIR", &runtime)
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .env("XDG_CACHE_HOME", dir.join("cache"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("libvirtd.err")).expect("create libvirtd.err"));
-        let child = cmd.spawn().expect("start libvirtd");
         let socket = runtime.join("libvirt/libvirt-sock");
+        let child = spawn_daemon(&dir, &runtime);
         let mut d = Libvirtd {
             child,
             dir,
             runtime,
             socket,
         };
+        d.wait_for_socket();
+        d
+    }
+
+    /// Kills the daemon (SIGKILL, as a crash) and starts it again on the
+    /// same directories. Its QEMUs run on: the new daemon finds them from
+    /// its state directory, as libvirtd does after a restart on a host.
+    pub fn restart(&mut self) {
+        self.signal("KILL");
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn_daemon(&self.dir, &self.runtime);
+        self.wait_for_socket();
+    }
+
+    fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&d.socket).is_err() {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("libvirtd exited with {status}: {}", d.stderr());
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("libvirtd exited with {status}: {}", self.stderr());
             }
             assert!(
                 Instant::now() < deadline,
                 "libvirtd does not accept connections after 30 s: {}",
-                d.stderr()
+                self.stderr()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        d
     }
 
     pub fn uri(&self) -> String {
