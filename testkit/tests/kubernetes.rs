@@ -67,8 +67,14 @@ fn containers(docs: &[Value]) -> Vec<(String, &Value)> {
         let spec = &d["spec"]["template"]["spec"];
         for list in ["initContainers", "containers"] {
             for c in spec[list].as_array().into_iter().flatten() {
+                let name = |v: &Value| v.as_str().unwrap_or("?").to_string();
                 out.push((
-                    format!("{} {}/{}", d["kind"], d["metadata"]["name"], c["name"]),
+                    format!(
+                        "{} {}/{}",
+                        name(&d["kind"]),
+                        name(&d["metadata"]["name"]),
+                        name(&c["name"])
+                    ),
                     c,
                 ));
             }
@@ -186,7 +192,9 @@ fn every_variable_the_manifests_set_is_one_its_binary_reads() {
     for (workload, c) in containers(&docs) {
         let command: Vec<String> = c["command"]
             .as_array()
-            .unwrap_or_else(|| panic!("{workload} names no command (the image's default is shutoff-api)"))
+            .unwrap_or_else(|| {
+                panic!("{workload} names no command (the image's default is shutoff-api)")
+            })
             .iter()
             .map(|w| w.as_str().unwrap().to_string())
             .collect();
@@ -196,14 +204,23 @@ fn every_variable_the_manifests_set_is_one_its_binary_reads() {
             given.insert(e["name"].as_str().unwrap().to_string());
             let from = &e["valueFrom"];
             if let Some(key) = from["secretKeyRef"]["key"].as_str() {
-                assert!(secret.contains(key), "{workload}: the Secret example has no {key}");
+                assert!(
+                    secret.contains(key),
+                    "{workload}: the Secret example has no {key}"
+                );
             }
             if let Some(key) = from["configMapKeyRef"]["key"].as_str() {
-                assert!(config.contains(key), "{workload}: shutoff-config has no {key}");
+                assert!(
+                    config.contains(key),
+                    "{workload}: shutoff-config has no {key}"
+                );
             }
         }
         for from in c["envFrom"].as_array().into_iter().flatten() {
-            match (from["configMapRef"]["name"].as_str(), from["secretRef"]["name"].as_str()) {
+            match (
+                from["configMapRef"]["name"].as_str(),
+                from["secretRef"]["name"].as_str(),
+            ) {
                 (Some("shutoff-config"), _) => given.extend(config.iter().cloned()),
                 (_, Some("shutoff-connections")) => given.extend(secret.iter().cloned()),
                 _ => panic!("{workload}: envFrom of something this test does not know: {from}"),
@@ -239,7 +256,10 @@ fn the_worker_runs_on_each_hypervisor_host_named_after_its_node_and_the_api_behi
             .unwrap_or_else(|| panic!("the worker has no {name}"))
             .clone()
     };
-    assert_eq!(env("SHUTOFF_HOST")["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(
+        env("SHUTOFF_HOST")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
     // The hypervisor's sockets, at the paths its instances' addresses name.
     let mounts: BTreeSet<&str> = c["volumeMounts"]
         .as_array()

@@ -70,7 +70,12 @@ fn dashboard_queries() -> Vec<String> {
     let mut out = Vec::new();
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().into_iter().flatten() {
-            out.push(t["expr"].as_str().unwrap().replace("$__rate_interval", "1m"));
+            out.push(
+                t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m"),
+            );
         }
     }
     out
@@ -177,13 +182,35 @@ fn the_rules_pass_promtool_and_each_alert_has_a_unit_test() {
     let alerts: BTreeSet<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
     assert_eq!(alerts.len(), 8, "{alerts:?}");
     let untested: Vec<_> = alerts.difference(&fired).collect();
-    assert!(untested.is_empty(), "alerts never tested firing: {untested:?}");
+    assert!(
+        untested.is_empty(),
+        "alerts never tested firing: {untested:?}"
+    );
 }
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn every_metric_the_rules_and_the_dashboard_query_is_one_the_services_export(pool: PgPool) {
+    // A family shows in the exposition once it has a sample: one stop
+    // carried out (requests, publishes, a power-off) and one waiting for a
+    // host no worker serves (the stops waiting and the host gauges).
     let app = app::spawn(pool).await;
     let health = app.worker.as_ref().unwrap().health;
+    let quick = app.server("quick").await;
+    let gone = app.env.host("m-gone");
+    let waiting = app.server_with(|s| s.host = gone.to_string()).await;
+    assert_eq!(app.stop(quick).await.status().as_u16(), 202);
+    assert_eq!(app.stop(waiting).await.status().as_u16(), 202);
+    assert!(app.stopped(quick, Duration::from_secs(15)).await);
+    // The API's host census runs every 10 s.
+    let counted = app
+        .env
+        .eventually(Duration::from_secs(25), || async {
+            let text = scrape(app.url("/metrics")).await;
+            text.contains("shutoff_stops_waiting_oldest_seconds{")
+                && text.contains("shutoff_host_up{")
+        })
+        .await;
+    assert!(counted, "{}", scrape(app.url("/metrics")).await);
     let mut exports = exported(&scrape(app.url("/metrics")).await);
     exports.extend(exported(&scrape(format!("http://{health}/metrics")).await));
 
@@ -201,8 +228,15 @@ async fn every_metric_the_rules_and_the_dashboard_query_is_one_the_services_expo
         queried.extend(names_in(&q));
     }
     // The scan finds what the rules are built on (so it cannot pass empty).
-    for must in ["shutoff_host_up", "shutoff_stops_waiting", "shutoff_jobs_dead_lettered_total"] {
-        assert!(from_rules.contains(must), "{must} not found in {from_rules:?}");
+    for must in [
+        "shutoff_host_up",
+        "shutoff_stops_waiting",
+        "shutoff_jobs_dead_lettered_total",
+    ] {
+        assert!(
+            from_rules.contains(must),
+            "{must} not found in {from_rules:?}"
+        );
     }
     assert!(queried.contains("shutoff_power_off_duration_seconds_bucket"));
     let unknown: Vec<_> = queried
@@ -241,9 +275,13 @@ impl Prometheus {
             .local_addr()
             .unwrap()
             .port();
-        let dir = std::env::temp_dir().join(format!("shutoff-prometheus-{port}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("shutoff-prometheus-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let files: Vec<String> = rule_files.iter().map(|f| format!("{:?}", f.display().to_string())).collect();
+        let files: Vec<String> = rule_files
+            .iter()
+            .map(|f| format!("{:?}", f.display().to_string()))
+            .collect();
         let config = format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
              rule_files: [{}]\n\
@@ -257,8 +295,14 @@ impl Prometheus {
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -381,11 +425,18 @@ async fn a_real_prometheus_scraping_the_api_and_a_worker_fires_the_shipped_rules
         up.len() == 2
     })
     .await;
-    assert!(scraped, "targets never up: {:?}\n{}", prom.query("up").await, prom.log());
+    assert!(
+        scraped,
+        "targets never up: {:?}\n{}",
+        prom.query("up").await,
+        prom.log()
+    );
 
     // A stop the hypervisor refuses for good, and a message no worker can parse.
     assert_eq!(app.stop(broken).await.status().as_u16(), 202);
-    app.env.publish_raw(&app.env.work_queue(), b"not a job").await;
+    app.env
+        .publish_raw(&app.env.work_queue(), b"not a job")
+        .await;
 
     // The shipped file's dead-letter alert has no `for`: it fires as it is.
     // The failing-stops alert waits 10 minutes in the shipped file (pending)
@@ -397,7 +448,10 @@ async fn a_real_prometheus_scraping_the_api_and_a_worker_fires_the_shipped_rules
     .await;
     let alerts = prom.api("/api/v1/alerts", &[]).await;
     assert!(fired, "alerts: {alerts}\n{}", prom.log());
-    assert_eq!(prom.state(&rules_path(), "ShutoffStopsFailing").await, "pending");
+    assert_eq!(
+        prom.state(&rules_path(), "ShutoffStopsFailing").await,
+        "pending"
+    );
     let firing: BTreeSet<&str> = alerts["alerts"]
         .as_array()
         .unwrap()
@@ -409,7 +463,11 @@ async fn a_real_prometheus_scraping_the_api_and_a_worker_fires_the_shipped_rules
     // Nothing here answers 5xx or fails to publish, not even without `for`.
     // (The host alerts may flicker: the API's first census can run before
     // the worker's first heartbeat.)
-    for quiet in ["ShutoffApi5xx", "ShutoffRelayBacklog", "ShutoffAcceptLatencyHigh"] {
+    for quiet in [
+        "ShutoffApi5xx",
+        "ShutoffRelayBacklog",
+        "ShutoffAcceptLatencyHigh",
+    ] {
         assert!(!firing.contains(quiet), "{quiet}: {alerts}");
     }
 
@@ -418,8 +476,18 @@ async fn a_real_prometheus_scraping_the_api_and_a_worker_fires_the_shipped_rules
     for q in dashboard_queries() {
         prom.query(&q).await;
     }
-    assert!(!prom.query("sum(rate(shutoff_jobs_accepted_total[1m])) > 0").await.is_empty());
-    assert!(!prom.query("sum(rate(shutoff_jobs_failed_total[1m])) > 0").await.is_empty());
+    assert!(
+        !prom
+            .query("sum(rate(shutoff_jobs_accepted_total[1m])) > 0")
+            .await
+            .is_empty()
+    );
+    assert!(
+        !prom
+            .query("sum(rate(shutoff_jobs_failed_total[1m])) > 0")
+            .await
+            .is_empty()
+    );
 
     drop(prom);
     let _ = std::fs::remove_dir_all(&scratch);
