@@ -211,5 +211,15 @@ async fn hosts_up_and_down_and_the_stops_waiting_for_each_are_gauged(pool: PgPoo
         sample(&text, r#"shutoff_stops_waiting{host="m-live"}"#),
         None
     );
+    assert_eq!(
+        sample(&text, r#"shutoff_host_up{host="m-live"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"shutoff_host_up{host="m-gone"}"#),
+        Some(0.0),
+        "{text}"
+    );
     app.shut_down().await;
 }

@@ -23,6 +23,10 @@ pub struct HostLabels {
 pub struct HostMetrics {
     pub hosts_up: Gauge,
     pub hosts_down: Gauge,
+    /// 1 for each known host that is up, 0 for each that is down: what an
+    /// alert joins with `stops_waiting` to find a host whose stops nobody
+    /// can carry out (the two totals above cannot say which host).
+    pub host_up: Family<HostLabels, Gauge>,
     /// Unfinished stops per host (only hosts with some).
     pub stops_waiting: Family<HostLabels, Gauge>,
     /// Age of each host's oldest unfinished stop.
@@ -40,6 +44,11 @@ impl HostMetrics {
             "hosts_down",
             "Hosts known to shutoff (served once, or named by a waiting stop) with no live worker",
             self.hosts_down.clone(),
+        );
+        registry.register(
+            "host_up",
+            "1 if a worker of the host sent a heartbeat within --host-down-after, else 0, by host",
+            self.host_up.clone(),
         );
         registry.register(
             "stops_waiting",
@@ -62,8 +71,15 @@ impl HostMetrics {
         self.hosts_down.set(rows.len() as i64 - up);
         // Rebuilt each time, so a host whose stops all finished leaves
         // the series instead of reporting its last backlog for ever.
+        self.host_up.clear();
         self.stops_waiting.clear();
         self.oldest_waiting_seconds.clear();
+        for h in &rows {
+            let labels = HostLabels {
+                host: h.name.clone(),
+            };
+            self.host_up.get_or_create(&labels).set(i64::from(h.up));
+        }
         for h in rows.iter().filter(|h| h.waiting > 0) {
             let labels = HostLabels {
                 host: h.name.clone(),
