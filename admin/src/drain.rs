@@ -36,6 +36,9 @@ const POLL: Duration = Duration::from_millis(200);
 /// How often the progress line is written when stderr is not a terminal.
 const LOG_EVERY: Duration = Duration::from_secs(2);
 
+/// A stop's acceptance: its job and whether RabbitMQ confirmed it, or why not.
+type Accepted = Result<(StopJob, bool), AcceptError>;
+
 /// What the command line asked for.
 pub struct Drain<'a> {
     pub host: HostName,
@@ -147,10 +150,7 @@ pub async fn run(pool: &sqlx::PgPool, d: Drain<'_>) -> anyhow::Result<()> {
     if servers.is_empty() {
         return Err(Outcome::NotFound(format!("host {} has no servers", d.host)).into());
     }
-    let mut fates: Vec<Fate> = servers
-        .iter()
-        .map(|s| plan(s, d.include_locked))
-        .collect();
+    let mut fates: Vec<Fate> = servers.iter().map(|s| plan(s, d.include_locked)).collect();
     if d.dry_run {
         table(&servers, &fates);
         let n = |l: &str| fates.iter().filter(|f| f.label() == l).count();
@@ -208,39 +208,38 @@ pub async fn run(pool: &sqlx::PgPool, d: Drain<'_>) -> anyhow::Result<()> {
         .filter(|&i| matches!(fates[i], Fate::Stop))
         .collect();
     let started = Instant::now();
-    let accepted: Vec<(usize, Result<(StopJob, bool), AcceptError>)> =
-        futures::stream::iter(to_stop.iter().copied())
-            .take_while(|_| std::future::ready(!cancel.is_cancelled()))
-            .map(|i| {
-                let s = &servers[i];
-                let acceptor = &acceptor;
-                let publisher = &publisher;
-                let notes = &notes;
-                let include_locked = d.include_locked;
-                let max_attempts = d.max_attempts;
-                async move {
-                    let caller = caller(&s.check.project_id, include_locked)
-                        .expect("planned servers have a valid project");
-                    let request_id = RequestId::new();
-                    let stop = StopRequest {
-                        caller: &caller,
-                        server: s.id,
-                        request_id: &request_id,
-                        max_attempts,
-                    };
-                    let result = match acceptor.accept(stop, &Ticket::new()).await {
-                        Ok(job) => {
-                            let ok = notes.publish(publisher, &job).await;
-                            Ok((job, ok))
-                        }
-                        Err(e) => Err(e),
-                    };
-                    (i, result)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+    let accepted: Vec<(usize, Accepted)> = futures::stream::iter(to_stop.iter().copied())
+        .take_while(|_| std::future::ready(!cancel.is_cancelled()))
+        .map(|i| {
+            let s = &servers[i];
+            let acceptor = &acceptor;
+            let publisher = &publisher;
+            let notes = &notes;
+            let include_locked = d.include_locked;
+            let max_attempts = d.max_attempts;
+            async move {
+                let caller = caller(&s.check.project_id, include_locked)
+                    .expect("planned servers have a valid project");
+                let request_id = RequestId::new();
+                let stop = StopRequest {
+                    caller: &caller,
+                    server: s.id,
+                    request_id: &request_id,
+                    max_attempts,
+                };
+                let result = match acceptor.accept(stop, &Ticket::new()).await {
+                    Ok(job) => {
+                        let ok = notes.publish(publisher, &job).await;
+                        Ok((job, ok))
+                    }
+                    Err(e) => Err(e),
+                };
+                (i, result)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     let mut store_errors = Vec::new();
     for i in &to_stop {
         fates[*i] = Fate::NotStarted;
@@ -276,7 +275,15 @@ pub async fn run(pool: &sqlx::PgPool, d: Drain<'_>) -> anyhow::Result<()> {
         .count();
     let n_earlier = fates
         .iter()
-        .filter(|f| matches!(f, Fate::Stopping { earlier: Some(_), .. }))
+        .filter(|f| {
+            matches!(
+                f,
+                Fate::Stopping {
+                    earlier: Some(_),
+                    ..
+                }
+            )
+        })
         .count();
     eprintln!(
         "drain {}: {} servers; accepted {n_accepted} stops in {}, waiting for {n_earlier} already under way, skipped {}",

@@ -21,8 +21,26 @@ fn command(env: &TestEnv, args: &[&str]) -> Command {
     c
 }
 
-fn admin(env: &TestEnv, args: &[&str]) -> Output {
-    command(env, args).output().unwrap()
+/// Runs the admin tool off the test's runtime thread, so the worker in
+/// this process keeps working while the drain waits for it.
+async fn admin(env: &TestEnv, args: &[&str]) -> Output {
+    let mut c = command(env, args);
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Until a worker of `host` has beaten (and so declared its queue).
+async fn until_up(env: &TestEnv, host: &str) {
+    assert!(
+        env.eventually(Duration::from_secs(20), || async {
+            shutoff_core::store::hosts::is_up(&env.pool, host, Duration::from_secs(30))
+                .await
+                .unwrap()
+        })
+        .await,
+        "no worker of {host} came up"
+    );
 }
 
 fn text(b: &[u8]) -> String {
@@ -78,6 +96,7 @@ async fn a_drain_interrupted_half_way_and_run_again_stops_every_stoppable_server
             s.prefetch = 20;
         })
         .await;
+    until_up(env, HOST).await;
     let mut stoppable = Vec::new();
     for _ in 0..450 {
         stoppable.push(server(&c, HOST, "fake://?delay_ms=100", |_| {}).await);
@@ -100,7 +119,7 @@ async fn a_drain_interrupted_half_way_and_run_again_stops_every_stoppable_server
     // Another host's server is none of the drain's business.
     let elsewhere = server(&c, "other-1", "fake://", |_| {}).await;
 
-    let plan = admin(env, &["drain", "--host", HOST, "--dry-run"]);
+    let plan = admin(env, &["drain", "--host", HOST, "--dry-run"]).await;
     assert!(plan.status.success(), "{}", text(&plan.stderr));
     assert!(
         text(&plan.stdout).contains("would stop 450, wait for 0 already stopping, skip 50"),
@@ -152,11 +171,15 @@ async fn a_drain_interrupted_half_way_and_run_again_stops_every_stoppable_server
         .values()
         .filter(|(o, _)| o == "stopping")
         .count();
-    assert!(still > 0, "nothing was left under way: {}", text(&first.stdout));
+    assert!(
+        still > 0,
+        "nothing was left under way: {}",
+        text(&first.stdout)
+    );
 
     // Run again: it waits for what the first run left under way and asks
     // for no stop twice.
-    let second = admin(env, &["drain", "--host", HOST]);
+    let second = admin(env, &["drain", "--host", HOST]).await;
     println!(
         "second drain ({:.1} s in all):\n{}\n{}",
         t0.elapsed().as_secs_f64(),
@@ -210,12 +233,13 @@ async fn a_drain_interrupted_half_way_and_run_again_stops_every_stoppable_server
         for id in ids {
             let (vm, _, _) = env.instance_state(id).await;
             assert_eq!(vm, vm_state, "{id}");
-            let actions: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM instance_actions WHERE instance_uuid = $1")
-                    .bind(id)
-                    .fetch_one(&env.pool)
-                    .await
-                    .unwrap();
+            let actions: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM instance_actions WHERE instance_uuid = $1",
+            )
+            .bind(id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
             assert_eq!(actions, 0, "{id} was left alone");
             for t in [&first_table, &second_table] {
                 let (outcome, why) = &t[&id];
@@ -243,25 +267,32 @@ async fn a_drain_whose_stops_fail_or_never_finish_exits_non_zero_and_says_why(po
     let c = ctx(pool).await;
     let env = &c.env;
     let worker = c.worker_for("fail-1", |_| {}).await;
+    until_up(env, "fail-1").await;
     let good = server(&c, "fail-1", "fake://", |_| {}).await;
     let bad = server(&c, "fail-1", "fake://?fail=always", |_| {}).await;
 
-    let out = admin(env, &["drain", "--host", "fail-1"]);
+    let out = admin(env, &["drain", "--host", "fail-1"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let t = table(&out);
     assert_eq!(t[&good].0, "stopped");
     assert_eq!(t[&bad].0, "FAILED");
     assert!(
-        t[&bad].1.contains("simulated hypervisor refused to power off"),
+        t[&bad]
+            .1
+            .contains("simulated hypervisor refused to power off"),
         "{:?}",
         t[&bad]
     );
-    assert!(text(&out.stderr).contains("1 stops failed"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 stops failed"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A host no worker serves: the stop is committed and waits; the drain
     // gives up waiting at its timeout and says so.
     let lonely = server(&c, "lonely-1", "fake://", |_| {}).await;
-    let out = admin(env, &["drain", "--host", "lonely-1", "--timeout", "1s"]);
+    let out = admin(env, &["drain", "--host", "lonely-1", "--timeout", "1s"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("has no queue yet"), "{err}");
@@ -272,9 +303,9 @@ async fn a_drain_whose_stops_fail_or_never_finish_exits_non_zero_and_says_why(po
         Some("powering-off")
     );
 
-    let out = admin(env, &["drain", "--host", "nothing-here"]);
+    let out = admin(env, &["drain", "--host", "nothing-here"]).await;
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    let out = admin(env, &["drain", "--host", "not a host"]);
+    let out = admin(env, &["drain", "--host", "not a host"]).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     worker.terminate().await;
 }

@@ -60,7 +60,10 @@ async fn a_trace_shows_each_step_of_a_stop_with_its_worker_host_and_the_fault(po
     for id in [good, flaky] {
         assert!(
             env.eventually(Duration::from_secs(20), || async {
-                matches!(env.job_state(id).await.as_deref(), Some("succeeded" | "failed"))
+                matches!(
+                    env.job_state(id).await.as_deref(),
+                    Some("succeeded" | "failed")
+                )
             })
             .await,
             "the stop of {id} was not recorded"
@@ -89,7 +92,14 @@ async fn a_trace_shows_each_step_of_a_stop_with_its_worker_host_and_the_fault(po
     assert_eq!(t["state"], "failed");
     assert_eq!(
         steps(&t),
-        ["accepted", "published", "claimed", "retrying", "claimed", "failed"]
+        [
+            "accepted",
+            "published",
+            "claimed",
+            "retrying",
+            "claimed",
+            "failed"
+        ]
     );
     assert!(
         t["steps"][3]["detail"]
@@ -100,7 +110,10 @@ async fn a_trace_shows_each_step_of_a_stop_with_its_worker_host_and_the_fault(po
     );
     let fault = t["fault"]["message"].as_str().unwrap();
     assert!(fault.contains("timed out powering off"), "{fault}");
-    assert_eq!(t["instance"]["vm_state"], "active", "a failed stop leaves it");
+    assert_eq!(
+        t["instance"]["vm_state"], "active",
+        "a failed stop leaves it"
+    );
 
     // The same for a person: every step on its own line, the time between
     // them, the final state and the fault.
@@ -144,7 +157,10 @@ async fn unknown_and_malformed_ids_get_their_own_message_and_exit_code(pool: PgP
     let out = admin(&env, &["trace", &unknown]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no stop was accepted with request id"), "{err}");
+    assert!(
+        err.contains("no stop was accepted with request id"),
+        "{err}"
+    );
 
     for bad in ["req-nope", "1b4e28ba-2fa1-11d2-883f-0016d3cca427", ""] {
         let out = admin(&env, &["trace", bad]);
