@@ -130,7 +130,7 @@ fn plan(s: &HostServer, include_locked: bool) -> Fate {
     if let Some(p) = &s.pending {
         return Fate::Stopping {
             job: p.job.clone(),
-            earlier: Some(format!("{} ({})", p.user_id, p.job.request_id)),
+            earlier: Some(p.user_id.clone()),
         };
     }
     let Some(caller) = caller(&s.check.project_id, include_locked) else {
@@ -318,7 +318,7 @@ pub async fn run(pool: &sqlx::PgPool, d: Drain<'_>) -> anyhow::Result<()> {
     }
     if failed > 0 || stopping > 0 {
         return Err(Outcome::StopsFailed(format!(
-            "{failed} stops failed and {stopping} did not finish within {} (they go on; `shutoff-admin trace REQUEST_ID` shows one, run the drain again to wait)",
+            "stops failed: {failed}, not finished within {}: {stopping} (those go on; run the drain again to wait for them); `shutoff-admin trace REQUEST_ID` shows what happened to one",
             humantime::format_duration(d.timeout)
         ))
         .into());

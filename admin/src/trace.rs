@@ -297,17 +297,13 @@ impl Trace {
         );
         match &self.fault {
             Some(f) => {
-                let _ = writeln!(
-                    out,
-                    "fault    {} {}{}",
-                    f.code,
-                    f.message,
-                    f.details
-                        .as_deref()
-                        .filter(|d| *d != f.message)
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default()
-                );
+                // The details usually repeat the message with more context.
+                let text = match f.details.as_deref() {
+                    Some(d) if d.contains(&f.message) => d.to_string(),
+                    Some(d) => format!("{} ({d})", f.message),
+                    None => f.message.clone(),
+                };
+                let _ = writeln!(out, "fault    {} {text}", f.code);
             }
             None => {
                 let _ = writeln!(out, "fault    none");

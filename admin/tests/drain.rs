@@ -284,7 +284,7 @@ async fn a_drain_whose_stops_fail_or_never_finish_exits_non_zero_and_says_why(po
         t[&bad]
     );
     assert!(
-        text(&out.stderr).contains("1 stops failed"),
+        text(&out.stderr).contains("stops failed: 1"),
         "{}",
         text(&out.stderr)
     );
@@ -296,7 +296,7 @@ async fn a_drain_whose_stops_fail_or_never_finish_exits_non_zero_and_says_why(po
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("has no queue yet"), "{err}");
-    assert!(err.contains("did not finish within 1s"), "{err}");
+    assert!(err.contains("not finished within 1s: 1"), "{err}");
     assert_eq!(table(&out)[&lonely].0, "stopping");
     assert_eq!(
         env.instance_state(lonely).await.1.as_deref(),
