@@ -69,6 +69,62 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// What happened to a stop: its timeline from the database (accepted,
+    /// published, each attempt's claim by which worker on which host, how the
+    /// VM went off and how long it took, retries and why, recorded), the time
+    /// between steps, the final state and the fault if any. Exit code 3 when
+    /// no such stop (or server) is recorded, 2 for a malformed id.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["request_id", "instance"])))]
+    Trace {
+        /// The request id (`req-` and a UUID: the `X-Compute-Request-Id` the
+        /// API answered, or what `server stop` and `drain` print).
+        request_id: Option<String>,
+        /// Instead, the last stops of this server, newest first.
+        #[arg(long, conflicts_with = "request_id")]
+        instance: Option<uuid::Uuid>,
+        /// With `--instance`: how many stops (1 to 1000).
+        #[arg(long, default_value_t = 5, requires = "instance",
+              value_parser = clap::value_parser!(i64).range(1..=1000))]
+        last: i64,
+        /// One JSON document (an array with `--instance`), field names as in
+        /// docs/operations.md.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every running server of a host (before maintenance): each stop
+    /// goes through the API's acceptance (same checks, same audit rows,
+    /// recorded for the user `shutoff-admin`) and is published as the API
+    /// publishes it. Servers that cannot be stopped are skipped with Nova's
+    /// reason; stops already under way are waited for, not asked twice, so
+    /// an interrupted drain is finished by running it again. Shows progress
+    /// until the stops are recorded and a table of every server. Exit code
+    /// 1 if a stop failed or did not finish within `--timeout`, 130 when
+    /// interrupted, 3 for a host without servers.
+    Drain {
+        /// The compute host (as `server create --host` and `shutoff-worker --host`).
+        #[arg(long)]
+        host: shutoff_core::ids::HostName,
+        /// List what it would do; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for the stops to be recorded, e.g. `10m`, `90s`.
+        /// Stops not finished by then go on; the drain reports them and
+        /// exits 1.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Stop locked servers too, as an admin may in Nova (and as
+        /// `server stop` does). By default a lock is respected: the server
+        /// is skipped with "Instance ... is locked".
+        #[arg(long)]
+        include_locked: bool,
+        /// Attempts before a stop is recorded as failed (1 to 100).
+        #[arg(long, env = "SHUTOFF_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
+        max_attempts: i32,
+        // Where the jobs are published (if RabbitMQ cannot take them, the
+        // API's relay publishes them later: they are committed either way).
+        #[command(flatten)]
+        queues: Queues,
+    },
     /// List the compute hosts: up or down, their workers, and how many stops
     /// wait for each and since when.
     Hosts {

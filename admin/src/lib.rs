@@ -6,10 +6,16 @@
 //!   hypervisor address of `server create` is checked by the drivers of
 //!   `shutoff-hypervisor`, the ones the worker uses, and `server stop` goes
 //!   through the API's own acceptor (`shutoff_core::acceptor`).
+//! - [`trace`]: what happened to one stop, or to a server's last stops.
+//! - [`drain`]: a stop for every stoppable server of a host, through the same
+//!   acceptor and publisher, waited for with a progress line.
+//! - [`Outcome`]: the ways a command ends that get their own exit code.
 //!
 //! It links neither the API nor the worker.
 
 pub mod cli;
+pub mod drain;
+pub mod trace;
 
 use std::time::Duration;
 
@@ -28,6 +34,40 @@ use uuid::Uuid;
 
 pub use cli::Cli;
 use cli::{Command, JobsCommand, ProjectCommand, Role, ServerCommand, TokenCommand};
+
+/// The user recorded on the instance actions of the stops this tool asks for.
+pub const ADMIN_USER: &str = "shutoff-admin";
+
+/// How a command ended, when that is not plain success or a bad argument
+/// (exit code 2): `main` turns it into the process's exit code, so a script
+/// can tell "not there" from "went wrong".
+#[derive(Debug, thiserror::Error)]
+pub enum Outcome {
+    /// Stops failed or did not finish in time (exit 1).
+    #[error("{0}")]
+    StopsFailed(String),
+    /// What was asked about is not recorded (exit 3).
+    #[error("{0}")]
+    NotFound(String),
+    /// Ctrl-C or SIGTERM (exit 130, as a shell reports SIGINT).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::StopsFailed(_) => 1,
+            Outcome::NotFound(_) => 3,
+            Outcome::Interrupted(_) => 130,
+        }
+    }
+}
+
+/// The exit code for a command's error: its [`Outcome`]'s, else 2.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<Outcome>().map_or(2, Outcome::exit_code)
+}
 
 fn parse_project(s: &str) -> anyhow::Result<ProjectId> {
     ProjectId::parse(s).with_context(|| format!("project id {s:?} is not 32 hex characters"))
@@ -245,6 +285,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Trace {
+            request_id,
+            instance,
+            last,
+            json,
+        } => match (request_id, instance) {
+            (_, Some(instance)) => trace::instance(&pool, instance, last, json).await?,
+            (Some(id), None) => trace::request(&pool, &id, json).await?,
+            (None, None) => unreachable!("clap requires one of them"),
+        },
+        Command::Drain {
+            host,
+            dry_run,
+            timeout,
+            include_locked,
+            max_attempts,
+            queues,
+        } => {
+            drain::run(
+                &pool,
+                drain::Drain {
+                    host,
+                    dry_run,
+                    timeout,
+                    include_locked,
+                    max_attempts,
+                    queues: &queues,
+                },
+            )
+            .await?
+        }
         Command::Hosts {
             host_down_after_secs,
         } => {
@@ -292,7 +363,7 @@ async fn stop_server(
     };
     let caller = Caller {
         project_id: project,
-        user_id: "shutoff-admin".into(),
+        user_id: ADMIN_USER.into(),
         roles: vec!["admin".into()],
         project_active: true,
     };

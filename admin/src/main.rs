@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shutoff_admin::{Cli, run};
+use shutoff_admin::{Cli, exit_code, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit_code(&e))
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`auth`]: token lookup.
 //! - [`reads`]: what the GET endpoints show.
 //! - [`admin`]: what `shutoff-admin` creates.
+//! - [`trace`]: every row a stop left behind (`shutoff-admin trace`).
+//! - [`drain`]: a host's servers and its stops' progress (`shutoff-admin drain`).
 //!
 //! Every call answers a [`StoreError`] when it fails: unavailable,
 //! contention, or a failure, with the database's error as its source.
@@ -23,12 +25,14 @@ pub mod admin;
 pub mod auth;
 pub mod claim;
 pub mod dead_letters;
+pub mod drain;
 mod error;
 pub mod hosts;
 pub mod prune;
 pub mod publish;
 pub mod reads;
 pub mod rescue;
+pub mod trace;
 
 pub use error::{StoreError, is_unavailable};
 
