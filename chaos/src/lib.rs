@@ -19,6 +19,7 @@ pub mod postgres;
 pub mod processes;
 pub mod progress;
 pub mod rabbitmq;
+pub mod rabbitmq_cluster;
 pub mod report;
 pub mod seed;
 pub mod settings;
@@ -76,7 +77,11 @@ fn chaos_pool(url: &str) -> Result<PgPool> {
         max_connections: 4,
         ..PoolSettings::default()
     };
-    Ok(shutoff_core::store::pool(url, &settings, "shutoff-chaos")?)
+    Ok(shutoff_core::store::pool(
+        &url.parse()?,
+        &settings,
+        "shutoff-chaos",
+    ))
 }
 
 async fn chaos(settings: &Settings, work: &WorkDir) -> Result<bool> {

@@ -89,8 +89,12 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
     ) || sqlstate(e)
         // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
-        // 08xxx connection exceptions, 53300 too many connections.
-        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "53300")
+        // 08xxx connection exceptions, 53300 too many connections, 25006
+        // read_only_sql_transaction (a standby, or a primary that was
+        // demoted: the pool is looking for the read-write node).
+        .is_some_and(|c| {
+            c.starts_with("57P") || c.starts_with("08") || c == "53300" || c == "25006"
+        })
 }
 
 /// True when the statement lost to another transaction: 40001
