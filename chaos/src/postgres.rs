@@ -90,6 +90,8 @@ pub struct Postgres {
     socket_dir: PathBuf,
     port: u16,
     log: PathBuf,
+    /// Where the logs of its tools (pg_basebackup, pg_ctl) go.
+    logs: PathBuf,
     run_as: RunAs,
     proc: Option<Proc>,
 }
@@ -130,7 +132,7 @@ impl Postgres {
         primary_port: u16,
     ) -> Result<Postgres> {
         let pg = Postgres::layout(work, bin, port, name)?;
-        pg.base_backup(work, primary_port).await?;
+        pg.base_backup(primary_port).await?;
         Ok(pg)
     }
 
@@ -150,6 +152,7 @@ impl Postgres {
             socket_dir,
             port,
             log: work.log(name),
+            logs: work.logs(),
             run_as,
             proc: None,
         })
@@ -157,7 +160,7 @@ impl Postgres {
 
     /// Replaces this (stopped) node's data with a fresh base backup of the
     /// cluster on `primary_port`, set up to stream from it (`-R`).
-    pub async fn base_backup(&self, work: &WorkDir, primary_port: u16) -> Result<()> {
+    pub async fn base_backup(&self, primary_port: u16) -> Result<()> {
         if self.proc.is_some() {
             bail!("cannot take a base backup into a running PostgreSQL");
         }
@@ -174,7 +177,7 @@ impl Postgres {
         run_logged(
             "pg_basebackup",
             cmd,
-            &work.log("pg_basebackup"),
+            &self.logs.join("pg_basebackup.log"),
             Duration::from_secs(120),
         )
         .await
@@ -192,7 +195,7 @@ impl Postgres {
 
     /// `pg_ctl promote`: a standby becomes the read-write primary. Returns
     /// once it answers `pg_is_in_recovery()` with false.
-    pub async fn promote(&self, work: &WorkDir) -> Result<()> {
+    pub async fn promote(&self) -> Result<()> {
         let mut cmd = self.run_as.command(&self.bin.join("pg_ctl"));
         cmd.arg("promote")
             .arg("-D")
@@ -202,7 +205,7 @@ impl Postgres {
         run_logged(
             "pg_ctl promote",
             cmd,
-            &work.log("pg_ctl"),
+            &self.logs.join("pg_ctl.log"),
             Duration::from_secs(60),
         )
         .await?;

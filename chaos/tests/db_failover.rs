@@ -165,7 +165,7 @@ async fn the_pool_follows_the_promoted_standby_and_keeps_every_synchronously_com
     // The primary dies as a machine does; the standby is promoted.
     let t = Instant::now();
     primary.kill().await;
-    standby.promote(&work).await.unwrap();
+    standby.promote().await.unwrap();
     let moved = eventually(T, || async {
         port_of(&pool).await == Some(i32::from(p[1]))
     })
@@ -194,7 +194,7 @@ async fn the_pool_follows_the_promoted_standby_and_keeps_every_synchronously_com
 
     // The old primary comes back as a standby of the new one, and a pool
     // that lists it first still lands on the read-write node.
-    primary.base_backup(&work, p[1]).await.unwrap();
+    primary.base_backup(p[1]).await.unwrap();
     primary.start().await.unwrap();
     assert!(primary.in_recovery().await.unwrap());
     let db2: DbHosts = format!(
