@@ -111,14 +111,20 @@ impl ClusterInfra {
 
     /// Stops the node that leads the work queue; returns its number (1-based).
     pub async fn stop_queue_leader(&mut self) -> Result<usize> {
-        let leader = self.rabbit.wait_for_leader(WORK_QUEUE, Duration::from_secs(30)).await?;
+        let leader = self
+            .rabbit
+            .wait_for_leader(WORK_QUEUE, Duration::from_secs(30))
+            .await?;
         self.stop_rabbit(leader).await?;
         Ok(leader + 1)
     }
 
     /// Starts the node a fault stopped.
     pub async fn start_stopped_rabbit(&mut self) -> Result<usize> {
-        let i = self.rabbit_down.take().context("no RabbitMQ node is down")?;
+        let i = self
+            .rabbit_down
+            .take()
+            .context("no RabbitMQ node is down")?;
         self.rabbit.nodes[i].start().await?;
         Ok(i + 1)
     }
@@ -154,7 +160,10 @@ impl ClusterInfra {
         let old = self.primary;
         let new = 1 - old;
         self.pg[old].kill().await;
-        self.pg[new].promote().await.context("promoting the standby")?;
+        self.pg[new]
+            .promote()
+            .await
+            .context("promoting the standby")?;
         self.primary = new;
         let p = &self.pg[new];
         p.execute("ALTER SYSTEM SET synchronous_standby_names = ''")

@@ -33,8 +33,8 @@ use anyhow::{Context, Result, bail};
 use shutoff_core::store::PoolSettings;
 use sqlx::PgPool;
 
-use crate::fleet::{Fleet, FleetConfig};
 use crate::cluster_infra::ClusterInfra;
+use crate::fleet::{Fleet, FleetConfig};
 use crate::infra::{Infra, Services};
 use crate::load::LoadPlan;
 use crate::rabbitmq::RabbitPorts;

@@ -218,14 +218,14 @@ impl Report<'_> {
             );
         } else {
             let _ = writeln!(
-            o,
-            "  worker SIGKILLs {}, worker SIGTERMs {}, PostgreSQL restarts {}, RabbitMQ restarts {}, \
+                o,
+                "  worker SIGKILLs {}, worker SIGTERMs {}, PostgreSQL restarts {}, RabbitMQ restarts {}, \
              worker restarts {}",
-            count(|f| matches!(f, Fault::KillWorker(_))),
-            count(|f| matches!(f, Fault::TerminateWorker(_))),
-            count(|f| matches!(f, Fault::RestartPostgres)),
-            count(|f| matches!(f, Fault::RestartRabbitMq)),
-            self.worker_restarts
+                count(|f| matches!(f, Fault::KillWorker(_))),
+                count(|f| matches!(f, Fault::TerminateWorker(_))),
+                count(|f| matches!(f, Fault::RestartPostgres)),
+                count(|f| matches!(f, Fault::RestartRabbitMq)),
+                self.worker_restarts
             );
         }
         if self.unexpected_exits.is_empty() {

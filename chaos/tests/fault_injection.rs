@@ -37,7 +37,14 @@ fn no_accepted_stop_is_lost_stuck_or_duplicated_when_cluster_nodes_die_and_postg
     let chaos = Path::new(env!("CARGO_BIN_EXE_shutoff-chaos"));
     let bin_dir = chaos.parent().unwrap();
     let status = Command::new(chaos)
-        .args(["--cluster", "--stops", "300", "--send-secs", "45", "--bin-dir"])
+        .args([
+            "--cluster",
+            "--stops",
+            "300",
+            "--send-secs",
+            "45",
+            "--bin-dir",
+        ])
         .arg(bin_dir)
         .status()
         .expect("shutoff-chaos starts");
