@@ -67,8 +67,9 @@ impl Infra {
 /// What the run's services use: one node of each, or (`--cluster`) a
 /// RabbitMQ cluster and a PostgreSQL primary with a synchronous standby.
 pub enum Services {
-    Single(Infra),
-    Cluster(crate::cluster_infra::ClusterInfra),
+    // Boxed: one of each lives per run, and the two differ much in size.
+    Single(Box<Infra>),
+    Cluster(Box<crate::cluster_infra::ClusterInfra>),
 }
 
 impl Services {

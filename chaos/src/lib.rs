@@ -94,9 +94,11 @@ async fn chaos(settings: &Settings, work: &WorkDir) -> Result<bool> {
     // Declared in this order so that, dropped on an error, the services stop
     // before the database and broker they use.
     let mut infra = if settings.cluster {
-        Services::Cluster(ClusterInfra::start(settings, work).await?)
+        Services::Cluster(Box::new(ClusterInfra::start(settings, work).await?))
     } else {
-        Services::Single(Infra::start(settings, work, ports[0], rabbit_ports(&ports)).await?)
+        Services::Single(Box::new(
+            Infra::start(settings, work, ports[0], rabbit_ports(&ports)).await?,
+        ))
     };
     let database_url = infra.database_url();
     let pool = chaos_pool(&database_url)?;
