@@ -122,4 +122,27 @@ mod tests {
         let source = std::error::Error::source(&bug).expect("a source");
         assert!(source.to_string().contains("nonsense"));
     }
+
+    /// What a standby (or a demoted primary) answers a write with: the pool
+    /// is then looking for the read-write node, so it is "try again", a 503
+    /// and never a 500.
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn a_write_on_a_read_only_node_is_unavailable_not_a_failure(pool: sqlx::PgPool) {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SET default_transaction_read_only = on")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let e = sqlx::query("CREATE TABLE read_only_probe (x int)")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.as_database_error().and_then(|d| d.code()).as_deref(),
+            Some("25006")
+        );
+        let e = StoreError::from(e);
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        assert!(e.is_transient());
+    }
 }
