@@ -9,9 +9,9 @@
 //!   standby is refused (sqlx tries again) and wakes the picker;
 //! - a connection idle for a while is asked again before it is handed out,
 //!   so one left on a node that went away or turned read-only is dropped;
-//! - the picker ([`pick`]) checks the current host every
-//!   [`PoolSettings::failover_probe`] (on a connection the pool has idle, or
-//!   a fresh one when none is), and when it is down or read-only tries every
+//! - the picker checks the current host every
+//!   [`PoolSettings::failover_probe`] (with a fresh connection, while the
+//!   pool has no idle one), and when it is down or read-only tries every
 //!   host and points the pool at the first that is up and read-write.
 //!
 //! A write that reached a read-only node anyway (SQLSTATE 25006) is
@@ -165,12 +165,14 @@ impl Picker {
         }
     }
 
-    /// Asks on an idle connection of the pool if there is one (no new
-    /// connection for a busy, healthy pool), else on a fresh one.
+    /// Whether the current host is up and writable. While the pool has
+    /// idle connections it is trusted: each is asked again before use when
+    /// it has been idle a while (`before_acquire`), and touching them here
+    /// would keep them from ever idling out. Otherwise (busy, empty, or
+    /// failing to connect) a fresh connection asks.
     async fn current_is_writable(&self) -> bool {
-        if let Some(mut conn) = self.pool.try_acquire() {
-            let r = tokio::time::timeout(PROBE_TIMEOUT, in_recovery(&mut conn)).await;
-            return matches!(r, Ok(Ok(false)));
+        if self.pool.num_idle() > 0 {
+            return true;
         }
         let i = self.current.load(Ordering::Relaxed);
         probe(&self.hosts[i]).await.is_ok()
