@@ -127,14 +127,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let topology = queues.topology();
         match shutoff_core::broker::connect(
             &queues.amqp_url,
+            0,
             "shutoff-admin",
             &topology,
             std::time::Duration::from_secs(5),
         )
         .await
         {
-            Ok((conn, _)) => {
-                let _ = conn.close(200, "done".into()).await;
+            Ok(c) => {
+                let _ = c.conn.close(200, "done".into()).await;
                 println!(
                     "declared queues {} (each host's own queue is declared by its workers)",
                     topology.shared_queues().join(", ")
@@ -150,7 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         database_url,
         &store::PoolSettings::default(),
         "shutoff-admin",
-    )?;
+    );
     match cli.command {
         Command::Migrate { .. } => unreachable!(),
         Command::Project {

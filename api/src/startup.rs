@@ -37,8 +37,7 @@ impl Application {
             &settings.common.database_url,
             &settings.common.pool_settings(16),
             "shutoff-api",
-        )
-        .context("invalid DATABASE_URL")?;
+        );
         Self::build_with_pool(settings, pool).await
     }
 

@@ -287,7 +287,7 @@ async fn stop_all(services: Vec<Service>) {
 async fn ceiling(args: &Args, run_id: &str, which: &str) -> anyhow::Result<f64> {
     let ceiling_db = format!("{run_id}_ceiling");
     let ceiling_url = database_url(&args.database_url, &ceiling_db)?;
-    store::create_and_migrate(&ceiling_url).await?;
+    store::create_and_migrate(&ceiling_url.parse()?).await?;
     let ceiling = async {
         let pool = connect(&ceiling_url).await?;
         let c = pg_ceiling::measure(
@@ -542,13 +542,13 @@ async fn run(
         // One pool for all of this process's workers: 1,000 pools of four
         // would be past this PostgreSQL's max_connections.
         let worker_pool = store::pool(
-            &url,
+            &url.parse()?,
             &store::PoolSettings {
                 max_connections: 48,
                 ..Default::default()
             },
             "shutoff-worker",
-        )?;
+        );
         let workers = fleet::InProcess::start(&w, &worker_pool, &hosts, 50).await?;
         figures.broker_mb_up = broker.rss_mb();
         figures.host_start_ms = [
@@ -629,7 +629,7 @@ async fn run(
         .await?;
         private_pg.start().await?;
         let url = private_pg.url("footprint");
-        store::create_and_migrate(&url).await?;
+        store::create_and_migrate(&url.parse()?).await?;
         let pool = connect(&url).await?;
         let took = seed_history(&pool, args.history).await?;
         eprintln!(
@@ -778,7 +778,7 @@ async fn phase_database(
     phase: &str,
 ) -> anyhow::Result<(String, PgPool)> {
     let url = database_url(&args.database_url, &format!("{run_id}_{phase}"))?;
-    store::create_and_migrate(&url).await?;
+    store::create_and_migrate(&url.parse()?).await?;
     let pool = connect(&url).await?;
     let took = seed_history(&pool, args.history).await?;
     eprintln!(

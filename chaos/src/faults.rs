@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use sqlx::PgPool;
 
 use crate::fleet::{Fleet, Terminated};
-use crate::infra::Infra;
+use crate::infra::Services;
 use crate::say;
 
 /// How long "the orchestrator" takes to restart a killed worker.
@@ -30,6 +30,18 @@ pub enum Fault {
     RestartPostgres,
     /// Stop the RabbitMQ node and start it on the same data.
     RestartRabbitMq,
+    /// `--cluster`: stop the RabbitMQ node that leads the work queue (it
+    /// stays down until [`Fault::StartRabbitNode`]).
+    StopQueueLeader,
+    /// `--cluster`: start the node stopped before.
+    StartRabbitNode,
+    /// `--cluster`: stop another node, and start it again a few seconds later.
+    BounceOtherRabbitNode,
+    /// `--cluster`: SIGKILL the PostgreSQL primary and promote the standby.
+    KillPrimaryPromoteStandby,
+    /// `--cluster`: rebuild the old primary as the new primary's
+    /// synchronous standby (pg_basebackup).
+    RebuildStandby,
 }
 
 impl fmt::Display for Fault {
@@ -39,6 +51,11 @@ impl fmt::Display for Fault {
             Fault::TerminateWorker(i) => write!(f, "SIGTERM worker chaos-w{}", i + 1),
             Fault::RestartPostgres => f.write_str("restart PostgreSQL"),
             Fault::RestartRabbitMq => f.write_str("restart RabbitMQ"),
+            Fault::StopQueueLeader => f.write_str("stop the queue's leader"),
+            Fault::StartRabbitNode => f.write_str("start that node again"),
+            Fault::BounceOtherRabbitNode => f.write_str("stop+start another node"),
+            Fault::KillPrimaryPromoteStandby => f.write_str("kill primary, promote"),
+            Fault::RebuildStandby => f.write_str("rebuild old primary"),
         }
     }
 }
@@ -82,6 +99,25 @@ pub fn schedule(send: Duration, workers: usize) -> Vec<Planned> {
     ]
 }
 
+/// `--cluster`: the five cluster faults, one after another, with room
+/// between them for the system to show it recovered.
+pub fn cluster_schedule(send: Duration) -> Vec<Planned> {
+    let at = |f: f64| send.mul_f64(f);
+    [
+        (0.1, Fault::StopQueueLeader),
+        (0.3, Fault::StartRabbitNode),
+        (0.45, Fault::BounceOtherRabbitNode),
+        (0.6, Fault::KillPrimaryPromoteStandby),
+        (0.85, Fault::RebuildStandby),
+    ]
+    .into_iter()
+    .map(|(f, fault)| Planned { at: at(f), fault })
+    .collect()
+}
+
+/// How long [`Fault::BounceOtherRabbitNode`] keeps its node down.
+const BOUNCE_DOWN: Duration = Duration::from_secs(5);
+
 /// A fault that was carried out.
 #[derive(Debug, Clone)]
 pub struct Done {
@@ -95,12 +131,20 @@ pub struct Done {
     /// For a worker fault: the jobs it was running when the signal went out
     /// (a kill of an idle worker proves little).
     pub running_jobs: Option<i64>,
+    /// When it began, on the database's clock's terms (UTC), to find the
+    /// first stop completed after it.
+    pub began: chrono::DateTime<chrono::Utc>,
+    /// Which node it hit, when it says more than the fault's name.
+    pub detail: Option<String>,
+    /// From its start to the first stop that succeeded afterwards (filled
+    /// in after the run settled).
+    pub first_completion: Option<Duration>,
 }
 
 pub async fn run(
     plan: &[Planned],
     t0: Instant,
-    infra: &mut Infra,
+    infra: &mut Services,
     fleet: &mut Fleet,
     pool: &PgPool,
     term_limit: Duration,
@@ -116,7 +160,9 @@ pub async fn run(
         let at = crate::progress::now();
         say!("fault: {}", p.fault);
         let started = Instant::now();
+        let began = chrono::Utc::now();
         let mut terminated = None;
+        let mut detail = None;
         let running_jobs = match p.fault {
             Fault::KillWorker(i) | Fault::TerminateWorker(i) => aim(pool, fleet.worker_id(i)).await,
             _ => None,
@@ -145,6 +191,7 @@ pub async fn run(
             }
             Fault::RestartPostgres => {
                 infra
+                    .single()?
                     .postgres
                     .restart()
                     .await
@@ -152,11 +199,41 @@ pub async fn run(
             }
             Fault::RestartRabbitMq => {
                 infra
+                    .single()?
                     .rabbitmq
                     .restart()
                     .await
                     .context("restarting RabbitMQ")?;
             }
+            Fault::StopQueueLeader => {
+                let n = infra.cluster()?.stop_queue_leader().await?;
+                detail = Some(format!("node {n}"));
+            }
+            Fault::StartRabbitNode => {
+                let n = infra.cluster()?.start_stopped_rabbit().await?;
+                detail = Some(format!("node {n}"));
+            }
+            Fault::BounceOtherRabbitNode => {
+                let n = infra.cluster()?.bounce_other_rabbit(BOUNCE_DOWN).await?;
+                detail = Some(format!("node {n}, down {}s", BOUNCE_DOWN.as_secs()));
+            }
+            Fault::KillPrimaryPromoteStandby => {
+                infra
+                    .cluster()?
+                    .kill_primary_and_promote()
+                    .await
+                    .context("failing PostgreSQL over")?;
+            }
+            Fault::RebuildStandby => {
+                infra
+                    .cluster()?
+                    .rebuild_standby()
+                    .await
+                    .context("rebuilding the standby")?;
+            }
+        }
+        if let Some(d) = &detail {
+            say!("  {d}");
         }
         let took = started.elapsed();
         say!("  {} done in {:.1}s", p.fault, took.as_secs_f64());
@@ -166,6 +243,9 @@ pub async fn run(
             took,
             terminated,
             running_jobs,
+            began,
+            detail,
+            first_completion: None,
         });
     }
     Ok(done)
@@ -195,4 +275,19 @@ async fn running_jobs(pool: &PgPool, worker: &str) -> Option<i64> {
         .await
         .ok()?
         .ok()
+}
+
+/// Fills in each fault's [`Done::first_completion`]: the first job that
+/// succeeded after the fault began, from `job_transitions`.
+pub async fn first_completions(pool: &PgPool, done: &mut [Done]) -> Result<()> {
+    for d in done {
+        let first: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "SELECT min(at) FROM job_transitions WHERE to_state = 'succeeded' AND at > $1",
+        )
+        .bind(d.began)
+        .fetch_one(pool)
+        .await?;
+        d.first_completion = first.and_then(|t| (t - d.began).to_std().ok());
+    }
+    Ok(())
 }

@@ -63,3 +63,48 @@ impl Infra {
         rmq.context("stopping RabbitMQ")
     }
 }
+
+/// What the run's services use: one node of each, or (`--cluster`) a
+/// RabbitMQ cluster and a PostgreSQL primary with a synchronous standby.
+pub enum Services {
+    // Boxed: one of each lives per run, and the two differ much in size.
+    Single(Box<Infra>),
+    Cluster(Box<crate::cluster_infra::ClusterInfra>),
+}
+
+impl Services {
+    pub fn database_url(&self) -> String {
+        match self {
+            Services::Single(i) => i.database_url(),
+            Services::Cluster(c) => c.database_url(DATABASE),
+        }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        match self {
+            Services::Single(i) => i.amqp_url(),
+            Services::Cluster(c) => c.amqp_url(),
+        }
+    }
+
+    pub fn single(&mut self) -> Result<&mut Infra> {
+        match self {
+            Services::Single(i) => Ok(i),
+            Services::Cluster(_) => anyhow::bail!("a single-node fault in a cluster run"),
+        }
+    }
+
+    pub fn cluster(&mut self) -> Result<&mut crate::cluster_infra::ClusterInfra> {
+        match self {
+            Services::Cluster(c) => Ok(c),
+            Services::Single(_) => anyhow::bail!("a cluster fault in a single-node run"),
+        }
+    }
+
+    pub async fn shutdown(&mut self) -> Result<()> {
+        match self {
+            Services::Single(i) => i.shutdown().await,
+            Services::Cluster(c) => c.shutdown().await,
+        }
+    }
+}

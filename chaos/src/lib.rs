@@ -10,6 +10,7 @@
 //! run ends.
 
 pub mod classify;
+pub mod cluster_infra;
 pub mod faults;
 pub mod fleet;
 pub mod infra;
@@ -19,6 +20,7 @@ pub mod postgres;
 pub mod processes;
 pub mod progress;
 pub mod rabbitmq;
+pub mod rabbitmq_cluster;
 pub mod report;
 pub mod seed;
 pub mod settings;
@@ -31,8 +33,9 @@ use anyhow::{Context, Result, bail};
 use shutoff_core::store::PoolSettings;
 use sqlx::PgPool;
 
+use crate::cluster_infra::ClusterInfra;
 use crate::fleet::{Fleet, FleetConfig};
-use crate::infra::Infra;
+use crate::infra::{Infra, Services};
 use crate::load::LoadPlan;
 use crate::rabbitmq::RabbitPorts;
 use crate::report::{Report, Timings};
@@ -76,7 +79,11 @@ fn chaos_pool(url: &str) -> Result<PgPool> {
         max_connections: 4,
         ..PoolSettings::default()
     };
-    Ok(shutoff_core::store::pool(url, &settings, "shutoff-chaos")?)
+    Ok(shutoff_core::store::pool(
+        &url.parse()?,
+        &settings,
+        "shutoff-chaos",
+    ))
 }
 
 async fn chaos(settings: &Settings, work: &WorkDir) -> Result<bool> {
@@ -86,7 +93,13 @@ async fn chaos(settings: &Settings, work: &WorkDir) -> Result<bool> {
     let ports = ports::free_ports(5 + workers)?;
     // Declared in this order so that, dropped on an error, the services stop
     // before the database and broker they use.
-    let mut infra = Infra::start(settings, work, ports[0], rabbit_ports(&ports)).await?;
+    let mut infra = if settings.cluster {
+        Services::Cluster(Box::new(ClusterInfra::start(settings, work).await?))
+    } else {
+        Services::Single(Box::new(
+            Infra::start(settings, work, ports[0], rabbit_ports(&ports)).await?,
+        ))
+    };
     let database_url = infra.database_url();
     let pool = chaos_pool(&database_url)?;
     let fixture = seed::seed(&database_url, &pool, settings.stops).await?;
@@ -117,7 +130,11 @@ async fn chaos(settings: &Settings, work: &WorkDir) -> Result<bool> {
         concurrency: settings.concurrency,
         spread: settings.send_duration(),
     };
-    let schedule = faults::schedule(settings.send_duration(), workers);
+    let schedule = if settings.cluster {
+        faults::cluster_schedule(settings.send_duration())
+    } else {
+        faults::schedule(settings.send_duration(), workers)
+    };
     say!(
         "sending {} stops over {}s, {} at a time; {} faults planned",
         plan.servers.len(),
@@ -137,7 +154,7 @@ async fn chaos(settings: &Settings, work: &WorkDir) -> Result<bool> {
             settings.term_limit()
         )
     );
-    let done = done?;
+    let mut done = done?;
     let faults_done_at = progress::now();
 
     // Leave time within the deadline for the check, the shutdown and the report.
@@ -149,6 +166,9 @@ async fn chaos(settings: &Settings, work: &WorkDir) -> Result<bool> {
     let verdict = classify::classify(&pool, &load.sent)
         .await
         .context("reading the outcome from the database")?;
+    faults::first_completions(&pool, &mut done)
+        .await
+        .context("reading when stops completed after each fault")?;
     let check = t.elapsed();
 
     fleet.shutdown().await;
@@ -156,6 +176,7 @@ async fn chaos(settings: &Settings, work: &WorkDir) -> Result<bool> {
     infra.shutdown().await?;
 
     let report = Report {
+        cluster: settings.cluster,
         stops: settings.stops,
         workers,
         concurrency: settings.concurrency,

@@ -90,6 +90,8 @@ pub struct Postgres {
     socket_dir: PathBuf,
     port: u16,
     log: PathBuf,
+    /// Where the logs of its tools (pg_basebackup, pg_ctl) go.
+    logs: PathBuf,
     run_as: RunAs,
     proc: Option<Proc>,
 }
@@ -97,32 +99,159 @@ pub struct Postgres {
 impl Postgres {
     /// Creates the cluster (initdb, trust authentication).
     pub async fn init(work: &WorkDir, bin: &Path, port: u16) -> Result<Postgres> {
-        let run_as = RunAs::for_postgres()?;
-        let root = work.path().join("postgres");
-        let data = root.join("data");
-        let socket_dir = root.join("socket");
-        std::fs::create_dir(&root)?;
-        std::fs::create_dir(&socket_dir)?;
-        run_as.give(&root)?;
-        run_as.give(&socket_dir)?;
-        let pg = Postgres {
-            bin: bin.to_path_buf(),
-            home: work.path().to_path_buf(),
-            data,
-            socket_dir,
-            port,
-            log: work.log("postgres"),
-            run_as,
-            proc: None,
-        };
+        Postgres::init_named(work, bin, port, "postgres").await
+    }
+
+    /// Creates a cluster in `work/<name>` (initdb, trust authentication,
+    /// replication allowed from loopback), logging as `name`.
+    pub async fn init_named(work: &WorkDir, bin: &Path, port: u16, name: &str) -> Result<Postgres> {
+        let pg = Postgres::layout(work, bin, port, name)?;
         let mut cmd = pg.run_as.command(&pg.bin.join("initdb"));
         cmd.arg("-D")
             .arg(&pg.data)
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"])
             .args(["--no-locale", "--no-sync"])
             .current_dir(&pg.home);
-        run_logged("initdb", cmd, &work.log("initdb"), Duration::from_secs(60)).await?;
+        run_logged(
+            "initdb",
+            cmd,
+            &work.log(&format!("{name}-initdb")),
+            Duration::from_secs(60),
+        )
+        .await?;
         Ok(pg)
+    }
+
+    /// A streaming standby of the cluster on `primary_port`, in
+    /// `work/<name>`: `pg_basebackup -R -X stream` (the primary must run).
+    pub async fn standby_of(
+        work: &WorkDir,
+        bin: &Path,
+        port: u16,
+        name: &str,
+        primary_port: u16,
+    ) -> Result<Postgres> {
+        let pg = Postgres::layout(work, bin, port, name)?;
+        pg.base_backup(primary_port).await?;
+        Ok(pg)
+    }
+
+    fn layout(work: &WorkDir, bin: &Path, port: u16, name: &str) -> Result<Postgres> {
+        let run_as = RunAs::for_postgres()?;
+        let root = work.path().join(name);
+        let data = root.join("data");
+        let socket_dir = root.join("socket");
+        std::fs::create_dir(&root)?;
+        std::fs::create_dir(&socket_dir)?;
+        run_as.give(&root)?;
+        run_as.give(&socket_dir)?;
+        Ok(Postgres {
+            bin: bin.to_path_buf(),
+            home: work.path().to_path_buf(),
+            data,
+            socket_dir,
+            port,
+            log: work.log(name),
+            logs: work.logs(),
+            run_as,
+            proc: None,
+        })
+    }
+
+    /// Replaces this (stopped) node's data with a fresh base backup of the
+    /// cluster on `primary_port`, set up to stream from it (`-R`).
+    pub async fn base_backup(&self, primary_port: u16) -> Result<()> {
+        if self.proc.is_some() {
+            bail!("cannot take a base backup into a running PostgreSQL");
+        }
+        if self.data.exists() {
+            std::fs::remove_dir_all(&self.data)
+                .with_context(|| format!("cannot remove {}", self.data.display()))?;
+        }
+        let mut cmd = self.run_as.command(&self.bin.join("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-h", "127.0.0.1", "-p", &primary_port.to_string()])
+            .args(["-U", "postgres", "-R", "-X", "stream", "-c", "fast"])
+            .current_dir(&self.home);
+        run_logged(
+            "pg_basebackup",
+            cmd,
+            &self.logs.join("pg_basebackup.log"),
+            Duration::from_secs(120),
+        )
+        .await
+    }
+
+    /// Appends `line` to the node's postgresql.conf (read at its next start).
+    pub fn configure(&self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))?;
+        writeln!(f, "{line}")?;
+        Ok(())
+    }
+
+    /// `pg_ctl promote`: a standby becomes the read-write primary. Returns
+    /// once it answers `pg_is_in_recovery()` with false.
+    pub async fn promote(&self) -> Result<()> {
+        let mut cmd = self.run_as.command(&self.bin.join("pg_ctl"));
+        cmd.arg("promote")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-w")
+            .current_dir(&self.home);
+        run_logged(
+            "pg_ctl promote",
+            cmd,
+            &self.logs.join("pg_ctl.log"),
+            Duration::from_secs(60),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if !self.in_recovery().await.unwrap_or(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the promoted standby is still in recovery after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the node is a standby.
+    pub async fn in_recovery(&self) -> Result<bool> {
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
+        let r: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut conn)
+            .await?;
+        conn.close().await.ok();
+        Ok(r)
+    }
+
+    /// Runs one statement (`ALTER SYSTEM ...`, `SELECT pg_reload_conf()`)
+    /// on the node's `postgres` database.
+    pub async fn execute(&self, sql: &str) -> Result<()> {
+        use sqlx::Executor;
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
+        conn.execute(sqlx::AssertSqlSafe(sql.to_string())).await?;
+        conn.close().await.ok();
+        Ok(())
+    }
+
+    /// SIGKILLs the postmaster and every backend (a machine that died):
+    /// nothing is flushed or handed over.
+    pub async fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill().await;
+        }
+    }
+
+    /// Whether the postmaster runs.
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
     }
 
     /// `postgres://` URL of `database` on our cluster.

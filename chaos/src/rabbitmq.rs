@@ -52,11 +52,30 @@ impl RabbitMq {
         epmd: &Path,
         ports: RabbitPorts,
     ) -> Result<RabbitMq> {
-        let dir = work.path().join("rabbitmq");
+        let epmd_proc = start_epmd(work, epmd, ports.epmd, "epmd").await?;
+        let node = format!("chaos-{}@localhost", std::process::id());
+        let mut n = RabbitMq::prepare(work, bin, ports, &node, "rabbitmq", None)?;
+        n.epmd = Some(epmd_proc);
+        Ok(n)
+    }
+
+    /// Writes the config of node `node` in `work/<dir_name>`, without an
+    /// epmd of its own (a cluster's nodes share one, on `ports.epmd`, so
+    /// they find each other). `home` holds the Erlang cookie: the nodes of
+    /// one cluster share it (default: the node's own).
+    pub fn prepare(
+        work: &WorkDir,
+        bin: &Path,
+        ports: RabbitPorts,
+        node: &str,
+        dir_name: &str,
+        home: Option<&Path>,
+    ) -> Result<RabbitMq> {
+        let dir = work.path().join(dir_name);
         for sub in ["home", "mnesia", "log", "plugins-expand"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        let node = format!("chaos-{}@localhost", std::process::id());
+        let node = node.to_string();
         std::fs::write(
             dir.join("rabbitmq.conf"),
             format!(
@@ -75,8 +94,11 @@ impl RabbitMq {
         std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
 
         let p = |sub: &str| dir.join(sub).into_os_string();
+        let home = home
+            .map(|h| h.as_os_str().to_owned())
+            .unwrap_or_else(|| p("home"));
         let env: Vec<(OsString, OsString)> = vec![
-            ("HOME".into(), p("home")),
+            ("HOME".into(), home),
             ("RABBITMQ_NODENAME".into(), node.clone().into()),
             ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
             ("RABBITMQ_NODE_PORT".into(), ports.amqp.to_string().into()),
@@ -97,34 +119,51 @@ impl RabbitMq {
             ("ERL_EPMD_ADDRESS".into(), "127.0.0.1".into()),
         ];
 
-        let mut cmd = Command::new(epmd);
-        cmd.args(["-port", &ports.epmd.to_string(), "-address", "127.0.0.1"]);
-        let epmd_log = work.log("epmd");
-        let mut epmd_proc = Proc::spawn(
-            "epmd",
-            cmd,
-            &epmd_log,
-            libc::SIGTERM,
-            Duration::from_secs(2),
-        )?;
-        crate::processes::wait_for_port(ports.epmd, Duration::from_secs(10), || {
-            match epmd_proc.exited() {
-                Some(s) => bail!("epmd exited ({s})\n{}", tail(&epmd_log, 10)),
-                None => Ok(()),
-            }
-        })
-        .await?;
-
         Ok(RabbitMq {
             node,
             ports,
             script: bin.join("rabbitmq-server"),
+            log: work.log(dir_name),
             dir,
             env,
-            log: work.log("rabbitmq"),
-            epmd: Some(epmd_proc),
+            epmd: None,
             proc: None,
         })
+    }
+
+    /// Runs `rabbitmqctl -n <this node> ARGS` (with this node's cookie and
+    /// epmd) and returns its output.
+    pub async fn ctl(&self, args: &[&str]) -> Result<String> {
+        let ctl = self
+            .script
+            .parent()
+            .map(|d| d.join("rabbitmqctl"))
+            .context("no rabbitmqctl beside rabbitmq-server")?;
+        let mut cmd = Command::new(ctl);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.dir)
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+            .await
+            .with_context(|| format!("rabbitmqctl {args:?} did not finish in 90 s"))??;
+        if !out.status.success() {
+            bail!(
+                "rabbitmqctl {args:?} on {} failed ({}): {}{}",
+                self.node,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Whether the node's process runs (it may still be booting).
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
     }
 
     pub fn amqp_url(&self) -> String {
@@ -215,6 +254,20 @@ impl RabbitMq {
         }
         r
     }
+}
+
+/// Starts a private epmd on `port` (logged as `name`).
+pub async fn start_epmd(work: &WorkDir, epmd: &Path, port: u16, name: &str) -> Result<Proc> {
+    let mut cmd = Command::new(epmd);
+    cmd.args(["-port", &port.to_string(), "-address", "127.0.0.1"]);
+    let epmd_log = work.log(name);
+    let mut epmd_proc = Proc::spawn(name, cmd, &epmd_log, libc::SIGTERM, Duration::from_secs(2))?;
+    crate::processes::wait_for_port(port, Duration::from_secs(10), || match epmd_proc.exited() {
+        Some(s) => bail!("epmd exited ({s})\n{}", tail(&epmd_log, 10)),
+        None => Ok(()),
+    })
+    .await?;
+    Ok(epmd_proc)
 }
 
 /// Sends the AMQP 0-9-1 protocol header and expects a method frame back.

@@ -15,6 +15,8 @@ use crate::settle::Settled;
 const EXAMPLES: usize = 10;
 
 pub struct Report<'a> {
+    /// `--cluster`: a RabbitMQ cluster and a PostgreSQL primary + standby.
+    pub cluster: bool,
     pub stops: usize,
     pub workers: usize,
     pub concurrency: usize,
@@ -59,6 +61,12 @@ impl Report<'_> {
         if !self.settled.settled {
             out.push("the system did not settle".into());
         }
+        let lies = self.lying_refusals();
+        if lies > 0 {
+            out.push(format!(
+                "{lies} stop(s) answered only 503 (\"nothing was accepted\") before a 409 proved one got in"
+            ));
+        }
         for d in self.faults {
             if let Some(t) = &d.terminated
                 && !t.clean()
@@ -75,11 +83,55 @@ impl Report<'_> {
         out
     }
 
+    /// 5xx replies, and how many of them a later 202 for the same server
+    /// proves committed nothing (had one committed, the retry would have
+    /// met `powering-off` and got a 409).
+    fn refusals(&self) -> (usize, usize) {
+        use crate::load::{Outcome, Try};
+        let mut refusals = 0;
+        let mut untouched = 0;
+        for s in &self.load.sent {
+            let n = s
+                .tries
+                .iter()
+                .filter(|t| matches!(t, Try::Status(c) if *c >= 500))
+                .count();
+            refusals += n;
+            if matches!(s.outcome, Outcome::Accepted { .. }) {
+                untouched += n;
+            }
+        }
+        (refusals, untouched)
+    }
+
+    /// Stops whose every unanswered try was a 503 (which promises nothing
+    /// was accepted), yet a later 409 proved one of them got in.
+    fn lying_refusals(&self) -> usize {
+        use crate::load::{Outcome, Try};
+        self.load
+            .sent
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::AcceptedEarlier))
+            .filter(|s| {
+                let unknown = &s.tries[..s.tries.len().saturating_sub(1)];
+                !unknown.is_empty() && unknown.iter().all(|t| matches!(t, Try::Status(503)))
+            })
+            .count()
+    }
+
     pub fn render(&self) -> String {
         let mut o = String::new();
         let v = self.verdict;
         let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
-        let _ = writeln!(o, "\n=== shutoff chaos run ===");
+        let _ = writeln!(
+            o,
+            "\n=== shutoff chaos run{} ===",
+            if self.cluster {
+                " (3-node RabbitMQ cluster, PostgreSQL primary + synchronous standby)"
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(
             o,
             "{} stops, {} workers, {} requests in flight, sent over {}",
@@ -109,6 +161,12 @@ impl Report<'_> {
             .map(|(k, n)| format!("{k} x{n}"))
             .collect();
         let _ = writeln!(o, "  replies: {}", replies.join(", "));
+        let (refusals, untouched) = self.refusals();
+        let _ = writeln!(
+            o,
+            "  refusals (5xx): {refusals}, of which proved to have left their server untouched \
+             (a later try got a 202, not a 409): {untouched}"
+        );
         if let (Some(p50), Some(p99), Some(max)) = (
             self.load.accepted_latency(0.5),
             self.load.accepted_latency(0.99),
@@ -132,25 +190,44 @@ impl Report<'_> {
             if let Some(t) = &d.terminated {
                 let _ = write!(extra, ", {} after {}", exit_text(t), secs(t.took));
             }
+            if let Some(detail) = &d.detail {
+                let _ = write!(extra, "   {detail}");
+            }
+            let first = d
+                .first_completion
+                .map(|t| format!("{:.2}s", t.as_secs_f64()))
+                .unwrap_or_else(|| "none".into());
             let _ = writeln!(
                 o,
-                "  at {:>6.1}s  {:<26} back after {:>5}{extra}",
+                "  at {:>6.1}s  {:<26} back after {:>5}, first stop done {:>6} after it{extra}",
                 d.at,
                 d.fault.to_string(),
-                secs(d.took)
+                secs(d.took),
+                first
             );
         }
         let count = |f: fn(&Fault) -> bool| self.faults.iter().filter(|d| f(&d.fault)).count();
-        let _ = writeln!(
-            o,
-            "  worker SIGKILLs {}, worker SIGTERMs {}, PostgreSQL restarts {}, RabbitMQ restarts {}, \
+        if self.cluster {
+            let _ = writeln!(
+                o,
+                "  RabbitMQ node stops {}, PostgreSQL failovers {}, standby rebuilds {}, worker restarts {}",
+                count(|f| matches!(f, Fault::StopQueueLeader | Fault::BounceOtherRabbitNode)),
+                count(|f| matches!(f, Fault::KillPrimaryPromoteStandby)),
+                count(|f| matches!(f, Fault::RebuildStandby)),
+                self.worker_restarts
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "  worker SIGKILLs {}, worker SIGTERMs {}, PostgreSQL restarts {}, RabbitMQ restarts {}, \
              worker restarts {}",
-            count(|f| matches!(f, Fault::KillWorker(_))),
-            count(|f| matches!(f, Fault::TerminateWorker(_))),
-            count(|f| matches!(f, Fault::RestartPostgres)),
-            count(|f| matches!(f, Fault::RestartRabbitMq)),
-            self.worker_restarts
-        );
+                count(|f| matches!(f, Fault::KillWorker(_))),
+                count(|f| matches!(f, Fault::TerminateWorker(_))),
+                count(|f| matches!(f, Fault::RestartPostgres)),
+                count(|f| matches!(f, Fault::RestartRabbitMq)),
+                self.worker_restarts
+            );
+        }
         if self.unexpected_exits.is_empty() {
             let _ = writeln!(o, "  services that exited by themselves: none");
         } else {

@@ -29,7 +29,7 @@ SELECT gen_random_uuid(), $1, 'chaos-user', 'chaos-' || g,
 RETURNING uuid";
 
 pub async fn seed(database_url: &str, pool: &PgPool, servers: usize) -> Result<Fixture> {
-    shutoff_core::store::create_and_migrate(database_url)
+    shutoff_core::store::create_and_migrate(&database_url.parse()?)
         .await
         .context("migrating the database")?;
     let project = ProjectId::random();

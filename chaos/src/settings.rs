@@ -46,6 +46,14 @@ pub struct Settings {
     #[arg(long, default_value_t = 300)]
     pub deadline_secs: u64,
 
+    /// Run on a private three-node RabbitMQ cluster and a PostgreSQL primary
+    /// with a synchronous standby, and fault those instead: stop the node
+    /// leading the work queue, start it again, stop and start another; kill
+    /// the primary and promote the standby, then rebuild the old primary as
+    /// the new standby.
+    #[arg(long)]
+    pub cluster: bool,
+
     /// Keep the work dir (data and logs) even when the run passes.
     #[arg(long)]
     pub keep: bool,

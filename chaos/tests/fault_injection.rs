@@ -26,3 +26,30 @@ fn no_accepted_stop_is_lost_stuck_or_duplicated_under_kills_and_restarts() {
         "the fault-injection run failed: {status:?} (its table is above)"
     );
 }
+
+/// `shutoff-chaos --cluster`, short: a private 3-node RabbitMQ cluster and a
+/// PostgreSQL primary with a synchronous standby; the queue's leader node
+/// is stopped and started, another node bounced, the primary killed and
+/// the standby promoted, the old primary rebuilt as the new standby, all
+/// while 300 stops flow. ~80 s here (the cluster's setup is ~30 s of it).
+#[test]
+fn no_accepted_stop_is_lost_stuck_or_duplicated_when_cluster_nodes_die_and_postgres_fails_over() {
+    let chaos = Path::new(env!("CARGO_BIN_EXE_shutoff-chaos"));
+    let bin_dir = chaos.parent().unwrap();
+    let status = Command::new(chaos)
+        .args([
+            "--cluster",
+            "--stops",
+            "300",
+            "--send-secs",
+            "45",
+            "--bin-dir",
+        ])
+        .arg(bin_dir)
+        .status()
+        .expect("shutoff-chaos starts");
+    assert!(
+        status.success(),
+        "the cluster fault-injection run failed: {status:?} (its table is above)"
+    );
+}

@@ -20,6 +20,7 @@ use lapin::{
 use tokio::sync::Mutex;
 
 use crate::backoff::Backoff;
+use crate::broker_nodes::BrokerNodes;
 use crate::ids::HostName;
 use crate::message::StopJob;
 
@@ -242,8 +243,54 @@ impl Default for BrokerTimeouts {
     }
 }
 
-/// Opens a connection and a channel, with a timeout, and declares the topology.
+/// A connection to one node of the cluster, with a channel on which the
+/// topology is declared.
+pub struct Connected {
+    pub conn: Connection,
+    pub channel: Channel,
+    /// Which of the [`BrokerNodes`] it is (start the next search after it
+    /// when this one is lost).
+    pub node: usize,
+}
+
+/// Opens a connection and a channel on the first node that answers, trying
+/// each node once from `start` on (round-robin), each within `timeout`, and
+/// declares the topology. The back-off between rounds is the caller's (it
+/// knows how many rounds failed).
 pub async fn connect(
+    nodes: &BrokerNodes,
+    start: usize,
+    name: &str,
+    topology: &Topology,
+    timeout: Duration,
+) -> Result<Connected, BrokerError> {
+    let mut last = None;
+    for k in 0..nodes.len() {
+        let node = (start + k) % nodes.len();
+        match connect_node(&nodes.urls()[node], name, topology, timeout).await {
+            Ok((conn, channel)) => {
+                if k > 0 || nodes.len() > 1 {
+                    tracing::info!(broker.name = %name, broker.node = nodes.name(node), "connected to RabbitMQ");
+                }
+                return Ok(Connected {
+                    conn,
+                    channel,
+                    node,
+                });
+            }
+            Err(e) => {
+                if nodes.len() > 1 {
+                    tracing::warn!(broker.name = %name, broker.node = nodes.name(node), error = %e, "RabbitMQ node unreachable; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| BrokerError::Unavailable("no RabbitMQ node configured".into())))
+}
+
+/// One node: connection, channel and topology within `timeout`.
+async fn connect_node(
     url: &str,
     name: &str,
     topology: &Topology,
@@ -275,7 +322,7 @@ pub async fn set_prefetch(channel: &Channel, prefetch: u16) -> lapin::Result<()>
 /// dead broker costs a request nothing but a failed fast path), and publishes
 /// with confirms.
 pub struct Publisher {
-    url: String,
+    nodes: BrokerNodes,
     name: String,
     topology: Topology,
     timeouts: BrokerTimeouts,
@@ -288,17 +335,36 @@ struct Link {
     channel: Option<Channel>,
     failures: u32,
     retry_after: Option<Instant>,
+    /// The node the next connection tries first: after a loss, the one
+    /// after the node that was lost, so the publisher moves on.
+    next_node: usize,
+    /// The node of the current connection.
+    node: usize,
 }
 
 impl Publisher {
-    pub fn new(url: &str, name: &str, topology: Topology, timeouts: BrokerTimeouts) -> Arc<Self> {
+    pub fn new(
+        nodes: &BrokerNodes,
+        name: &str,
+        topology: Topology,
+        timeouts: BrokerTimeouts,
+    ) -> Arc<Self> {
         Arc::new(Publisher {
-            url: url.to_string(),
+            nodes: nodes.clone(),
             name: name.to_string(),
             topology,
             timeouts,
-            link: Mutex::new(Link::default()),
+            link: Mutex::new(Link {
+                next_node: nodes.random_start(),
+                ..Link::default()
+            }),
         })
+    }
+
+    /// The node the publisher is connected to (or was, last), as `host:port`.
+    pub async fn node(&self) -> String {
+        let link = self.link.lock().await;
+        self.nodes.name(link.node).to_string()
     }
 
     pub fn topology(&self) -> &Topology {
@@ -317,6 +383,7 @@ impl Publisher {
         if let Some(conn) = link.conn.take() {
             // Best effort; the broker may be gone.
             drop(conn);
+            link.next_node = link.node + 1;
         }
         if let Some(t) = link.retry_after
             && Instant::now() < t
@@ -324,19 +391,31 @@ impl Publisher {
             return Err(BrokerError::Unavailable("reconnect back-off".into()));
         }
         let result = async {
-            let (conn, channel) =
-                connect(&self.url, &self.name, &self.topology, self.timeouts.connect).await?;
+            let Connected {
+                conn,
+                channel,
+                node,
+            } = connect(
+                &self.nodes,
+                link.next_node,
+                &self.name,
+                &self.topology,
+                self.timeouts.connect,
+            )
+            .await?;
             tokio::time::timeout(
                 self.timeouts.confirm,
                 channel.confirm_select(ConfirmSelectOptions::default()),
             )
             .await
             .map_err(|_| BrokerError::Timeout(self.timeouts.confirm))??;
-            Ok::<_, BrokerError>((conn, channel))
+            Ok::<_, BrokerError>((conn, channel, node))
         }
         .await;
         match result {
-            Ok((conn, channel)) => {
+            Ok((conn, channel, node)) => {
+                link.node = node;
+                link.next_node = node;
                 if link.failures > 0 {
                     tracing::info!(broker.name = %self.name, "reconnected to RabbitMQ");
                 }
@@ -360,7 +439,9 @@ impl Publisher {
     pub async fn reset(&self) {
         let mut link = self.link.lock().await;
         link.channel = None;
-        link.conn = None;
+        if link.conn.take().is_some() {
+            link.next_node = link.node + 1;
+        }
     }
 
     /// Publishes a stop job to its host's queue and waits for the broker's

@@ -5,6 +5,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::broker::Topology;
+use crate::broker_nodes::BrokerNodes;
+use crate::db_hosts::DbHosts;
 use crate::telemetry::LogFormat;
 
 /// PostgreSQL on a developer machine of ours.
@@ -19,21 +21,25 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// only the few of these its commands use ([`Database`], [`Queues`]).
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL; several hosts in libpq's form
+    /// (`postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write`):
+    /// shutoff keeps to the one that is read-write.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL
     )]
-    pub database_url: String,
+    pub database_url: DbHosts,
 
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; a cluster's nodes comma-separated, oslo.messaging's way
+    /// (`amqp://u:p@h1:5672,u:p@h2:5673/vhost`: one vhost and query for all;
+    /// a node without credentials uses the first node's).
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = DEFAULT_AMQP_URL
     )]
-    pub amqp_url: String,
+    pub amqp_url: BrokerNodes,
 
     /// Prefix of every queue name (`<prefix>.stop.<host>`, `.dead`, `.retry.<ms>ms`);
     /// give each deployment (or test) its own.
@@ -135,14 +141,16 @@ impl Common {
 /// flag as [`Common`]'s.
 #[derive(Debug, Clone, Args)]
 pub struct Database {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL; several hosts in libpq's form
+    /// (`postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write`):
+    /// shutoff keeps to the one that is read-write.
     #[arg(
         long,
         global = true,
         env = "DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL
     )]
-    pub database_url: String,
+    pub database_url: DbHosts,
 }
 
 /// Where RabbitMQ is and how the queues are declared: what `shutoff-admin
@@ -151,9 +159,15 @@ pub struct Database {
 /// [`Common`]'s.
 #[derive(Debug, Clone, Args)]
 pub struct Queues {
-    /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
-    pub amqp_url: String,
+    /// RabbitMQ URL; a cluster's nodes comma-separated, oslo.messaging's way
+    /// (`amqp://u:p@h1:5672,u:p@h2:5673/vhost`: one vhost and query for all;
+    /// a node without credentials uses the first node's).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = DEFAULT_AMQP_URL
+    )]
+    pub amqp_url: BrokerNodes,
 
     /// Prefix of every queue name (`<prefix>.stop.<host>`, `.dead`, `.retry.<ms>ms`);
     /// give each deployment (or test) its own.

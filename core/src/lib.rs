@@ -17,6 +17,9 @@
 //!   the relay those whose publish was never confirmed, the rescuer those
 //!   nobody is moving (and fails those out of attempts).
 //! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
+//! - [`broker_nodes`]: the cluster's nodes in `AMQP_URL`, parsed once.
+//! - [`db_hosts`]: the PostgreSQL hosts in `DATABASE_URL`, parsed once (the
+//!   pool keeps to the read-write one: [`store::pool`]).
 //! - [`config`]: the settings the API and the worker share ([`config::Common`]),
 //!   and the few of them the admin tool takes.
 //! - [`telemetry`]: tracing set-up (text or JSON lines).
@@ -29,7 +32,9 @@ pub mod acceptor;
 pub mod backoff;
 pub mod batch;
 pub mod broker;
+pub mod broker_nodes;
 pub mod config;
+pub mod db_hosts;
 pub mod host_census;
 pub mod ids;
 pub mod message;

@@ -90,15 +90,19 @@ pub async fn spawn_with(pool: PgPool, opts: Options) -> TestApp {
         tweak(&mut settings);
     }
     if let Some(u) = &opts.amqp_url {
-        settings.common.amqp_url = u.clone();
+        settings.common.amqp_url = u.parse().expect("a test's AMQP URL parses");
     }
     if let Some(configure) = opts.configure {
         configure(&mut settings);
     }
     let api_pool = match &opts.database_url {
         Some(u) => {
-            settings.common.database_url = u.clone();
-            shutoff_core::store::pool(u, &settings.common.pool_settings(16), "test-api").unwrap()
+            settings.common.database_url = u.parse().expect("a test's database URL parses");
+            shutoff_core::store::pool(
+                &settings.common.database_url,
+                &settings.common.pool_settings(16),
+                "test-api",
+            )
         }
         None => pool.clone(),
     };

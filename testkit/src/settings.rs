@@ -80,7 +80,12 @@ mod tests {
         let worker = env.worker_settings();
 
         for common in [&api.common, &worker.common] {
-            assert_eq!(common.database_url, env.database_url);
+            assert_eq!(common.database_url.len(), 1);
+            assert_eq!(
+                common.database_url.hosts()[0].get_database(),
+                Some("some_test_db")
+            );
+            assert_eq!(common.database_url.name(0), "127.0.0.1:5432");
             assert_eq!(common.queue_prefix, env.topology.prefix);
             assert_eq!(common.retry_delays_ms, vec![100, 200]);
         }

@@ -73,7 +73,7 @@ pub async fn ctx(pool: PgPool) -> Ctx {
     env.declare_host(&crate::env::default_host()).await;
     let project = env.project().await;
     let publisher = Publisher::new(
-        &env.amqp_url,
+        &env.amqp_url.parse().expect("the test's AMQP URL parses"),
         "test",
         env.topology.clone(),
         BrokerTimeouts::default(),

@@ -16,6 +16,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::{self, Topology};
+use shutoff_core::broker_nodes::BrokerNodes;
 use shutoff_core::message::StopJob;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -25,7 +26,7 @@ use tracing::Instrument;
 use crate::stop_job::{self, Disposition, JobContext};
 
 pub struct ConsumerSettings {
-    pub amqp_url: String,
+    pub amqp_url: BrokerNodes,
     pub topology: Topology,
     pub prefetch: u16,
     pub grace: Duration,
@@ -49,16 +50,24 @@ pub async fn run(
     let queue = settings.topology.host_queue(&ctx.host);
     let mut failures = 0u32;
     let mut open: Option<(lapin::Connection, lapin::Channel)> = None;
+    // After a loss the search starts at the next node, so a worker whose
+    // node died moves to another even if the dead one still accepts TCP.
+    let mut next_node = settings.amqp_url.random_start();
     while !shutdown.is_cancelled() {
-        let (conn, channel) = match broker::connect(
+        let broker::Connected {
+            conn,
+            channel,
+            node,
+        } = match broker::connect(
             &settings.amqp_url,
+            next_node,
             &format!("shutoff-worker {}", ctx.worker_id),
             &settings.topology,
             settings.connect_timeout,
         )
         .await
         {
-            Ok(pair) => pair,
+            Ok(c) => c,
             Err(e) => {
                 let delay = Backoff::RECONNECT.delay(failures);
                 failures += 1;
@@ -69,6 +78,7 @@ pub async fn run(
                 }
             }
         };
+        next_node = node + 1;
         let tag = format!("{}-{}", ctx.worker_id, uuid::Uuid::new_v4().simple());
         let consumer = tokio::time::timeout(settings.connect_timeout, async {
             // Only a host's own workers declare its queue: until one has,
@@ -107,7 +117,8 @@ pub async fn run(
         failures = 0;
         ready.store(true, Ordering::SeqCst);
         settings.attached.notify_one();
-        tracing::info!(%queue, host = %ctx.host, prefetch = settings.prefetch, "consuming");
+        tracing::info!(%queue, host = %ctx.host, prefetch = settings.prefetch,
+            broker.node = settings.amqp_url.name(node), "consuming");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {

@@ -52,8 +52,7 @@ impl Worker {
                 ..settings.common.pool_settings(DEFAULT_POOL)
             },
             "shutoff-worker",
-        )
-        .context("invalid DATABASE_URL")?;
+        );
         Self::build_with_pool(settings, pool).await
     }
 

@@ -84,7 +84,7 @@ async fn ctx_on(pool: PgPool, broker: &PrivateBroker) -> Ctx {
     env.amqp_url = broker.node.amqp_url();
     let project = env.project().await;
     let publisher = Publisher::new(
-        &env.amqp_url,
+        &env.amqp_url.parse().unwrap(),
         "test",
         env.topology.clone(),
         BrokerTimeouts::default(),
@@ -99,7 +99,8 @@ async fn ctx_on(pool: PgPool, broker: &PrivateBroker) -> Ctx {
 /// A worker of `host`, consuming from the private node.
 async fn worker_for(c: &Ctx, host: &str) -> RunningWorker {
     let url = c.env.amqp_url.clone();
-    c.worker_for(host, move |s| s.common.amqp_url = url).await
+    c.worker_for(host, move |s| s.common.amqp_url = url.parse().unwrap())
+        .await
 }
 
 async fn until_consuming(c: &Ctx, w: &RunningWorker) {

@@ -224,9 +224,11 @@ async fn with_the_database_gone_mid_job_nothing_is_acked_and_the_job_ends_when_i
 ) {
     let c = workers::ctx(pool.clone()).await;
     let db = TcpProxy::start("127.0.0.1:5432").await;
-    let proxied =
-        shutoff_core::store::pool(&db.database_url(&pool), &Default::default(), "test-worker")
-            .unwrap();
+    let proxied = shutoff_core::store::pool(
+        &db.database_url(&pool).parse().unwrap(),
+        &Default::default(),
+        "test-worker",
+    );
     let w = c.worker_on(proxied, |s| s.lease_secs = 60).await;
     let vm = c.server("fake://?delay_ms=1000").await;
     let job = c.stop(vm, 5).await;
@@ -255,7 +257,9 @@ async fn with_the_database_gone_mid_job_nothing_is_acked_and_the_job_ends_when_i
 async fn a_worker_rides_out_a_broker_outage_and_reports_not_ready_meanwhile(pool: PgPool) {
     let c = workers::ctx(pool).await;
     let broker = TcpProxy::start("127.0.0.1:5672").await;
-    let w = c.worker(|s| s.common.amqp_url = broker.amqp_url()).await;
+    let w = c
+        .worker(|s| s.common.amqp_url = broker.amqp_url().parse().unwrap())
+        .await;
     let ready = || async {
         reqwest::get(format!("http://{}/readyz", w.health))
             .await

@@ -89,8 +89,12 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
     ) || sqlstate(e)
         // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
-        // 08xxx connection exceptions, 53300 too many connections.
-        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "53300")
+        // 08xxx connection exceptions, 53300 too many connections, 25006
+        // read_only_sql_transaction (a standby, or a primary that was
+        // demoted: the pool is looking for the read-write node).
+        .is_some_and(|c| {
+            c.starts_with("57P") || c.starts_with("08") || c == "53300" || c == "25006"
+        })
 }
 
 /// True when the statement lost to another transaction: 40001
@@ -117,5 +121,28 @@ mod tests {
         // The source is kept, not flattened into a string.
         let source = std::error::Error::source(&bug).expect("a source");
         assert!(source.to_string().contains("nonsense"));
+    }
+
+    /// What a standby (or a demoted primary) answers a write with: the pool
+    /// is then looking for the read-write node, so it is "try again", a 503
+    /// and never a 500.
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn a_write_on_a_read_only_node_is_unavailable_not_a_failure(pool: sqlx::PgPool) {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SET default_transaction_read_only = on")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let e = sqlx::query("CREATE TABLE read_only_probe (x int)")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.as_database_error().and_then(|d| d.code()).as_deref(),
+            Some("25006")
+        );
+        let e = StoreError::from(e);
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        assert!(e.is_transient());
     }
 }

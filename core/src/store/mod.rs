@@ -28,6 +28,7 @@ pub mod dead_letters;
 pub mod drain;
 mod error;
 pub mod hosts;
+mod pool;
 pub mod prune;
 pub mod publish;
 pub mod reads;
@@ -35,90 +36,55 @@ pub mod rescue;
 pub mod trace;
 
 pub use error::{StoreError, is_unavailable};
+pub use pool::{PoolSettings, pool, writable_host};
 
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// The schema, embedded so every binary can migrate and every `#[sqlx::test]`
 /// gets a migrated database.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Pool settings that keep a dead or half-dead PostgreSQL from hanging callers.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    /// How long a caller waits for a connection before giving up (→ 503).
-    pub acquire_timeout: Duration,
-    /// Server-side limit on any statement.
-    pub statement_timeout: Duration,
-    /// A connection idle this long is closed (none: sqlx's 10 minutes).
-    pub idle_timeout: Option<Duration>,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        PoolSettings {
-            max_connections: 32,
-            acquire_timeout: Duration::from_secs(3),
-            statement_timeout: Duration::from_secs(10),
-            idle_timeout: None,
-        }
-    }
-}
-
-/// A lazily-connecting pool: the process starts even when PostgreSQL is down
-/// and serves 503 until it is back.
-pub fn pool(url: &str, settings: &PoolSettings, app: &str) -> Result<PgPool, sqlx::Error> {
-    let opts: PgConnectOptions = url.parse()?;
-    let opts = opts.application_name(app).options([(
-        "statement_timeout",
-        format!("{}", settings.statement_timeout.as_millis()),
-    )]);
-    let options = PgPoolOptions::new();
-    let options = match settings.idle_timeout {
-        Some(t) => options.idle_timeout(t),
-        None => options,
-    };
-    Ok(options
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        .test_before_acquire(false)
-        .connect_lazy_with(opts))
-}
-
-/// Creates the database named in `url` if it does not exist, then migrates it.
-pub async fn create_and_migrate(url: &str) -> anyhow::Result<()> {
+/// Creates the database named in `db` if it does not exist, then migrates
+/// it, on the read-write host.
+pub async fn create_and_migrate(db: &crate::db_hosts::DbHosts) -> anyhow::Result<()> {
     use anyhow::Context;
     use sqlx::{ConnectOptions, Connection, Executor};
-    let opts: PgConnectOptions = url
-        .parse()
-        .context("DATABASE_URL is not a PostgreSQL URL")?;
-    let db = opts.get_database().unwrap_or("postgres").to_string();
-    let admin_opts = opts.clone().database("postgres");
-    let mut conn = admin_opts
+    // The database may not exist yet: look for the writable host through
+    // `postgres`, which always does.
+    let admin: Vec<_> = db
+        .hosts()
+        .iter()
+        .map(|h| h.clone().database("postgres"))
+        .collect();
+    let i = writable_host(&admin, db.read_write())
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let host = db.hosts()[i].clone();
+    let name = db.database().to_string();
+    let mut conn = admin[i]
         .connect()
         .await
         .context("cannot connect to PostgreSQL")?;
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(&db)
+        .bind(&name)
         .fetch_optional(&mut conn)
         .await?;
     if exists.is_none() {
-        let quoted = format!("\"{}\"", db.replace('"', "\"\""));
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         match conn
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
             .await
         {
-            Ok(_) => tracing::info!(database = %db, "created database"),
+            Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it between our check and our create.
             Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => {}
             Err(e) => return Err(e).context("cannot create database"),
         }
     }
     conn.close().await.ok();
-    let mut conn = opts
+    let mut conn = host
         .connect()
         .await
         .context("cannot connect to the database")?;
