@@ -4,7 +4,7 @@
 //! server runs (`OS-EXT-SRV-ATTR:host`, the `host` filter).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -14,18 +14,21 @@ use sha2::{Digest, Sha224};
 use shutoff_core::ids::ServerId;
 use shutoff_core::policy::Caller;
 use shutoff_core::policy::Refusal;
-use shutoff_core::store::reads::{self, ServerFilter, ServerRow};
+use shutoff_core::state::VmState;
+use shutoff_core::store::reads::{self, ServerFilter, ServerRow, SortKey};
 use sqlx::PgPool;
 
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
-use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
+use crate::error::responses::{BadRequest, Forbidden, NotFound, Unauthorized, Unavailable};
 use crate::extract::{Path, Query};
 use crate::routes::links::{Link, base_url};
 use crate::routes::params::{ProjectPath, ServerPath};
 use utoipa::{IntoParams, ToSchema};
 
-/// The filters of a server list.
+/// The filters and paging of a server list, as Nova takes them (others,
+/// such as `ip` or `flavor`, are ignored, as Nova ignores the filters a
+/// caller may not use).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
@@ -37,7 +40,27 @@ pub struct ListQuery {
     /// caller's is ignored (but still checked).
     #[param(min_length = 1, max_length = 255)]
     host: Option<String>,
-    /// At most this many servers (0 to 1000; larger values mean 1000).
+    /// Servers with this status (`ACTIVE`, `SHUTOFF`, `ERROR`, ...; any
+    /// case). An unknown status lists nothing, as in Nova before 2.38;
+    /// `DELETED` is for admins only (403).
+    status: Option<String>,
+    /// Every project's servers (`openstack server list --all-projects`):
+    /// true for an empty value or one of `1 t true y yes on`, false for
+    /// `0 f false n no off` (any case); admins only (403).
+    all_tenants: Option<String>,
+    /// Servers changed at or after this ISO 8601 time, deleted ones included.
+    #[serde(rename = "changes-since")]
+    #[param(rename = "changes-since")]
+    changes_since: Option<String>,
+    /// The order: `created_at` (default), `updated_at`, `display_name`,
+    /// `uuid`, `vm_state`, `power_state`, `host` (admins; ignored for others).
+    sort_key: Option<String>,
+    /// `desc` (default) or `asc`.
+    sort_dir: Option<String>,
+    /// The id of the last server of the previous page: this page starts after it.
+    marker: Option<String>,
+    /// At most this many servers (0 to 1000; larger values mean 1000). A
+    /// full page links to the next one in `servers_links`.
     limit: Option<i64>,
 }
 
@@ -164,12 +187,18 @@ pub struct ServerShow {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerList {
     pub servers: Vec<ServerBrief>,
+    /// The next page (`rel: next`), when this one is full; absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers_links: Vec<Link>,
 }
 
 /// `GET /v2/{project_id}/servers/detail`
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerDetailList {
     pub servers: Vec<Server>,
+    /// The next page (`rel: next`), when this one is full; absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers_links: Vec<Link>,
 }
 
 /// Nova's full server document, as `caller` may see it.
@@ -219,23 +248,179 @@ pub fn document(s: &ServerRow, base: &str, caller: &Caller) -> Server {
     }
 }
 
-/// The rows a list shows, after the project check.
+/// A page of a list: the rows, and the link to the next page if it is full.
+struct Page {
+    rows: Vec<ServerRow>,
+    next: Vec<Link>,
+}
+
+/// The rows a list shows, after the project check, and the next page's link
+/// (Nova's: the same query with `marker` = the last server, when the page
+/// holds `limit` servers).
 async fn visible_servers(
     pool: &PgPool,
     caller: &Caller,
     project_id: &str,
     q: &ListQuery,
-) -> Result<Vec<ServerRow>, ApiError> {
+    raw_query: Option<&str>,
+    page_url: &str,
+    detail: bool,
+) -> Result<Page, ApiError> {
     check_project(caller, project_id)?;
-    let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
+    let limit = match q.limit {
+        Some(l) if l < 0 => {
+            return Err(ApiError::BadRequest(
+                "Invalid input for query parameters limit: it must be 0 or more.".into(),
+            ));
+        }
+        Some(l) => l.min(MAX_LIMIT),
+        None => MAX_LIMIT,
+    };
     let name = q.name.as_deref().map(checked_name).transpose()?;
     let host = q.host.as_deref().map(checked_host).transpose()?;
+    let all_projects = q
+        .all_tenants
+        .as_deref()
+        .map(all_tenants)
+        .transpose()?
+        .unwrap_or(false);
+    if all_projects && !caller.is_admin() {
+        let op = if detail { "detail" } else { "index" };
+        return Err(ApiError::Forbidden(format!(
+            "Policy doesn't allow os_compute_api:servers:{op}:get_all_tenants to be performed."
+        )));
+    }
+    let changes_since = q.changes_since.as_deref().map(changes_since).transpose()?;
+    let (sort, descending) = sort_order(q, caller)?;
+    let vm_states = q.status.as_deref().map(vm_states_of);
+    let deleted = vm_states
+        .as_ref()
+        .is_some_and(|v| v.contains(&VmState::Deleted));
+    if deleted && !caller.is_admin() {
+        return Err(ApiError::Forbidden(
+            "Only administrators may list deleted instances".into(),
+        ));
+    }
+    let marker = match &q.marker {
+        None => None,
+        Some(m) => {
+            let not_found = || ApiError::BadRequest(format!("marker [{m}] not found"));
+            let id = ServerId::parse(m).ok_or_else(not_found)?;
+            reads::server(pool, caller, id.0)
+                .await?
+                .filter(|row| all_projects || row.project_id == caller.project_id.as_str())
+                .ok_or_else(not_found)?;
+            Some(id.0)
+        }
+    };
     let filter = ServerFilter {
+        all_projects,
         name,
         host: host.filter(|_| sees_hosts(caller)),
+        vm_states,
+        changes_since,
+        deleted,
+        sort,
+        descending,
+        marker,
         limit,
     };
-    Ok(reads::servers(pool, caller, &filter).await?)
+    let rows = reads::servers(pool, caller, &filter).await?;
+    let next = match rows.last() {
+        Some(last) if limit > 0 && rows.len() as i64 == limit => vec![Link {
+            rel: "next".into(),
+            href: format!("{page_url}?{}", next_query(raw_query, last.uuid)),
+        }],
+        _ => Vec::new(),
+    };
+    Ok(Page { rows, next })
+}
+
+/// The request's query with `marker` replaced by the page's last server.
+fn next_query(raw_query: Option<&str>, last: uuid::Uuid) -> String {
+    let mut next = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        if k != "marker" {
+            next.append_pair(&k, &v);
+        }
+    }
+    next.append_pair("marker", &last.to_string());
+    next.finish()
+}
+
+/// oslo's `bool_from_string(strict=True)`, as Nova reads `all_tenants`; an
+/// empty value turns it on.
+fn all_tenants(value: &str) -> Result<bool, ApiError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "1" | "t" | "true" | "y" | "yes" | "on" => Ok(true),
+        "0" | "f" | "false" | "n" | "no" | "off" => Ok(false),
+        _ => Err(ApiError::BadRequest(format!(
+            "Invalid input for query parameters all_tenants. Unrecognized value '{value}', \
+             acceptable values are: '0', '1', 'f', 'false', 'n', 'no', 'off', 'on', 't', 'true', 'y', 'yes'"
+        ))),
+    }
+}
+
+/// An ISO 8601 time: with an offset or `Z`, or without (UTC), or a date.
+fn changes_since(value: &str) -> Result<DateTime<Utc>, ApiError> {
+    let v = value.trim();
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc())
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Invalid input for query parameters changes-since. Value: {value}. \
+                 '{value}' is not a 'date-time'"
+            ))
+        })
+}
+
+/// The vm_states a `status` stands for (none for an unknown status).
+fn vm_states_of(status: &str) -> Vec<VmState> {
+    VmState::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.status().eq_ignore_ascii_case(status.trim()))
+        .collect()
+}
+
+/// Nova's `sort_key` and `sort_dir`; `host` is an admin's key and ignored
+/// for others, as Nova ignores the sort keys its policy hides.
+fn sort_order(q: &ListQuery, caller: &Caller) -> Result<(SortKey, bool), ApiError> {
+    let key = match q.sort_key.as_deref() {
+        None => SortKey::CreatedAt,
+        Some(k) => match SortKey::parse(k) {
+            Some(SortKey::Host) if !sees_hosts(caller) => SortKey::CreatedAt,
+            Some(key) => key,
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "Invalid input for query parameters sort_key. Value: {k}. shutoff sorts by \
+                     created_at, updated_at, display_name, uuid, vm_state, power_state or host."
+                )));
+            }
+        },
+    };
+    let descending = match q.sort_dir.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(d) => {
+            return Err(ApiError::BadRequest(format!(
+                "Invalid input for query parameters sort_dir. Value: {d}. It must be asc or desc."
+            )));
+        }
+    };
+    Ok((key, descending))
 }
 
 /// PostgreSQL text cannot hold NUL, so a name with one matches nothing we
@@ -274,7 +459,7 @@ fn checked_host(host: &str) -> Result<&str, ApiError> {
     params(ProjectPath, ListQuery),
     responses(
         (status = 200, description = "The project's servers, newest first.", body = ServerList),
-        BadRequest, Unauthorized, NotFound, Unavailable,
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable,
     ),
     security(("token" = [])),
 )]
@@ -283,11 +468,23 @@ pub async fn list(
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<ServerList>, ApiError> {
-    let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
-    let servers = rows
+    let page_url = format!("{base}/v2/{project_id}/servers");
+    let page = visible_servers(
+        &pool,
+        &caller,
+        &project_id,
+        &q,
+        raw.as_deref(),
+        &page_url,
+        false,
+    )
+    .await?;
+    let servers = page
+        .rows
         .iter()
         .map(|s| {
             let id = s.uuid.to_string();
@@ -298,7 +495,10 @@ pub async fn list(
             }
         })
         .collect();
-    Ok(Json(ServerList { servers }))
+    Ok(Json(ServerList {
+        servers,
+        servers_links: page.next,
+    }))
 }
 
 /// `GET /v2/{project_id}/servers/detail`: the full document of each server.
@@ -309,7 +509,7 @@ pub async fn list(
     params(ProjectPath, ListQuery),
     responses(
         (status = 200, description = "The project's servers, newest first.", body = ServerDetailList),
-        BadRequest, Unauthorized, NotFound, Unavailable,
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable,
     ),
     security(("token" = [])),
 )]
@@ -318,12 +518,30 @@ pub async fn list_detail(
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<ServerDetailList>, ApiError> {
-    let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
-    let servers = rows.iter().map(|s| document(s, &base, &caller)).collect();
-    Ok(Json(ServerDetailList { servers }))
+    let page_url = format!("{base}/v2/{project_id}/servers/detail");
+    let page = visible_servers(
+        &pool,
+        &caller,
+        &project_id,
+        &q,
+        raw.as_deref(),
+        &page_url,
+        true,
+    )
+    .await?;
+    let servers = page
+        .rows
+        .iter()
+        .map(|s| document(s, &base, &caller))
+        .collect();
+    Ok(Json(ServerDetailList {
+        servers,
+        servers_links: page.next,
+    }))
 }
 
 /// `GET /v2/{project_id}/servers/{server_id}`: one server's document.
