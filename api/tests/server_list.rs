@@ -255,3 +255,77 @@ async fn only_admins_list_every_projects_servers(pool: PgPool) {
     assert_eq!(all, ["mine", "theirs"]);
     app.shut_down().await;
 }
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn admins_filter_by_project_user_and_states_and_unsupported_filters_are_refused(
+    pool: PgPool,
+) {
+    let app = spawn_api_only(pool).await;
+    app.server("on").await;
+    app.server_with(|s| {
+        s.name = "off".into();
+        s.vm_state = VmState::Stopped;
+        s.user_id = "bob".into();
+    })
+    .await;
+    let other = app.env.project().await;
+    app.env
+        .server(shutoff_core::store::admin::NewServer::new(&other, "theirs"))
+        .await;
+    let admin = app.env.token(&app.project, &["admin"]).await;
+
+    let q = |s: &str| format!("all_tenants=1&{s}");
+    assert_eq!(
+        names(&app, &admin, &q(&format!("project_id={other}"))).await,
+        ["theirs"]
+    );
+    assert_eq!(
+        names(&app, &admin, &q(&format!("tenant_id={other}"))).await,
+        ["theirs"]
+    );
+    assert_eq!(names(&app, &admin, &q("user_id=bob")).await, ["off"]);
+    assert_eq!(names(&app, &admin, &q("vm_state=stopped")).await, ["off"]);
+    assert_eq!(names(&app, &admin, &q("power_state=4")).await, ["off"]);
+    assert_eq!(
+        names(&app, &admin, &q("status=ACTIVE&vm_state=stopped")).await,
+        Vec::<String>::new()
+    );
+    assert!(
+        names(&app, &admin, "deleted=True").await.is_empty(),
+        "nothing deleted yet"
+    );
+    assert_eq!(names(&app, &admin, "deleted=False").await.len(), 2);
+    // A member's admin-only filters are ignored, as Nova drops them.
+    assert_eq!(
+        names(
+            &app,
+            &app.token,
+            "vm_state=stopped&user_id=bob&deleted=True"
+        )
+        .await
+        .len(),
+        2
+    );
+
+    for key in [
+        "ip",
+        "image",
+        "flavor",
+        "availability_zone",
+        "locked",
+        "changes-before",
+    ] {
+        let resp = get(
+            &app,
+            &app.token,
+            &format!("/v2/{}/servers?{key}=x", app.project),
+        )
+        .await;
+        let msg = fault(resp, 400, "badRequest").await;
+        assert!(
+            msg.starts_with(&format!("Invalid filter field: {key}.")),
+            "{msg}"
+        );
+    }
+    app.shut_down().await;
+}

@@ -61,8 +61,57 @@ pub struct ListQuery {
     marker: Option<String>,
     /// At most this many servers (0 to 1000; larger values mean 1000). A
     /// full page links to the next one in `servers_links`.
+    #[param(minimum = 0)]
     limit: Option<i64>,
+    /// Admins: only deleted servers when true (`1 t true y yes on`); others'
+    /// is ignored, as in Nova.
+    deleted: Option<String>,
+    /// Admins: servers of this project (with `all_tenants`, what
+    /// `openstack server list --project` sends); others' is ignored.
+    project_id: Option<String>,
+    /// The same as `project_id` (Nova's older name).
+    tenant_id: Option<String>,
+    /// Admins: servers of this user; others' is ignored.
+    user_id: Option<String>,
+    /// Admins: servers in this vm_state (`active`, `stopped`, ...); others'
+    /// is ignored.
+    vm_state: Option<String>,
+    /// Admins: servers in this task_state (`powering-off`, ...); others' is ignored.
+    task_state: Option<String>,
+    /// Admins: servers in this power state (1 running, 4 shutdown, ...);
+    /// others' is ignored.
+    power_state: Option<i16>,
 }
+
+/// Nova's list filters that shutoff cannot apply (it has no networks,
+/// images, flavors, zones, keys, tags...): refused with a 400 rather than
+/// ignored, so that a filtered list is never silently a full one.
+const UNSUPPORTED_FILTERS: &[&str] = &[
+    "ip",
+    "ip6",
+    "image",
+    "flavor",
+    "reservation_id",
+    "availability_zone",
+    "key_name",
+    "config_drive",
+    "progress",
+    "instance_name",
+    "node",
+    "locked",
+    "tags",
+    "tags-any",
+    "not-tags",
+    "not-tags-any",
+    "changes-before",
+    "access_ip_v4",
+    "access_ip_v6",
+    "launched_at",
+    "terminated_at",
+    "created_at",
+    "uuid",
+    "description",
+];
 
 const MAX_LIMIT: i64 = 1000;
 
@@ -267,6 +316,16 @@ async fn visible_servers(
     detail: bool,
 ) -> Result<Page, ApiError> {
     check_project(caller, project_id)?;
+    if let Some(key) = url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes())
+        .map(|(k, _)| k)
+        .find(|k| UNSUPPORTED_FILTERS.contains(&k.as_ref()))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "Invalid filter field: {key}. shutoff filters servers by name, status, host, \
+             changes-since, all_tenants, deleted, project_id, user_id, vm_state, task_state \
+             and power_state only."
+        )));
+    }
     let limit = match q.limit {
         Some(l) if l < 0 => {
             return Err(ApiError::BadRequest(
@@ -292,14 +351,42 @@ async fn visible_servers(
     }
     let changes_since = q.changes_since.as_deref().map(changes_since).transpose()?;
     let (sort, descending) = sort_order(q, caller)?;
-    let vm_states = q.status.as_deref().map(vm_states_of);
-    let deleted = vm_states
+    let mut vm_states = q.status.as_deref().map(vm_states_of);
+    let mut deleted = vm_states
         .as_ref()
         .is_some_and(|v| v.contains(&VmState::Deleted));
     if deleted && !caller.is_admin() {
         return Err(ApiError::Forbidden(
             "Only administrators may list deleted instances".into(),
         ));
+    }
+    // The admin-only filters (Nova drops them for other callers).
+    let admin = caller.is_admin();
+    fn only(v: &Option<String>, admin: bool) -> Option<&str> {
+        v.as_deref().filter(|_| admin).map(str::trim)
+    }
+    if let Some(state) = only(&q.vm_state, admin) {
+        let wanted: Vec<VmState> = VmState::parse(state).into_iter().collect();
+        vm_states = Some(match vm_states {
+            Some(v) => v.into_iter().filter(|s| wanted.contains(s)).collect(),
+            None => wanted,
+        });
+    }
+    if only(&q.deleted, admin).is_some_and(truthy) {
+        deleted = true;
+        vm_states = Some(vec![VmState::Deleted]);
+    }
+    for (key, value) in [
+        ("project_id", &q.project_id),
+        ("tenant_id", &q.tenant_id),
+        ("user_id", &q.user_id),
+        ("task_state", &q.task_state),
+    ] {
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::BadRequest(format!(
+                "Invalid filter field: {key}."
+            )));
+        }
     }
     let marker = match &q.marker {
         None => None,
@@ -320,6 +407,10 @@ async fn visible_servers(
         vm_states,
         changes_since,
         deleted,
+        project: only(&q.project_id, admin).or(only(&q.tenant_id, admin)),
+        user_id: only(&q.user_id, admin),
+        task_state: only(&q.task_state, admin),
+        power_state: q.power_state.filter(|_| admin),
         sort,
         descending,
         marker,
@@ -346,6 +437,14 @@ fn next_query(raw_query: Option<&str>, last: uuid::Uuid) -> String {
     }
     next.append_pair("marker", &last.to_string());
     next.finish()
+}
+
+/// oslo's `bool_from_string` (not strict): anything else is false.
+fn truthy(value: &str) -> bool {
+    matches!(
+        value.to_ascii_lowercase().as_str(),
+        "1" | "t" | "true" | "y" | "yes" | "on"
+    )
 }
 
 /// oslo's `bool_from_string(strict=True)`, as Nova reads `all_tenants`; an

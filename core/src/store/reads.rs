@@ -65,8 +65,14 @@ pub struct ServerFilter<'a> {
     /// Servers changed at or after this time (Nova's `changes-since`), and
     /// then, as in Nova, deleted ones too.
     pub changes_since: Option<DateTime<Utc>>,
-    /// Also deleted servers (an admin's `status=DELETED`).
+    /// Also deleted servers (an admin's `status=DELETED` or `deleted=true`).
     pub deleted: bool,
+    /// Servers of exactly this project, user, task_state, power_state (an
+    /// admin's filters).
+    pub project: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub task_state: Option<&'a str>,
+    pub power_state: Option<i16>,
     /// The order, and where the page starts: after this server (Nova's
     /// `marker`), in that order.
     pub sort: SortKey,
@@ -145,6 +151,10 @@ pub async fn servers(
             AND ($7::timestamptz IS NULL OR updated_at >= $7)
             AND ($8::uuid IS NULL
                  OR ({col}, uuid) {after} (SELECT {col}, uuid FROM instances WHERE uuid = $8))
+            AND ($10::text IS NULL OR project_id = $10)
+            AND ($11::text IS NULL OR user_id = $11)
+            AND ($12::text IS NULL OR task_state = $12)
+            AND ($13::smallint IS NULL OR power_state = $13)
           ORDER BY {col} {dir}, uuid {dir} LIMIT $9"
     )))
     .bind(filter.all_projects)
@@ -156,6 +166,10 @@ pub async fn servers(
     .bind(filter.changes_since)
     .bind(filter.marker)
     .bind(filter.limit)
+    .bind(filter.project)
+    .bind(filter.user_id)
+    .bind(filter.task_state)
+    .bind(filter.power_state)
     .fetch_all(pool)
     .await
 }
