@@ -72,11 +72,22 @@ async fn keystoneauth_discovers_v3_at_the_identity_root_and_its_version(pool: Pg
     }
     let resp = app
         .client
-        .get(app.url("/identity/v3/projects"))
+        .get(app.url("/identity/v3/domains"))
         .send()
         .await
         .unwrap();
     keystone_error(resp, 404, "Not Found").await;
+    // No lookups of projects or users: Keystone's 403, after which the
+    // clients take the name they were given as the id.
+    for path in [
+        "/identity/v3/projects?name=demo",
+        "/identity/v3/projects/demo",
+        "/identity/v3/users/bob",
+    ] {
+        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        let msg = keystone_error(resp, 403, "Forbidden").await;
+        assert!(msg.contains("give their ids"), "{path}: {msg}");
+    }
     let resp = app
         .client
         .delete(app.url("/identity/v3/auth/tokens"))

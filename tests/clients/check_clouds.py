@@ -15,7 +15,8 @@ all but --stopped must be ACTIVE; --on-host lists the servers on host H.
 Checks, each printing `ok <what>` or `FAIL <what>: <why>`:
   1. `openstack server list` (table and -f json) shows every server with its status;
      `--long` adds task state, power state, image and host (admins) columns;
-  2. `--status SHUTOFF`, `--name`, and (admin) `--all-projects --host H` filter as Nova;
+  2. `--status SHUTOFF`, `--name`, and (admin) `--all-projects --host H` and `--project`
+     (the cloud's project) filter as Nova;
      a non-admin's `--all-projects` is refused with Nova's 403, not a traceback;
   3. `openstack server stop a b c` stops several at once, by name, until SHUTOFF;
   4. `server show`, `server event list` and `server event show` of a stopped server;
@@ -151,6 +152,16 @@ def check_filters(cli, admin, a):
         raise Check(f"--all-projects --host {a.host} lists {sorted(names(rows))}, want {sorted(a.on_host)}")
     if not all(r.get("Project ID") for r in rows):
         raise Check(f"--all-projects shows no Project ID column: {rows}")
+    # --project: Keystone looks the name up; the local identity service
+    # answers lookups 403, so the CLI passes the id on.
+    import openstack.config
+
+    auth = openstack.config.OpenStackConfig().get_one(a.admin_cloud).config["auth"]
+    project = auth.get("project_id") or auth["project_name"]
+    everyone = set(a.stop) | {a.sdk_server, a.nova_server, a.stopped} | set(a.on_host)
+    listed = names(admin.json("server", "list", "--project", project))
+    if listed != everyone:
+        raise Check(f"--project {project} lists {sorted(listed)}, want {sorted(everyone)}")
     said = expect_refusal(cli.run("server", "list", "--all-projects"),
                           "a member's `server list --all-projects`",
                           ["get_all_tenants", "403"])
@@ -278,7 +289,7 @@ def main():
     checks = [
         ("openstack server list (table, -f json)", lambda: check_list(cli, a)),
         ("openstack server list --long (member, admin)", lambda: check_long(cli, admin, a)),
-        ("openstack server list --status / --name / --all-projects --host",
+        ("openstack server list --status / --name / --all-projects --host / --project",
          lambda: check_filters(cli, admin, a)),
         (f"openstack server stop {' '.join(a.stop)} -> SHUTOFF", lambda: check_stop_several(cli, a)),
         ("openstack server show / event list / event show", lambda: check_show_and_events(cli, a)),

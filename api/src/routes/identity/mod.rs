@@ -9,7 +9,9 @@
 //!   token, which comes back as `X-Subject-Token` (no new secret is made) with
 //!   a Keystone token body and a catalog naming this API ([`token`]);
 //! - `GET` (and `HEAD`) `/identity/v3/auth/tokens`: validation of
-//!   `X-Subject-Token`.
+//!   `X-Subject-Token`;
+//! - `GET /identity/v3/projects[/{id}]` and `/users[/{id}]`: 403, so the
+//!   clients use the ids they are given ([`no_lookups`]).
 //!
 //! Keystone's API, not Nova's: the errors have Keystone's body shape
 //! ([`IdentityFault`]), and these routes are not in the OpenAPI document
@@ -46,6 +48,10 @@ pub fn router() -> Router<AppState> {
         .route("/v3", get(v3))
         .route("/v3/", get(v3))
         .route("/v3/auth/tokens", get(token::validate).post(token::issue))
+        .route("/v3/projects", get(no_lookups))
+        .route("/v3/projects/{id}", get(no_lookups))
+        .route("/v3/users", get(no_lookups))
+        .route("/v3/users/{id}", get(no_lookups))
         .method_not_allowed_fallback(|| async {
             ApiError::from(IdentityFault::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -58,6 +64,19 @@ pub fn router() -> Router<AppState> {
                 "The resource could not be found.",
             ))
         })
+}
+
+/// Projects and users are not looked up here. Keystone answers a caller its
+/// policy does not let look them up with 403, and the clients then take the
+/// name they were given as the id (`openstack server list --project ID`),
+/// which is what a shutoff project or user id is.
+async fn no_lookups() -> ApiError {
+    IdentityFault::new(
+        StatusCode::FORBIDDEN,
+        "You are not authorized to perform the requested action: shutoff's identity service \
+         does not look projects or users up; give their ids.",
+    )
+    .into()
 }
 
 /// `http://<host>/identity`: the root a 401's `WWW-Authenticate` names.
