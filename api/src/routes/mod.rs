@@ -7,6 +7,7 @@ pub mod document;
 pub mod health;
 pub mod identity;
 pub mod links;
+pub mod list_query;
 pub mod params;
 pub mod servers;
 pub mod stop;
