@@ -266,6 +266,16 @@ async fn other_scopes_methods_and_tokens_are_refused_as_keystone_refuses_them(po
         let msg = keystone_error(resp, 400, "Bad Request").await;
         assert!(msg.starts_with("Invalid authentication request"), "{msg}");
     }
+    // A body over the limit: Keystone's shape too.
+    let resp = app
+        .client
+        .post(app.url("/identity/v3/auth/tokens"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    keystone_error(resp, 413, "Payload Too Large").await;
     app.shut_down().await;
 }
 

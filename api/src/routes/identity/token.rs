@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -20,6 +20,7 @@ use super::request::{self, Domain, RequestError, Scope};
 use super::{root_url, v3_url};
 use crate::error::{ApiError, IdentityFault};
 use crate::routes::links::base_url;
+use crate::server::BodyTimedOut;
 use crate::state::IdentityConfig;
 
 /// Keystone's longest token is ~250 bytes; ours are 64.
@@ -62,13 +63,33 @@ fn wants_catalog(query: Option<&str>) -> bool {
         .any(|p| p == "nocatalog" || p.starts_with("nocatalog="))
 }
 
+/// A token request's body, read up to the API's body limit; a larger one
+/// (413), one that does not arrive in time (408) or cannot be read (400) is
+/// refused in Keystone's error shape.
+pub struct TokenRequestBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for TokenRequestBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(TokenRequestBody(b)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge.into_identity())
+            }
+            Err(r) if BodyTimedOut::caused(&r) => Err(ApiError::RequestTimeout.into_identity()),
+            Err(_) => Err(IdentityFault::bad_request("The request body could not be read.").into()),
+        }
+    }
+}
+
 /// `POST /v3/auth/tokens` (`token` method): 201 with the same token.
 pub async fn issue(
     State(pool): State<PgPool>,
     State(config): State<IdentityConfig>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    TokenRequestBody(body): TokenRequestBody,
 ) -> Result<Response, ApiError> {
     let req = request::parse(&body).map_err(|e| match e {
         RequestError::Malformed(m) => ApiError::from(IdentityFault::bad_request(m)),
