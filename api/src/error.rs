@@ -15,6 +15,10 @@ use shutoff_core::store::StoreError;
 /// What a 503 tells the client to wait before trying again.
 const RETRY_AFTER_SECS: &str = "1";
 
+/// What a 500 says; the details are logged.
+const INTERNAL_MESSAGE: &str =
+    "The server has either erred or is incapable of performing the requested operation.";
+
 use crate::action::ActionError;
 use crate::keystone::ValidationError;
 
@@ -62,6 +66,44 @@ pub enum ApiError {
     /// 500: a bug or an unexpected database error. Details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// Any status, from the local identity service's routes (`/identity`):
+    /// in Keystone's body shape, not Nova's.
+    #[error(transparent)]
+    Identity(#[from] IdentityFault),
+}
+
+/// An error of the local identity service, answered as Keystone answers:
+/// `{"error": {"code": N, "title": "<reason phrase>", "message": "..."}}`,
+/// a 401 with `WWW-Authenticate: Keystone uri="<identity root>"`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct IdentityFault {
+    pub status: StatusCode,
+    pub message: String,
+    /// The identity service's root URL, named by a 401's `WWW-Authenticate`.
+    pub identity_uri: Option<String>,
+}
+
+impl IdentityFault {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        IdentityFault {
+            status,
+            message: message.into(),
+            identity_uri: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// Keystone's 401, naming the identity service at `uri`.
+    pub fn unauthorized(uri: &str, message: impl Into<String>) -> Self {
+        IdentityFault {
+            identity_uri: Some(uri.to_string()),
+            ..Self::new(StatusCode::UNAUTHORIZED, message)
+        }
+    }
 }
 
 impl ApiError {
@@ -82,11 +124,29 @@ impl ApiError {
             ),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "serviceUnavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "computeFault"),
+            ApiError::Identity(f) => (f.status, "error"),
         }
     }
 
     pub fn malformed_body() -> Self {
         ApiError::BadRequest("Malformed request body".into())
+    }
+
+    /// The same error in Keystone's body shape, for the identity routes
+    /// (a database outage there is Keystone's 503, not Nova's).
+    pub fn into_identity(self) -> Self {
+        if let ApiError::Identity(_) = self {
+            return self;
+        }
+        let (status, _) = self.status_and_name();
+        let message = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                INTERNAL_MESSAGE.to_string()
+            }
+            other => other.to_string(),
+        };
+        ApiError::Identity(IdentityFault::new(status, message))
     }
 }
 
@@ -146,18 +206,24 @@ impl IntoResponse for ApiError {
         let message = match &self {
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
-                "The server has either erred or is incapable of performing the requested operation."
-                    .to_string()
+                INTERNAL_MESSAGE.to_string()
             }
             other => other.to_string(),
         };
-        let body = serde_json::json!({ name: { "code": status.as_u16(), "message": message } });
+        let body = match &self {
+            ApiError::Identity(_) => serde_json::json!({ "error": {
+                "code": status.as_u16(),
+                "title": status.canonical_reason().unwrap_or("Error"),
+                "message": message,
+            } }),
+            _ => serde_json::json!({ name: { "code": status.as_u16(), "message": message } }),
+        };
         let mut resp = (status, body.to_string()).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=UTF-8"),
         );
-        if let ApiError::Unavailable(_) = &self {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             // Every 503 is "nothing was done, try again": say when.
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -167,6 +233,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Unauthorized {
             keystone_uri: Some(uri),
         } = &self
+            && let Ok(v) = HeaderValue::from_str(&format!("Keystone uri=\"{uri}\""))
+        {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let ApiError::Identity(IdentityFault {
+            identity_uri: Some(uri),
+            ..
+        }) = &self
             && let Ok(v) = HeaderValue::from_str(&format!("Keystone uri=\"{uri}\""))
         {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);

@@ -14,6 +14,8 @@
 //! - [`limits`]: URI, header and body limits answered with fault bodies.
 //! - [`routes`]: the one list of routes, with one module per endpoint group;
 //!   [`routes::stop`] is where a stop request is checked, accepted and published.
+//!   [`routes::identity`] is the local identity service (clouds.yaml logins,
+//!   local auth mode only).
 //! - [`auth`]: the `X-Auth-Token` extractor and the [`auth::Authenticator`]:
 //!   our token table (with [`token_cache`]) or [`keystone`].
 //! - [`extract`]: `Path` and `Query` whose rejections are our fault bodies.

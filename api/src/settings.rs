@@ -82,6 +82,12 @@ pub struct Settings {
     #[command(flatten)]
     pub keystone: KeystoneSettings,
 
+    /// The region of the endpoints in the catalog of the local identity
+    /// service (`/identity/v3`, local auth mode only): a clouds.yaml's
+    /// `region_name`.
+    #[arg(long, env = "SHUTOFF_REGION_NAME", default_value = "RegionOne")]
+    pub region_name: String,
+
     /// Run the migrations on start-up (the admin's `migrate` does the same).
     #[arg(long, env = "SHUTOFF_MIGRATE", default_value_t = false)]
     pub migrate: bool,

@@ -18,8 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::metrics::ApiMetrics;
-use crate::settings::Settings;
-use crate::state::{AppState, StopState};
+use crate::settings::{AuthMode, Settings};
+use crate::state::{AppState, IdentityConfig, StopState};
 
 /// How often the hosts' metrics are counted.
 const HOST_CENSUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -75,6 +75,10 @@ impl Application {
             publisher,
             auth,
             metrics,
+            identity: IdentityConfig {
+                enabled: settings.auth == AuthMode::Local,
+                region: settings.region_name.as_str().into(),
+            },
             openapi: Arc::new(crate::openapi::document()),
             max_body_bytes: settings.max_body_bytes,
             limits: settings.limits(),

@@ -30,6 +30,9 @@ pub struct AppState {
     pub stop: StopState,
     /// What `GET /metrics` shows.
     pub metrics: ApiMetrics,
+    /// What the local identity service (`/identity`, local auth mode only)
+    /// puts in its catalog.
+    pub identity: IdentityConfig,
     /// What `GET /openapi.json` shows, made once at start-up.
     pub openapi: Arc<OpenApi>,
     /// Largest request body read.
@@ -42,6 +45,15 @@ pub struct AppState {
     /// asked for has started).
     #[from_ref(skip)]
     pub request_timeout: Duration,
+}
+
+/// The local identity service's settings.
+#[derive(Clone)]
+pub struct IdentityConfig {
+    /// Served at all: in Keystone mode the real Keystone is the identity service.
+    pub enabled: bool,
+    /// The region of every endpoint of the catalog (`--region-name`).
+    pub region: Arc<str>,
 }
 
 /// What `POST .../action` needs to accept a stop and publish it.

@@ -531,3 +531,140 @@ async fn keystone_users_stop_servers_through_the_catalog_with_nova_policy(pool: 
     )
     .unwrap();
 }
+
+/// A clouds.yaml cloud that logs in to Keystone with a password.
+fn keystone_cloud(name: &str, auth_url: &str, user: &str) -> String {
+    format!(
+        "  {name}:\n    auth_type: password\n    auth:\n      auth_url: {auth_url}\n      \
+         username: {user}\n      password: {PASSWORD}\n      project_name: demo\n      \
+         user_domain_name: Default\n      project_domain_name: Default\n    \
+         region_name: RegionOne\n    identity_api_version: 3\n"
+    )
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn keystone_clouds_list_stop_and_show_servers_with_the_cli_sdk_and_novaclient(pool: PgPool) {
+    let started = Instant::now();
+    let Some(keystone_venv) = venv("keystone-venv").await else {
+        return;
+    };
+    let Some(clients_venv) = venv("py-clients-venv").await else {
+        return;
+    };
+    let keystone = KeystoneProcess::start(&keystone_venv).await;
+    let identity = Identity::new(&keystone.url).await;
+    let demo = identity.project("demo").await;
+    let service = identity.project("service").await;
+    identity.user("alice", &demo, "member").await;
+    identity.user("adam", &demo, "admin").await;
+    identity.user("rita", &demo, "reader").await;
+    identity.user("shutoff", &service, "service").await;
+
+    let demo_id = ProjectId::parse(&demo).expect("Keystone project ids are 32 hex");
+    admin::create_project(&pool, &demo_id, "demo")
+        .await
+        .unwrap();
+    for name in ["cl-a", "cl-b", "cl-c", "cl-sdk", "cl-nova"] {
+        admin::create_server(&pool, &NewServer::new(&demo_id, name))
+            .await
+            .unwrap();
+    }
+    let mut off = NewServer::new(&demo_id, "cl-off");
+    off.host = "rack-2".into();
+    off.vm_state = shutoff_core::state::VmState::Stopped;
+    admin::create_server(&pool, &off).await.unwrap();
+    let mut idle = NewServer::new(&demo_id, "cl-idle");
+    idle.host = "rack-2".into();
+    admin::create_server(&pool, &idle).await.unwrap();
+
+    let url = keystone.url.clone();
+    let app = spawn_with(
+        pool,
+        Options {
+            configure: Some(Box::new(move |s| {
+                s.auth = AuthMode::Keystone;
+                s.keystone.url = Some(url);
+                s.keystone.username = Some("shutoff".into());
+                s.keystone.password = Some(PASSWORD.into());
+                s.keystone.project = Some("service".into());
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    // The catalog comes from Keystone: shutoff is its compute service.
+    let compute = identity
+        .create("service", json!({"type": "compute", "name": "nova"}))
+        .await;
+    identity
+        .create(
+            "endpoint",
+            json!({"service_id": compute, "interface": "public", "region_id": "RegionOne",
+                   "url": format!("http://{}/v2/%(project_id)s", app.addr)}),
+        )
+        .await;
+    // And shutoff's own identity service is not there.
+    let resp = app
+        .client
+        .get(app.url("/identity/v3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    let dir = std::env::temp_dir().join(format!("shutoff-clouds-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("clouds.yaml");
+    let yaml = format!(
+        "clouds:\n{}{}{}",
+        keystone_cloud("member", &keystone.url, "alice"),
+        keystone_cloud("admin", &keystone.url, "adam"),
+        keystone_cloud("reader", &keystone.url, "rita"),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let setup_secs = started.elapsed().as_secs_f64();
+
+    let out = Command::new(clients_venv.join("bin/python"))
+        .arg(repo_root().join("tests/clients/check_clouds.py"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--cloud",
+            "member",
+            "--admin-cloud",
+            "admin",
+            "--reader-cloud",
+            "reader",
+        ])
+        .args(["--stop", "cl-a,cl-b,cl-c", "--sdk-server", "cl-sdk"])
+        .args(["--nova-server", "cl-nova", "--stopped", "cl-off"])
+        .args(["--host", "rack-2", "--on-host", "cl-off,cl-idle"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "clouds.yaml checks failed:\n{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        9,
+        "{stdout}"
+    );
+    for name in ["cl-a", "cl-b", "cl-c", "cl-sdk", "cl-nova"] {
+        let state: String = sqlx::query_scalar("SELECT vm_state FROM instances WHERE name = $1")
+            .bind(name)
+            .fetch_one(&app.env.pool)
+            .await
+            .unwrap();
+        assert_eq!(state, "stopped", "{name}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    app.shut_down().await;
+    use std::io::Write;
+    writeln!(
+        std::io::stderr(),
+        "keystone clouds.yaml: setup (venvs, Keystone, users) {setup_secs:.1}s, test {:.1}s",
+        started.elapsed().as_secs_f64(),
+    )
+    .unwrap();
+}

@@ -503,6 +503,45 @@ async fn no_token_appears_in_any_log_line_metric_or_response_of_a_full_run(pool:
         seen.push(format!("{:?}", resp.headers()));
         seen.push(resp.text().await.unwrap());
     }
+    // The local identity service: the token goes in the body (POST) or in
+    // X-Subject-Token (GET), and comes back in X-Subject-Token only, by design.
+    let identity = format!("{}/identity/v3/auth/tokens", run.api_url);
+    let token_body = |t: &str| {
+        serde_json::json!({"auth": {"identity": {"methods": ["token"], "token": {"id": t}}}})
+            .to_string()
+    };
+    for (method, body, subject, status) in [
+        (reqwest::Method::POST, token_body(&member), None, 201),
+        (reqwest::Method::POST, token_body(&unknown), None, 401),
+        (reqwest::Method::POST, token_body(&expired), None, 401),
+        (
+            reqwest::Method::POST,
+            "{\"auth\": 1}".to_string(),
+            None,
+            400,
+        ),
+        (reqwest::Method::GET, String::new(), Some(&member), 200),
+        (reqwest::Method::GET, String::new(), Some(&unknown), 404),
+    ] {
+        let mut req = run
+            .client
+            .request(method.clone(), &identity)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(subject) = subject {
+            req = req
+                .header("x-auth-token", member.as_str())
+                .header("x-subject-token", subject.as_str());
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {identity}");
+        let mut headers = resp.headers().clone();
+        if let Some(echoed) = headers.remove("x-subject-token") {
+            assert_eq!(echoed, member.as_str(), "only a valid token is echoed");
+        }
+        seen.push(format!("{headers:?}"));
+        seen.push(resp.text().await.unwrap());
+    }
     for (id, state) in [(server, "succeeded"), (failing, "failed")] {
         let settled = run
             .env

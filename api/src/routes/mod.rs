@@ -5,7 +5,9 @@
 pub mod actions;
 pub mod document;
 pub mod health;
+pub mod identity;
 pub mod links;
+pub mod list_query;
 pub mod params;
 pub mod servers;
 pub mod stop;
@@ -43,9 +45,14 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
     let limits = state.limits;
-    Router::from(api())
+    let mut router = Router::from(api())
         // Not in the document: for Prometheus, not for API clients.
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(crate::metrics::scrape));
+    if state.identity.enabled {
+        // Not in the document either: Keystone's API, local auth mode only.
+        router = router.nest(identity::PREFIX, identity::router());
+    }
+    router
         // Every route above: a known path with another method is a 405
         // fault body (axum adds the Allow header).
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

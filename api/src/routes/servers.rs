@@ -4,53 +4,33 @@
 //! server runs (`OS-EXT-SRV-ATTR:host`, the `host` filter).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha224};
 use shutoff_core::ids::ServerId;
 use shutoff_core::policy::Caller;
 use shutoff_core::policy::Refusal;
-use shutoff_core::store::reads::{self, ServerFilter, ServerRow};
+use shutoff_core::store::reads::{self, ServerRow};
 use sqlx::PgPool;
 
 use crate::auth::{Authenticated, check_project};
 use crate::error::ApiError;
-use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
+use crate::error::responses::{BadRequest, Forbidden, NotFound, Unauthorized, Unavailable};
 use crate::extract::{Path, Query};
 use crate::routes::links::{Link, base_url};
+use crate::routes::list_query::{self, ListQuery};
 use crate::routes::params::{ProjectPath, ServerPath};
-use utoipa::{IntoParams, ToSchema};
-
-/// The filters of a server list.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Servers whose name contains this text (case-sensitive).
-    name: Option<String>,
-    /// Servers on this compute host (what `openstack server list --host`
-    /// sends), 1 to 255 characters. Only an admin's filter applies: as Nova
-    /// does for filters its policy does not allow the caller, another
-    /// caller's is ignored (but still checked).
-    #[param(min_length = 1, max_length = 255)]
-    host: Option<String>,
-    /// At most this many servers (0 to 1000; larger values mean 1000).
-    limit: Option<i64>,
-}
-
-const MAX_LIMIT: i64 = 1000;
-
-/// Nova's `instances.host` is a `String(255)`.
-const MAX_HOST_CHARS: usize = 255;
+use utoipa::ToSchema;
 
 /// Whether the caller may know where servers run: see their host in the
 /// document (Nova's policy `os_compute_api:os-extended-server-attributes`)
 /// and filter a list by host (`os_compute_api:servers:allow_all_filters`).
 /// Both are admin-only in Nova.
-fn sees_hosts(caller: &Caller) -> bool {
+pub(crate) fn sees_hosts(caller: &Caller) -> bool {
     caller.is_admin()
 }
 
@@ -164,12 +144,18 @@ pub struct ServerShow {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerList {
     pub servers: Vec<ServerBrief>,
+    /// The next page (`rel: next`), when this one is full; absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers_links: Vec<Link>,
 }
 
 /// `GET /v2/{project_id}/servers/detail`
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerDetailList {
     pub servers: Vec<Server>,
+    /// The next page (`rel: next`), when this one is full; absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers_links: Vec<Link>,
 }
 
 /// Nova's full server document, as `caller` may see it.
@@ -219,51 +205,56 @@ pub fn document(s: &ServerRow, base: &str, caller: &Caller) -> Server {
     }
 }
 
-/// The rows a list shows, after the project check.
+/// A page of a list: the rows, and the link to the next page if it is full.
+struct Page {
+    rows: Vec<ServerRow>,
+    next: Vec<Link>,
+}
+
+/// The rows a list shows, after the project check, and the next page's link
+/// (Nova's: the same query with `marker` = the last server, when the page
+/// holds `limit` servers).
 async fn visible_servers(
     pool: &PgPool,
     caller: &Caller,
     project_id: &str,
     q: &ListQuery,
-) -> Result<Vec<ServerRow>, ApiError> {
+    raw_query: Option<&str>,
+    page_url: &str,
+    detail: bool,
+) -> Result<Page, ApiError> {
     check_project(caller, project_id)?;
-    let limit = q.limit.unwrap_or(MAX_LIMIT).clamp(0, MAX_LIMIT);
-    let name = q.name.as_deref().map(checked_name).transpose()?;
-    let host = q.host.as_deref().map(checked_host).transpose()?;
-    let filter = ServerFilter {
-        name,
-        host: host.filter(|_| sees_hosts(caller)),
-        limit,
-    };
-    Ok(reads::servers(pool, caller, &filter).await?)
-}
-
-/// PostgreSQL text cannot hold NUL, so a name with one matches nothing we
-/// could store; it is refused rather than sent to the database.
-fn checked_name(name: &str) -> Result<&str, ApiError> {
-    if name.contains('\0') {
-        return Err(ApiError::BadRequest("Invalid filter field: name.".into()));
+    let mut filter = list_query::filter(q, raw_query, caller, detail)?;
+    if let Some(m) = &q.marker {
+        let not_found = || ApiError::BadRequest(format!("marker [{m}] not found"));
+        let id = ServerId::parse(m).ok_or_else(not_found)?;
+        reads::server(pool, caller, id.0)
+            .await?
+            .filter(|row| filter.all_projects || row.project_id == caller.project_id.as_str())
+            .ok_or_else(not_found)?;
+        filter.marker = Some(id.0);
     }
-    Ok(name)
+    let rows = reads::servers(pool, caller, &filter).await?;
+    let next = match rows.last() {
+        Some(last) if filter.limit > 0 && rows.len() as i64 == filter.limit => vec![Link {
+            rel: "next".into(),
+            href: format!("{page_url}?{}", next_query(raw_query, last.uuid)),
+        }],
+        _ => Vec::new(),
+    };
+    Ok(Page { rows, next })
 }
 
-/// A host name as `instances.host` could hold it. Checked for every caller,
-/// as Nova checks the query before it drops the filters a caller may not use.
-fn checked_host(host: &str) -> Result<&str, ApiError> {
-    let chars = host.chars().count();
-    let problem = if host.contains('\0') {
-        "contains NUL".to_string()
-    } else if chars == 0 {
-        "is empty".to_string()
-    } else if chars > MAX_HOST_CHARS {
-        format!("is {chars} characters long")
-    } else {
-        return Ok(host);
-    };
-    Err(ApiError::BadRequest(format!(
-        "Invalid input for query parameters host: the value {problem}; \
-         a host name is 1 to {MAX_HOST_CHARS} characters, without NUL."
-    )))
+/// The request's query with `marker` replaced by the page's last server.
+fn next_query(raw_query: Option<&str>, last: uuid::Uuid) -> String {
+    let mut next = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        if k != "marker" {
+            next.append_pair(&k, &v);
+        }
+    }
+    next.append_pair("marker", &last.to_string());
+    next.finish()
 }
 
 /// `GET /v2/{project_id}/servers`: id, name and links of each server.
@@ -274,7 +265,7 @@ fn checked_host(host: &str) -> Result<&str, ApiError> {
     params(ProjectPath, ListQuery),
     responses(
         (status = 200, description = "The project's servers, newest first.", body = ServerList),
-        BadRequest, Unauthorized, NotFound, Unavailable,
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable,
     ),
     security(("token" = [])),
 )]
@@ -283,11 +274,23 @@ pub async fn list(
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<ServerList>, ApiError> {
-    let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
-    let servers = rows
+    let page_url = format!("{base}/v2/{project_id}/servers");
+    let page = visible_servers(
+        &pool,
+        &caller,
+        &project_id,
+        &q,
+        raw.as_deref(),
+        &page_url,
+        false,
+    )
+    .await?;
+    let servers = page
+        .rows
         .iter()
         .map(|s| {
             let id = s.uuid.to_string();
@@ -298,7 +301,10 @@ pub async fn list(
             }
         })
         .collect();
-    Ok(Json(ServerList { servers }))
+    Ok(Json(ServerList {
+        servers,
+        servers_links: page.next,
+    }))
 }
 
 /// `GET /v2/{project_id}/servers/detail`: the full document of each server.
@@ -309,7 +315,7 @@ pub async fn list(
     params(ProjectPath, ListQuery),
     responses(
         (status = 200, description = "The project's servers, newest first.", body = ServerDetailList),
-        BadRequest, Unauthorized, NotFound, Unavailable,
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable,
     ),
     security(("token" = [])),
 )]
@@ -318,12 +324,30 @@ pub async fn list_detail(
     Authenticated(caller): Authenticated,
     Path(project_id): Path<String>,
     Query(q): Query<ListQuery>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<ServerDetailList>, ApiError> {
-    let rows = visible_servers(&pool, &caller, &project_id, &q).await?;
     let base = base_url(&headers);
-    let servers = rows.iter().map(|s| document(s, &base, &caller)).collect();
-    Ok(Json(ServerDetailList { servers }))
+    let page_url = format!("{base}/v2/{project_id}/servers/detail");
+    let page = visible_servers(
+        &pool,
+        &caller,
+        &project_id,
+        &q,
+        raw.as_deref(),
+        &page_url,
+        true,
+    )
+    .await?;
+    let servers = page
+        .rows
+        .iter()
+        .map(|s| document(s, &base, &caller))
+        .collect();
+    Ok(Json(ServerDetailList {
+        servers,
+        servers_links: page.next,
+    }))
 }
 
 /// `GET /v2/{project_id}/servers/{server_id}`: one server's document.

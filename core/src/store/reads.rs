@@ -47,9 +47,12 @@ pub async fn server(
     .await
 }
 
-/// Which of the project's servers a list shows, as the API checked it.
-#[derive(Debug, Clone, Copy)]
+/// Which servers a list shows, as the API checked it.
+#[derive(Debug, Clone)]
 pub struct ServerFilter<'a> {
+    /// Every project's servers (Nova's `all_tenants`; the API lets only
+    /// admins ask), instead of the caller's project's.
+    pub all_projects: bool,
     /// Servers whose name contains this text. Nova treats `name` as a
     /// regular expression; clients then match exactly, so a substring match
     /// (case-sensitive) gives them what they need without regex injection.
@@ -57,27 +60,116 @@ pub struct ServerFilter<'a> {
     /// Servers on exactly this host (`instances.host`), as Nova matches it.
     /// Who may filter by host is the API's policy, not the store's.
     pub host: Option<&'a str>,
+    /// Servers in one of these vm_states (Nova's `status` filter, mapped).
+    pub vm_states: Option<Vec<VmState>>,
+    /// Servers changed at or after this time (Nova's `changes-since`), and
+    /// then, as in Nova, deleted ones too.
+    pub changes_since: Option<DateTime<Utc>>,
+    /// Also deleted servers (an admin's `status=DELETED` or `deleted=true`).
+    pub deleted: bool,
+    /// Servers of exactly this project, user, task_state, power_state (an
+    /// admin's filters).
+    pub project: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub task_state: Option<&'a str>,
+    pub power_state: Option<i16>,
+    /// The order, and where the page starts: after this server (Nova's
+    /// `marker`), in that order.
+    pub sort: SortKey,
+    pub descending: bool,
+    pub marker: Option<Uuid>,
     /// At most this many servers.
     pub limit: i64,
 }
 
-/// The caller's project's servers that pass `filter`, newest first.
+/// The sort keys of a list (Nova's `sort_key`, those shutoff has), each
+/// followed by the uuid so that the order, and so the pages, are total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    CreatedAt,
+    UpdatedAt,
+    DisplayName,
+    Uuid,
+    VmState,
+    PowerState,
+    Host,
+}
+
+impl SortKey {
+    /// By Nova's name for it.
+    pub fn parse(key: &str) -> Option<Self> {
+        Some(match key {
+            "created_at" => SortKey::CreatedAt,
+            "updated_at" => SortKey::UpdatedAt,
+            "display_name" => SortKey::DisplayName,
+            "uuid" => SortKey::Uuid,
+            "vm_state" => SortKey::VmState,
+            "power_state" => SortKey::PowerState,
+            "host" => SortKey::Host,
+            _ => return None,
+        })
+    }
+
+    /// The column, from this closed list (so the statement below is safe).
+    fn column(self) -> &'static str {
+        match self {
+            SortKey::CreatedAt => "created_at",
+            SortKey::UpdatedAt => "updated_at",
+            SortKey::DisplayName => "name",
+            SortKey::Uuid => "uuid",
+            SortKey::VmState => "vm_state",
+            SortKey::PowerState => "power_state",
+            SortKey::Host => "host",
+        }
+    }
+}
+
+/// The servers that pass `filter`, in its order (Nova's default: newest
+/// first); the caller's project's unless `filter.all_projects`.
 pub async fn servers(
     pool: &PgPool,
     caller: &Caller,
     filter: &ServerFilter<'_>,
 ) -> Result<Vec<ServerRow>, sqlx::Error> {
+    let col = filter.sort.column();
+    let (dir, after) = if filter.descending {
+        ("DESC", "<")
+    } else {
+        ("ASC", ">")
+    };
+    let vm_states: Option<Vec<&str>> = filter
+        .vm_states
+        .as_ref()
+        .map(|v| v.iter().map(|s| s.as_str()).collect());
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {SERVER_COLUMNS} FROM instances
-          WHERE project_id = $1 AND vm_state <> 'deleted'
-            AND ($2::text IS NULL OR strpos(name, $2) > 0)
-            AND ($3::text IS NULL OR host = $3)
-          ORDER BY created_at DESC, uuid LIMIT $4"
+          WHERE ($1 OR project_id = $2)
+            AND (vm_state <> 'deleted' OR $3 OR $7::timestamptz IS NOT NULL)
+            AND ($4::text IS NULL OR strpos(name, $4) > 0)
+            AND ($5::text IS NULL OR host = $5)
+            AND ($6::text[] IS NULL OR vm_state = ANY($6))
+            AND ($7::timestamptz IS NULL OR updated_at >= $7)
+            AND ($8::uuid IS NULL
+                 OR ({col}, uuid) {after} (SELECT {col}, uuid FROM instances WHERE uuid = $8))
+            AND ($10::text IS NULL OR project_id = $10)
+            AND ($11::text IS NULL OR user_id = $11)
+            AND ($12::text IS NULL OR task_state = $12)
+            AND ($13::smallint IS NULL OR power_state = $13)
+          ORDER BY {col} {dir}, uuid {dir} LIMIT $9"
     )))
+    .bind(filter.all_projects)
     .bind(caller.project_id.as_str())
+    .bind(filter.deleted)
     .bind(filter.name)
     .bind(filter.host)
+    .bind(vm_states)
+    .bind(filter.changes_since)
+    .bind(filter.marker)
     .bind(filter.limit)
+    .bind(filter.project)
+    .bind(filter.user_id)
+    .bind(filter.task_state)
+    .bind(filter.power_state)
     .fetch_all(pool)
     .await
 }
