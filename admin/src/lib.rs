@@ -77,6 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let topology = queues.topology();
         match shutoff_core::broker::connect(
             &queues.amqp_url,
+            &queues.amqp_tls,
             "shutoff-admin",
             &topology,
             std::time::Duration::from_secs(5),
@@ -90,6 +91,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     topology.shared_queues().join(", ")
                 );
             }
+            // Settings that can never work are an error; a broker that is
+            // down (or refuses our certificate) only a warning.
+            Err(e @ BrokerError::TlsSetting(_)) => return Err(e.into()),
             Err(e) => eprintln!(
                 "warning: queues not declared ({e}); the API and workers declare them on start"
             ),
@@ -302,6 +306,7 @@ async fn stop_server(
     };
     let publisher = Publisher::new(
         &queues.amqp_url,
+        &queues.amqp_tls,
         "shutoff-admin",
         queues.topology(),
         BrokerTimeouts::default(),

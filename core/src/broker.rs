@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 use crate::backoff::Backoff;
 use crate::ids::HostName;
 use crate::message::StopJob;
+use crate::tls::{AmqpTls, TlsSettingError};
 
 /// Names and arguments of every queue. Tests use their own prefix so they run
 /// in parallel and can delete what they made.
@@ -224,6 +225,8 @@ pub enum BrokerError {
     Unroutable(String),
     #[error("broker error: {0}")]
     Protocol(#[from] lapin::Error),
+    #[error(transparent)]
+    TlsSetting(#[from] TlsSettingError),
 }
 
 /// Timeouts around every broker call, so nothing hangs on a half-dead peer.
@@ -242,23 +245,30 @@ impl Default for BrokerTimeouts {
     }
 }
 
-/// Opens a connection and a channel, with a timeout, and declares the topology.
+/// Opens a connection (TLS for `amqps://`, per `tls`) and a channel, with a
+/// timeout, and declares the topology. Every binary's connections to
+/// RabbitMQ are opened here.
 pub async fn connect(
     url: &str,
+    tls: &AmqpTls,
     name: &str,
     topology: &Topology,
     timeout: Duration,
 ) -> Result<(Connection, Channel), BrokerError> {
+    let tls = tls.config(url)?;
     let fut = async {
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        let conn = Connection::connect(url, props).await?;
+        let runtime = lapin::runtime::default_runtime()?;
+        let conn = Connection::connect_with_config(url, props, tls, runtime).await?;
         let channel = conn.create_channel().await?;
         topology.declare(&channel).await?;
         Ok::<_, lapin::Error>((conn, channel))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(pair)) => Ok(pair),
-        Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
+        // The TLS failure (an unknown CA, a certificate for another name) is
+        // a source or two below lapin's "IO error".
+        Ok(Err(e)) => Err(BrokerError::Unavailable(crate::tls::chain(&e))),
         Err(_) => Err(BrokerError::Timeout(timeout)),
     }
 }
@@ -276,6 +286,7 @@ pub async fn set_prefetch(channel: &Channel, prefetch: u16) -> lapin::Result<()>
 /// with confirms.
 pub struct Publisher {
     url: String,
+    tls: AmqpTls,
     name: String,
     topology: Topology,
     timeouts: BrokerTimeouts,
@@ -291,9 +302,16 @@ struct Link {
 }
 
 impl Publisher {
-    pub fn new(url: &str, name: &str, topology: Topology, timeouts: BrokerTimeouts) -> Arc<Self> {
+    pub fn new(
+        url: &str,
+        tls: &AmqpTls,
+        name: &str,
+        topology: Topology,
+        timeouts: BrokerTimeouts,
+    ) -> Arc<Self> {
         Arc::new(Publisher {
             url: url.to_string(),
+            tls: tls.clone(),
             name: name.to_string(),
             topology,
             timeouts,
@@ -324,8 +342,14 @@ impl Publisher {
             return Err(BrokerError::Unavailable("reconnect back-off".into()));
         }
         let result = async {
-            let (conn, channel) =
-                connect(&self.url, &self.name, &self.topology, self.timeouts.connect).await?;
+            let (conn, channel) = connect(
+                &self.url,
+                &self.tls,
+                &self.name,
+                &self.topology,
+                self.timeouts.connect,
+            )
+            .await?;
             tokio::time::timeout(
                 self.timeouts.confirm,
                 channel.confirm_select(ConfirmSelectOptions::default()),

@@ -6,6 +6,7 @@ use clap::Args;
 
 use crate::broker::Topology;
 use crate::telemetry::LogFormat;
+use crate::tls::AmqpTls;
 
 /// PostgreSQL on a developer machine of ours.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shutoff";
@@ -19,7 +20,8 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// only the few of these its commands use ([`Database`], [`Queues`]).
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL; TLS by libpq's `sslmode`, `sslrootcert`, `sslcert`
+    /// and `sslkey` query parameters (e.g. `?sslmode=verify-full&sslrootcert=/etc/shutoff/pg-ca.pem`).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -27,13 +29,16 @@ pub struct Common {
     )]
     pub database_url: String,
 
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; `amqps://` for TLS (see the `--amqp-*-file` settings).
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = DEFAULT_AMQP_URL
     )]
     pub amqp_url: String,
+
+    #[command(flatten)]
+    pub amqp_tls: AmqpTls,
 
     /// Prefix of every queue name (`<prefix>.stop.<host>`, `.dead`, `.retry.<ms>ms`);
     /// give each deployment (or test) its own.
@@ -135,7 +140,8 @@ impl Common {
 /// flag as [`Common`]'s.
 #[derive(Debug, Clone, Args)]
 pub struct Database {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL; TLS by libpq's `sslmode`, `sslrootcert`, `sslcert`
+    /// and `sslkey` query parameters (e.g. `?sslmode=verify-full&sslrootcert=/etc/shutoff/pg-ca.pem`).
     #[arg(
         long,
         global = true,
@@ -151,9 +157,12 @@ pub struct Database {
 /// [`Common`]'s.
 #[derive(Debug, Clone, Args)]
 pub struct Queues {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; `amqps://` for TLS (see the `--amqp-*-file` settings).
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
+
+    #[command(flatten)]
+    pub amqp_tls: AmqpTls,
 
     /// Prefix of every queue name (`<prefix>.stop.<host>`, `.dead`, `.retry.<ms>ms`);
     /// give each deployment (or test) its own.

@@ -19,6 +19,8 @@
 //! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
 //! - [`config`]: the settings the API and the worker share ([`config::Common`]),
 //!   and the few of them the admin tool takes.
+//! - [`tls`]: the TLS settings of RabbitMQ and PostgreSQL connections, and
+//!   the one place each becomes connect options.
 //! - [`telemetry`]: tracing set-up (text or JSON lines).
 //! - [`metrics`]: the registry and exposition behind `GET /metrics`.
 //!
@@ -43,4 +45,5 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

@@ -17,6 +17,7 @@ use lapin::types::FieldTable;
 use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::{self, Topology};
 use shutoff_core::message::StopJob;
+use shutoff_core::tls::AmqpTls;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use crate::stop_job::{self, Disposition, JobContext};
 
 pub struct ConsumerSettings {
     pub amqp_url: String,
+    pub amqp_tls: AmqpTls,
     pub topology: Topology,
     pub prefetch: u16,
     pub grace: Duration,
@@ -52,6 +54,7 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         let (conn, channel) = match broker::connect(
             &settings.amqp_url,
+            &settings.amqp_tls,
             &format!("shutoff-worker {}", ctx.worker_id),
             &settings.topology,
             settings.connect_timeout,

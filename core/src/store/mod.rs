@@ -35,7 +35,7 @@ pub use error::{StoreError, is_unavailable};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 
 /// The schema, embedded so every binary can migrate and every `#[sqlx::test]`
 /// gets a migrated database.
@@ -65,9 +65,10 @@ impl Default for PoolSettings {
 }
 
 /// A lazily-connecting pool: the process starts even when PostgreSQL is down
-/// and serves 503 until it is back.
+/// and serves 503 until it is back. TLS as `url` says
+/// ([`crate::tls::pg_connect_options`]); settings that cannot work fail here.
 pub fn pool(url: &str, settings: &PoolSettings, app: &str) -> Result<PgPool, sqlx::Error> {
-    let opts: PgConnectOptions = url.parse()?;
+    let opts = crate::tls::pg_connect_options(url)?;
     let opts = opts.application_name(app).options([(
         "statement_timeout",
         format!("{}", settings.statement_timeout.as_millis()),
@@ -88,15 +89,13 @@ pub fn pool(url: &str, settings: &PoolSettings, app: &str) -> Result<PgPool, sql
 pub async fn create_and_migrate(url: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     use sqlx::{ConnectOptions, Connection, Executor};
-    let opts: PgConnectOptions = url
-        .parse()
-        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let opts = crate::tls::pg_connect_options(url).context("DATABASE_URL")?;
     let db = opts.get_database().unwrap_or("postgres").to_string();
     let admin_opts = opts.clone().database("postgres");
     let mut conn = admin_opts
         .connect()
         .await
-        .context("cannot connect to PostgreSQL")?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {}", crate::tls::chain(&e)))?;
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
         .bind(&db)
         .fetch_optional(&mut conn)
@@ -114,10 +113,9 @@ pub async fn create_and_migrate(url: &str) -> anyhow::Result<()> {
         }
     }
     conn.close().await.ok();
-    let mut conn = opts
-        .connect()
-        .await
-        .context("cannot connect to the database")?;
+    let mut conn = opts.connect().await.map_err(|e| {
+        anyhow::anyhow!("cannot connect to the database: {}", crate::tls::chain(&e))
+    })?;
     MIGRATOR.run(&mut conn).await.context("migration failed")?;
     Ok(())
 }
