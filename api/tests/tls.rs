@@ -323,6 +323,29 @@ async fn postgresql_refuses_a_wrong_ca_a_wrong_host_name_and_no_client_certifica
         .await,
         "invalid peer certificate: UnknownIssuer",
     );
+    // The API on the wrong CA starts (PostgreSQL may be down at start-up)
+    // and answers 503, never 500 nor a pass, until it can connect.
+    let api = shutoff_api::Settings::try_parse_from([
+        "shutoff-api",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url("localhost", "postgres", full(&pki.other_ca)),
+    ])
+    .unwrap();
+    let app = shutoff_api::Application::build(api).await.unwrap();
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let api = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/v2/{}/servers", ProjectId::random()))
+        .header("x-auth-token", "some-token")
+        .send()
+        .await
+        .unwrap();
+    shutoff_testkit::app::fault(resp, 503, "serviceUnavailable").await;
+    shutdown.cancel();
+    api.await.unwrap().unwrap();
     eprintln!(
         "timing: postgres TLS refusals: test {:.1}s",
         started.elapsed().as_secs_f64()
