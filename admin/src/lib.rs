@@ -279,6 +279,8 @@ async fn stop_server(
     max_attempts: i32,
     queues: &Queues,
 ) -> anyhow::Result<()> {
+    // Before anything is committed: TLS settings that can never work.
+    queues.amqp_tls.config(&queues.amqp_url)?;
     let id = ServerId(server);
     let Some(project) = admin::server_project(pool, id).await? else {
         bail!("{}", Refusal::NotFound(server.to_string()));

@@ -244,7 +244,7 @@ async fn rabbitmq_refuses_a_wrong_ca_a_wrong_host_name_and_no_client_certificate
     refused(
         "no client certificate",
         amqp_connect(&good, &amqp_tls(&pki.ca, None)).await,
-        "CertificateRequired",
+        "received fatal alert: CertificateRequired",
     );
     // A CA for a plain URL is a setting error, never a plain connection.
     let plain = good.replace("amqps://", "amqp://");
