@@ -241,10 +241,16 @@ async fn rabbitmq_refuses_a_wrong_ca_a_wrong_host_name_and_no_client_certificate
         amqp_connect(&rabbit.url("127.0.0.1"), &amqp_tls(&pki.ca, Some(&pki))).await,
         r#"invalid peer certificate: certificate not valid for name "127.0.0.1""#,
     );
-    refused(
-        "no client certificate",
-        amqp_connect(&good, &amqp_tls(&pki.ca, None)).await,
-        "received fatal alert: CertificateRequired",
+    // In TLS 1.3 the broker refuses a missing client certificate after the
+    // client's side of the handshake is done: its alert or, when the reset
+    // overtakes it, only the reset reaches us.
+    let e = amqp_connect(&good, &amqp_tls(&pki.ca, None))
+        .await
+        .expect_err("no client certificate is refused");
+    assert!(
+        e.contains("received fatal alert: CertificateRequired")
+            || e.contains("Connection reset by peer"),
+        "no client certificate: {e}"
     );
     // A CA for a plain URL is a setting error, never a plain connection.
     let plain = good.replace("amqps://", "amqp://");
