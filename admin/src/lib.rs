@@ -72,6 +72,8 @@ async fn check_hypervisor(address: &str, vm_state: VmState, verify: bool) -> any
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let database_url = &cli.database.database_url;
     if let Command::Migrate { queues } = &cli.command {
+        // Before anything is migrated: TLS settings that can never work.
+        queues.amqp_tls.config(&queues.amqp_url)?;
         store::create_and_migrate(database_url).await?;
         println!("migrated");
         let topology = queues.topology();
