@@ -259,6 +259,35 @@ async fn rabbitmq_refuses_a_wrong_ca_a_wrong_host_name_and_no_client_certificate
         amqp_connect(&plain, &amqp_tls(&pki.ca, Some(&pki))).await,
         "AMQP_CA_FILE is set but AMQP_URL is not a TLS URL",
     );
+    // And the API and the worker do not start on it.
+    let flags = [
+        "--amqp-url",
+        &plain,
+        "--amqp-ca-file",
+        pki.ca.to_str().unwrap(),
+    ];
+    let api = shutoff_api::Settings::try_parse_from(
+        ["shutoff-api", "--listen", "127.0.0.1:0"]
+            .iter()
+            .chain(&flags),
+    )
+    .unwrap();
+    let e = shutoff_api::Application::build(api)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().starts_with("AMQP_CA_FILE is set"), "{e}");
+    let worker = shutoff_worker::Settings::try_parse_from(
+        ["shutoff-worker", "--health-listen", "127.0.0.1:0"]
+            .iter()
+            .chain(&flags),
+    )
+    .unwrap();
+    let e = shutoff_worker::Worker::build(worker)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().starts_with("AMQP_CA_FILE is set"), "{e}");
     eprintln!(
         "timing: amqps refusals: test {:.1}s",
         started.elapsed().as_secs_f64()

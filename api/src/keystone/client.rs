@@ -120,7 +120,8 @@ fn ca_bundle(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>
 
 impl KeystoneClient {
     /// Fails on settings that cannot work (missing credentials, a URL that is
-    /// not http); never contacts Keystone, so the API starts while it is down.
+    /// not http(s), a CA file that is unreadable or given for http); never
+    /// contacts Keystone, so the API starts while it is down.
     pub fn new(
         url: &str,
         settings: &KeystoneSettings,
