@@ -180,8 +180,10 @@ pub async fn run(pool: &sqlx::PgPool, d: Drain<'_>) -> anyhow::Result<()> {
         });
     }
 
+    d.queues.amqp_tls.check(&d.queues.amqp_url)?;
     let publisher = Publisher::new(
         &d.queues.amqp_url,
+        &d.queues.amqp_tls,
         "shutoff-admin drain",
         d.queues.topology(),
         BrokerTimeouts::default(),

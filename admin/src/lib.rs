@@ -122,11 +122,14 @@ async fn check_hypervisor(
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let database_url = &cli.database.database_url;
     if let Command::Migrate { queues } = &cli.command {
+        // Before anything is migrated: TLS settings that can never work.
+        queues.amqp_tls.check(&queues.amqp_url)?;
         store::create_and_migrate(database_url).await?;
         println!("migrated");
         let topology = queues.topology();
         match shutoff_core::broker::connect(
             &queues.amqp_url,
+            &queues.amqp_tls,
             0,
             "shutoff-admin",
             &topology,
@@ -141,6 +144,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     topology.shared_queues().join(", ")
                 );
             }
+            // Settings that can never work are an error; a broker that is
+            // down (or refuses our certificate) only a warning.
+            Err(e @ BrokerError::TlsSetting(_)) => return Err(e.into()),
             Err(e) => eprintln!(
                 "warning: queues not declared ({e}); the API and workers declare them on start"
             ),
@@ -358,6 +364,8 @@ async fn stop_server(
     max_attempts: i32,
     queues: &Queues,
 ) -> anyhow::Result<()> {
+    // Before anything is committed: TLS settings that can never work.
+    queues.amqp_tls.check(&queues.amqp_url)?;
     let id = ServerId(server);
     let Some(project) = admin::server_project(pool, id).await? else {
         bail!("{}", Refusal::NotFound(server.to_string()));
@@ -385,6 +393,7 @@ async fn stop_server(
     };
     let publisher = Publisher::new(
         &queues.amqp_url,
+        &queues.amqp_tls,
         "shutoff-admin",
         queues.topology(),
         BrokerTimeouts::default(),

@@ -614,3 +614,52 @@ async fn a_stop_a_worker_holds_under_a_live_lease_is_not_cancelled(pool: PgPool)
         .unwrap();
     assert_eq!(state, "running", "a refused cancel changes nothing");
 }
+
+/// TLS settings that cannot work stop the tool before it connects or
+/// commits anything: a CA for a plain `amqp://` URL, a client certificate
+/// without its key, a `sslrootcert` with an `sslmode` that falls back to
+/// plain TCP.
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn tls_settings_that_cannot_work_stop_the_tool_before_it_connects(pool: PgPool) {
+    let env = TestEnv::new(pool);
+    let project = stdout(&admin(&env, &["project", "create", "--name", "demo"]));
+    let server = stdout(&admin(
+        &env,
+        &["server", "create", "--project", &project, "--name", "vm"],
+    ));
+    let ca = env!("CARGO_MANIFEST_DIR"); // exists; never read: refused first
+    refused(
+        &admin(&env, &["migrate", "--amqp-ca-file", ca]),
+        "AMQP_CA_FILE is set but AMQP_URL is not a TLS URL (it is amqp://, use amqps://)",
+    );
+    refused(
+        &admin(
+            &env,
+            &[
+                "server",
+                "stop",
+                &server,
+                "--amqp-url",
+                "amqps://guest:guest@localhost:5671/%2f",
+                "--amqp-cert-file",
+                ca,
+            ],
+        ),
+        "AMQP_CERT_FILE and AMQP_KEY_FILE go together",
+    );
+    assert_eq!(count(&env, "jobs").await, 0, "nothing was committed");
+    let prefer = format!("{}?sslmode=prefer&sslrootcert={ca}", env.database_url);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shutoff-admin"))
+        .args([
+            "--database-url",
+            &prefer,
+            "project",
+            "create",
+            "--name",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    refused(&out, "DATABASE_URL gives sslrootcert but sslmode=prefer");
+    assert_eq!(count(&env, "projects").await, 1);
+}

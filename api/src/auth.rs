@@ -155,17 +155,30 @@ mod tests {
             "--keystone-project",
             "service",
         ];
+        let ca = ["--keystone-ca-file", "/nonexistent/ca.pem"];
+        assert_eq!(
+            error(&[&url[..], &account, &ca].concat()),
+            "KEYSTONE_CA_FILE is set but KEYSTONE_URL is http://; refusing to talk to \
+             Keystone without TLS (use https://)"
+        );
+        let https = ["--keystone-url", "https://keystone.example/v3"];
         assert!(
-            error(&[&["--keystone-url", "https://keystone/v3"][..], &account].concat())
-                .contains("http://")
+            error(&[&https[..], &account, &ca].concat())
+                .starts_with("cannot read KEYSTONE_CA_FILE /nonexistent/ca.pem")
+        );
+        assert!(
+            error(&[&["--keystone-url", "ftp://keystone/v3"][..], &account].concat())
+                .contains("https://")
         );
         // Keystone is not contacted at start-up: it may be down.
-        assert!(matches!(
-            keystone_mode(&[&url[..], &account].concat()),
-            Ok(Authenticator {
-                source: TokenSource::Keystone(_),
-                ..
-            })
-        ));
+        for url in [&url, &https] {
+            assert!(matches!(
+                keystone_mode(&[&url[..], &account].concat()),
+                Ok(Authenticator {
+                    source: TokenSource::Keystone(_),
+                    ..
+                })
+            ));
+        }
     }
 }

@@ -107,10 +107,15 @@ pub enum AuthMode {
 /// Its `Debug` hides the password.
 #[derive(Clone, Args)]
 pub struct KeystoneSettings {
-    /// Keystone's v3 URL, e.g. `http://127.0.0.1:5000/v3`; also the `uri` of
-    /// the `WWW-Authenticate` header of a 401.
+    /// Keystone's v3 URL, e.g. `https://keystone.example:5000/v3` (or `http://`
+    /// on a trusted network); also the `uri` of the `WWW-Authenticate` header of a 401.
     #[arg(long = "keystone-url", env = "KEYSTONE_URL")]
     pub url: Option<String>,
+
+    /// PEM file of CA certificates trusted (besides the system's store) to sign
+    /// Keystone's certificate; only with an `https://` KEYSTONE_URL.
+    #[arg(long = "keystone-ca-file", env = "KEYSTONE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 
     /// The service account's user name.
     #[arg(long = "keystone-username", env = "KEYSTONE_USERNAME")]
@@ -175,6 +180,7 @@ impl std::fmt::Debug for KeystoneSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeystoneSettings")
             .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("project", &self.project)

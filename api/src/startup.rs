@@ -46,8 +46,11 @@ impl Application {
         if settings.migrate {
             store::create_and_migrate(&settings.common.database_url).await?;
         }
+        // A TLS setting that cannot work stops the start, as a bad DATABASE_URL does.
+        settings.common.amqp_tls.check(&settings.common.amqp_url)?;
         let publisher = Publisher::new(
             &settings.common.amqp_url,
+            &settings.common.amqp_tls,
             "shutoff-api",
             settings.common.topology(),
             BrokerTimeouts::default(),

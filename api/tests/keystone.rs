@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shutoff_api::settings::AuthMode;
@@ -76,6 +77,11 @@ impl Drop for KeystoneProcess {
 
 impl KeystoneProcess {
     async fn start(venv: &Path) -> Self {
+        Self::start_with(venv, &[]).await
+    }
+
+    /// With more arguments of run_keystone.py (e.g. `--tls-cert`).
+    async fn start_with(venv: &Path, extra: &[&std::ffi::OsStr]) -> Self {
         let dir = std::env::temp_dir().join(format!("shutoff-keystone-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("keystone.log");
@@ -84,6 +90,7 @@ impl KeystoneProcess {
             .args(["--admin-password", ADMIN_PASSWORD])
             .arg("--workdir")
             .arg(&dir)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -124,7 +131,10 @@ struct Identity {
 
 impl Identity {
     async fn new(url: &str) -> Self {
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        Self::with_http(url, reqwest::Client::builder().no_proxy().build().unwrap()).await
+    }
+
+    async fn with_http(url: &str, http: reqwest::Client) -> Self {
         let mut identity = Identity {
             http,
             url: url.to_string(),
@@ -665,6 +675,149 @@ async fn keystone_clouds_list_stop_and_show_servers_with_the_cli_sdk_and_novacli
         std::io::stderr(),
         "keystone clouds.yaml: setup (venvs, Keystone, users) {setup_secs:.1}s, test {:.1}s",
         started.elapsed().as_secs_f64(),
+    )
+    .unwrap();
+}
+
+/// Keystone over https (TLS on Keystone's own socket, a certificate for
+/// `localhost` from a CA made here): with `KEYSTONE_CA_FILE` the API
+/// validates tokens through it; with the wrong CA, or by a name the
+/// certificate does not carry, every validation is refused in the handshake,
+/// the caller gets 503 (never a pass, never a 401) and the error names the
+/// TLS failure.
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn keystone_over_https_needs_the_right_ca_and_host_name(pool: PgPool) {
+    use shutoff_api::keystone::client::KeystoneClient;
+    let started = Instant::now();
+    let Some(keystone_venv) = venv("keystone-venv").await else {
+        return;
+    };
+    let pki = shutoff_testkit::tls::Pki::new();
+    let keystone = KeystoneProcess::start_with(
+        &keystone_venv,
+        &[
+            "--tls-cert".as_ref(),
+            pki.server_cert.as_os_str(),
+            "--tls-key".as_ref(),
+            pki.server_key.as_os_str(),
+        ],
+    )
+    .await;
+    assert!(
+        keystone.url.starts_with("https://localhost:"),
+        "{}",
+        keystone.url
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let identity = Identity::with_http(&keystone.url, http).await;
+    let demo = identity.project("demo").await;
+    let service = identity.project("service").await;
+    identity.user("alice", &demo, "member").await;
+    identity.user("shutoff", &service, "service").await;
+    let alice = identity.token("alice", PASSWORD, "demo").await;
+    let demo_id = ProjectId::parse(&demo).unwrap();
+    admin::create_project(&pool, &demo_id, "demo")
+        .await
+        .unwrap();
+
+    let settings = |url: &str, ca: &Path| {
+        let mut s = shutoff_api::Settings::parse_from(["shutoff-api"]).keystone;
+        s.url = Some(url.to_string());
+        s.ca_file = Some(ca.to_path_buf());
+        s.username = Some("shutoff".into());
+        s.password = Some(PASSWORD.into());
+        s.project = Some("service".into());
+        s
+    };
+    let validate = |url: String, ca: PathBuf| {
+        let s = settings(&url, &ca);
+        let token = alice.clone();
+        async move {
+            KeystoneClient::new(&url, &s, Duration::from_secs(5))
+                .unwrap()
+                .validate(&token)
+                .await
+        }
+    };
+
+    // The right CA and name: Keystone says whose token it is.
+    let info = validate(keystone.url.clone(), pki.ca.clone())
+        .await
+        .expect("validated over https")
+        .expect("a valid token");
+    assert_eq!(info.project_id.as_deref(), Some(demo.as_str()));
+
+    // The wrong CA, and the right CA for the wrong name (127.0.0.1: the
+    // certificate names localhost only), are refused in the handshake.
+    let by_address = keystone.url.replace("localhost", "127.0.0.1");
+    for (url, ca, why) in [
+        (
+            keystone.url.clone(),
+            pki.other_ca.clone(),
+            "invalid peer certificate: UnknownIssuer",
+        ),
+        (
+            by_address,
+            pki.ca.clone(),
+            r#"certificate not valid for name "127.0.0.1""#,
+        ),
+    ] {
+        let e = validate(url.clone(), ca)
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.starts_with("Keystone is unreachable") && e.contains(why),
+            "{url}: {e}"
+        );
+    }
+
+    // The API the same: the right CA serves the caller, the wrong one 503.
+    let servers = format!("/v2/{demo}/servers");
+    for (ca, status) in [(pki.ca.clone(), 200), (pki.other_ca.clone(), 503)] {
+        let url = keystone.url.clone();
+        let pool = pool.clone();
+        let app = spawn_with(
+            pool,
+            Options {
+                with_worker: false,
+                configure: Some(Box::new(move |s| {
+                    s.auth = AuthMode::Keystone;
+                    s.keystone.url = Some(url);
+                    s.keystone.ca_file = Some(ca);
+                    s.keystone.username = Some("shutoff".into());
+                    s.keystone.password = Some(PASSWORD.into());
+                    s.keystone.project = Some("service".into());
+                })),
+                ..Options::default()
+            },
+        )
+        .await;
+        let resp = app
+            .client
+            .get(app.url(&servers))
+            .header("x-auth-token", &alice)
+            .send()
+            .await
+            .unwrap();
+        if status == 200 {
+            assert_eq!(resp.status(), 200);
+        } else {
+            fault(resp, 503, "serviceUnavailable").await;
+        }
+        app.shut_down().await;
+    }
+    use std::io::Write;
+    writeln!(
+        std::io::stderr(),
+        "keystone over https: Keystone up in {:.1}s, test {:.1}s",
+        keystone.setup_secs,
+        started.elapsed().as_secs_f64()
     )
     .unwrap();
 }

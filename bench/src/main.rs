@@ -109,7 +109,12 @@ fn database_url(base: &str, name: &str) -> anyhow::Result<String> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<PgPool> {
-    Ok(PgPoolOptions::new().max_connections(4).connect(url).await?)
+    // The binaries' own options, TLS parameters included.
+    let opts = shutoff_core::tls::pg_connect_options(url)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await?)
 }
 
 async fn drop_database(base: &str, name: &str) {

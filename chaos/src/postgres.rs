@@ -254,6 +254,35 @@ impl Postgres {
         self.proc.is_some()
     }
 
+    /// Turns TLS on (before the first start): `ssl = on` with the given
+    /// certificate and key (copied into the data dir, owned by the user
+    /// PostgreSQL runs as, the key 0600 as it insists), the CA that signs
+    /// client certificates, and `hba` as the whole of pg_hba.conf.
+    pub fn enable_tls(&self, cert: &Path, key: &Path, ca: &Path, hba: &str) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        for (from, name, mode) in [
+            (cert, "server.crt", 0o644),
+            (key, "server.key", 0o600),
+            (ca, "ca.crt", 0o644),
+        ] {
+            let to = self.data.join(name);
+            std::fs::copy(from, &to)
+                .with_context(|| format!("cannot copy {} into the data dir", from.display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+            self.run_as.give(&to)?;
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))?;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'"
+        )?;
+        std::fs::write(self.data.join("pg_hba.conf"), hba)?;
+        Ok(())
+    }
+
     /// `postgres://` URL of `database` on our cluster.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)

@@ -30,9 +30,23 @@ pub struct RabbitPorts {
     pub epmd: u16,
 }
 
+/// A TLS listener beside the plain one (which stays for the readiness
+/// check): the node's certificate and key, and the CA its clients'
+/// certificates must be signed by (`verify_peer`; with `require_client_cert`,
+/// a client without one is refused in the handshake).
+#[derive(Debug, Clone)]
+pub struct RabbitTls {
+    pub port: u16,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub require_client_cert: bool,
+}
+
 pub struct RabbitMq {
     node: String,
     ports: RabbitPorts,
+    tls: Option<RabbitTls>,
     dir: PathBuf,
     script: PathBuf,
     env: Vec<(OsString, OsString)>,
@@ -53,7 +67,12 @@ impl RabbitMq {
         ports: RabbitPorts,
     ) -> Result<RabbitMq> {
         let epmd_proc = start_epmd(work, epmd, ports.epmd, "epmd").await?;
-        let node = format!("chaos-{}@localhost", std::process::id());
+        // Unique within this process too: a test binary may run two nodes.
+        let node = format!(
+            "chaos-{}-{:04x}@localhost",
+            std::process::id(),
+            rand::random::<u16>()
+        );
         let mut n = RabbitMq::prepare(work, bin, ports, &node, "rabbitmq", None)?;
         n.epmd = Some(epmd_proc);
         Ok(n)
@@ -128,6 +147,7 @@ impl RabbitMq {
             env,
             epmd: None,
             proc: None,
+            tls: None,
         })
     }
 
@@ -164,6 +184,41 @@ impl RabbitMq {
     /// Whether the node's process runs (it may still be booting).
     pub fn is_running(&self) -> bool {
         self.proc.is_some()
+    }
+
+    /// Adds a TLS listener (before the first start).
+    pub fn enable_tls(&mut self, tls: RabbitTls) -> Result<()> {
+        let b = if tls.require_client_cert {
+            "true"
+        } else {
+            "false"
+        };
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("rabbitmq.conf"))?;
+        use std::io::Write;
+        write!(
+            conf,
+            "listeners.ssl.1 = 127.0.0.1:{}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = {b}\n",
+            tls.port,
+            tls.ca.display(),
+            tls.cert.display(),
+            tls.key.display(),
+        )?;
+        self.tls = Some(tls);
+        Ok(())
+    }
+
+    /// `amqps://` to the TLS listener under the name `host` (the one the
+    /// client checks the certificate against).
+    pub fn amqps_url(&self, host: &str) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        Some(format!("amqps://guest:guest@{host}:{}/%2f", tls.port))
     }
 
     pub fn amqp_url(&self) -> String {
@@ -209,6 +264,11 @@ impl RabbitMq {
                 );
             }
             if amqp_handshake(self.ports.amqp).await.is_ok() {
+                // The TLS listener opens in the same boot step, a moment apart.
+                if let Some(tls) = &self.tls {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    crate::processes::wait_for_port(tls.port, left, || Ok(())).await?;
+                }
                 return Ok(());
             }
             if Instant::now() > deadline {

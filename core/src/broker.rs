@@ -23,6 +23,7 @@ use crate::backoff::Backoff;
 use crate::broker_nodes::BrokerNodes;
 use crate::ids::HostName;
 use crate::message::StopJob;
+use crate::tls::{AmqpTls, TlsSettingError};
 
 /// Names and arguments of every queue. Tests use their own prefix so they run
 /// in parallel and can delete what they made.
@@ -225,6 +226,8 @@ pub enum BrokerError {
     Unroutable(String),
     #[error("broker error: {0}")]
     Protocol(#[from] lapin::Error),
+    #[error(transparent)]
+    TlsSetting(#[from] TlsSettingError),
 }
 
 /// Timeouts around every broker call, so nothing hangs on a half-dead peer.
@@ -253,12 +256,14 @@ pub struct Connected {
     pub node: usize,
 }
 
-/// Opens a connection and a channel on the first node that answers, trying
-/// each node once from `start` on (round-robin), each within `timeout`, and
-/// declares the topology. The back-off between rounds is the caller's (it
-/// knows how many rounds failed).
+/// Opens a connection (TLS for `amqps://`, per `tls`) and a channel on the
+/// first node that answers, trying each node once from `start` on
+/// (round-robin), each within `timeout`, and declares the topology. Every
+/// binary's connections to RabbitMQ are opened here. The back-off between
+/// rounds is the caller's (it knows how many rounds failed).
 pub async fn connect(
     nodes: &BrokerNodes,
+    tls: &AmqpTls,
     start: usize,
     name: &str,
     topology: &Topology,
@@ -267,7 +272,7 @@ pub async fn connect(
     let mut last = None;
     for k in 0..nodes.len() {
         let node = (start + k) % nodes.len();
-        match connect_node(&nodes.urls()[node], name, topology, timeout).await {
+        match connect_node(&nodes.urls()[node], tls, name, topology, timeout).await {
             Ok((conn, channel)) => {
                 if k > 0 || nodes.len() > 1 {
                     tracing::info!(broker.name = %name, broker.node = nodes.name(node), "connected to RabbitMQ");
@@ -292,20 +297,25 @@ pub async fn connect(
 /// One node: connection, channel and topology within `timeout`.
 async fn connect_node(
     url: &str,
+    tls: &AmqpTls,
     name: &str,
     topology: &Topology,
     timeout: Duration,
 ) -> Result<(Connection, Channel), BrokerError> {
+    let tls = tls.config(url)?;
     let fut = async {
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        let conn = Connection::connect(url, props).await?;
+        let runtime = lapin::runtime::default_runtime()?;
+        let conn = Connection::connect_with_config(url, props, tls, runtime).await?;
         let channel = conn.create_channel().await?;
         topology.declare(&channel).await?;
         Ok::<_, lapin::Error>((conn, channel))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(pair)) => Ok(pair),
-        Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
+        // The TLS failure (an unknown CA, a certificate for another name) is
+        // a source or two below lapin's "IO error".
+        Ok(Err(e)) => Err(BrokerError::Unavailable(crate::tls::chain(&e))),
         Err(_) => Err(BrokerError::Timeout(timeout)),
     }
 }
@@ -323,6 +333,7 @@ pub async fn set_prefetch(channel: &Channel, prefetch: u16) -> lapin::Result<()>
 /// with confirms.
 pub struct Publisher {
     nodes: BrokerNodes,
+    tls: AmqpTls,
     name: String,
     topology: Topology,
     timeouts: BrokerTimeouts,
@@ -345,12 +356,14 @@ struct Link {
 impl Publisher {
     pub fn new(
         nodes: &BrokerNodes,
+        tls: &AmqpTls,
         name: &str,
         topology: Topology,
         timeouts: BrokerTimeouts,
     ) -> Arc<Self> {
         Arc::new(Publisher {
             nodes: nodes.clone(),
+            tls: tls.clone(),
             name: name.to_string(),
             topology,
             timeouts,
@@ -397,6 +410,7 @@ impl Publisher {
                 node,
             } = connect(
                 &self.nodes,
+                &self.tls,
                 link.next_node,
                 &self.name,
                 &self.topology,

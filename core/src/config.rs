@@ -8,6 +8,7 @@ use crate::broker::Topology;
 use crate::broker_nodes::BrokerNodes;
 use crate::db_hosts::DbHosts;
 use crate::telemetry::LogFormat;
+use crate::tls::AmqpTls;
 
 /// PostgreSQL on a developer machine of ours.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shutoff";
@@ -23,7 +24,9 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub struct Common {
     /// PostgreSQL URL; several hosts in libpq's form
     /// (`postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write`):
-    /// shutoff keeps to the one that is read-write.
+    /// shutoff keeps to the one that is read-write. TLS by libpq's `sslmode`,
+    /// `sslrootcert`, `sslcert` and `sslkey` query parameters (e.g.
+    /// `?sslmode=verify-full&sslrootcert=/etc/shutoff/pg-ca.pem`).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -33,13 +36,17 @@ pub struct Common {
 
     /// RabbitMQ URL; a cluster's nodes comma-separated, oslo.messaging's way
     /// (`amqp://u:p@h1:5672,u:p@h2:5673/vhost`: one vhost and query for all;
-    /// a node without credentials uses the first node's).
+    /// a node without credentials uses the first node's); `amqps://` for TLS
+    /// (see the `--amqp-*-file` settings).
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = DEFAULT_AMQP_URL
     )]
     pub amqp_url: BrokerNodes,
+
+    #[command(flatten)]
+    pub amqp_tls: AmqpTls,
 
     /// Prefix of every queue name (`<prefix>.stop.<host>`, `.dead`, `.retry.<ms>ms`);
     /// give each deployment (or test) its own.
@@ -143,7 +150,9 @@ impl Common {
 pub struct Database {
     /// PostgreSQL URL; several hosts in libpq's form
     /// (`postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write`):
-    /// shutoff keeps to the one that is read-write.
+    /// shutoff keeps to the one that is read-write. TLS by libpq's `sslmode`,
+    /// `sslrootcert`, `sslcert` and `sslkey` query parameters (e.g.
+    /// `?sslmode=verify-full&sslrootcert=/etc/shutoff/pg-ca.pem`).
     #[arg(
         long,
         global = true,
@@ -161,13 +170,17 @@ pub struct Database {
 pub struct Queues {
     /// RabbitMQ URL; a cluster's nodes comma-separated, oslo.messaging's way
     /// (`amqp://u:p@h1:5672,u:p@h2:5673/vhost`: one vhost and query for all;
-    /// a node without credentials uses the first node's).
+    /// a node without credentials uses the first node's); `amqps://` for TLS
+    /// (see the `--amqp-*-file` settings).
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = DEFAULT_AMQP_URL
     )]
     pub amqp_url: BrokerNodes,
+
+    #[command(flatten)]
+    pub amqp_tls: AmqpTls,
 
     /// Prefix of every queue name (`<prefix>.stop.<host>`, `.dead`, `.retry.<ms>ms`);
     /// give each deployment (or test) its own.

@@ -138,10 +138,13 @@ impl FromStr for DbHosts {
                 Some(u) => format!("{scheme}://{u}@{host}{tail}"),
                 None => format!("{scheme}://{host}{tail}"),
             };
-            let opts: PgConnectOptions = url.parse().map_err(|source| DbHostsError::Invalid {
-                host: i + 1,
-                source,
-            })?;
+            // TLS as libpq's parameters say, checked for settings that
+            // cannot work (crate::tls).
+            let opts: PgConnectOptions =
+                crate::tls::pg_connect_options(&url).map_err(|source| DbHostsError::Invalid {
+                    host: i + 1,
+                    source,
+                })?;
             names.push(format!("{}:{}", opts.get_host(), opts.get_port()));
             hosts.push(opts);
         }

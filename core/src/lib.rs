@@ -22,6 +22,8 @@
 //!   pool keeps to the read-write one: [`store::pool`]).
 //! - [`config`]: the settings the API and the worker share ([`config::Common`]),
 //!   and the few of them the admin tool takes.
+//! - [`tls`]: the TLS settings of RabbitMQ and PostgreSQL connections, and
+//!   the one place each becomes connect options.
 //! - [`telemetry`]: tracing set-up (text or JSON lines).
 //! - [`metrics`]: the registry and exposition behind `GET /metrics`.
 //!
@@ -48,4 +50,5 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

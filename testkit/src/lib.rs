@@ -15,6 +15,8 @@
 //! - [`vm`]: [`vm::TestVm`], real QEMU VMs (a bare one, or the Linux test guest
 //!   built by `scripts/build-test-guest`).
 //! - [`skip`]: skip a test that lacks a tool, or fail it in CI.
+//! - [`tls`](mod@tls): a CA made in the test, and private PostgreSQL and RabbitMQ
+//!   nodes with TLS listeners signed by it.
 //! - [`libvirtd`]: [`libvirtd::Libvirtd`], a private session libvirtd with
 //!   QEMU domains on it (the test guest, or nothing to boot).
 //!
@@ -29,6 +31,7 @@ pub mod libvirtd;
 pub mod proxy;
 pub mod settings;
 pub mod skip;
+pub mod tls;
 pub mod vm;
 pub mod workers;
 

@@ -74,6 +74,7 @@ pub async fn ctx(pool: PgPool) -> Ctx {
     let project = env.project().await;
     let publisher = Publisher::new(
         &env.amqp_url.parse().expect("the test's AMQP URL parses"),
+        &Default::default(),
         "test",
         env.topology.clone(),
         BrokerTimeouts::default(),

@@ -4,7 +4,8 @@
 Run with the python of the venv made by scripts/keystone-venv:
 
     target/keystone-venv/bin/python tests/keystone/run_keystone.py \
-        [--port 0] [--admin-password secret] [--workdir DIR]
+        [--port 0] [--admin-password secret] [--workdir DIR] \
+        [--tls-cert CERT.pem --tls-key KEY.pem [--tls-host localhost]]
 
 Everything lives in one directory (a temporary one removed on exit, or
 --workdir, left for the caller to remove): a sqlite database,
@@ -16,6 +17,8 @@ fernet token and credential key repositories, keystone.conf. It runs
 
     KEYSTONE READY http://127.0.0.1:PORT/v3 setup_secs=S
 
+(with --tls-cert, `https://localhost:PORT/v3`: TLS on the same socket).
+
 For the tests it also answers `GET /__requests` with how many requests of
 each `METHOD /path` it has served (JSON), so a test can count validations.
 It exits when its standard input closes, so it never outlives the test.
@@ -25,6 +28,7 @@ import collections
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -106,6 +110,11 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--admin-password", default="admin-secret")
     ap.add_argument("--workdir", help="an empty or new directory; not removed on exit")
+    ap.add_argument("--tls-cert", help="serve https with this PEM certificate (and --tls-key)")
+    ap.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    ap.add_argument(
+        "--tls-host", default="localhost", help="the host name of the https URL (the certificate's)"
+    )
     args = ap.parse_args()
 
     start = time.monotonic()
@@ -120,6 +129,14 @@ def main():
         server = WSGIServer(("127.0.0.1", args.port), QuietHandler)
         port = server.server_address[1]
         url = f"http://127.0.0.1:{port}/v3"
+        if args.tls_cert:
+            # TLS straight on the listening socket: each accepted connection
+            # does its handshake before the request is read; a client that
+            # refuses our certificate only costs that connection.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+            url = f"https://{args.tls_host}:{port}/v3"
 
         conf = write_config(work)
         manage(venv_bin, conf, "db_sync")

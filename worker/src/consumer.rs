@@ -18,6 +18,7 @@ use shutoff_core::backoff::Backoff;
 use shutoff_core::broker::{self, Topology};
 use shutoff_core::broker_nodes::BrokerNodes;
 use shutoff_core::message::StopJob;
+use shutoff_core::tls::AmqpTls;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,7 @@ use crate::stop_job::{self, Disposition, JobContext};
 
 pub struct ConsumerSettings {
     pub amqp_url: BrokerNodes,
+    pub amqp_tls: AmqpTls,
     pub topology: Topology,
     pub prefetch: u16,
     pub grace: Duration,
@@ -60,6 +62,7 @@ pub async fn run(
             node,
         } = match broker::connect(
             &settings.amqp_url,
+            &settings.amqp_tls,
             next_node,
             &format!("shutoff-worker {}", ctx.worker_id),
             &settings.topology,

@@ -59,8 +59,11 @@ impl Worker {
     pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
         let host = settings.host()?;
         let worker_id = settings.worker_id();
+        // A TLS setting that cannot work stops the start, as a bad DATABASE_URL does.
+        settings.common.amqp_tls.check(&settings.common.amqp_url)?;
         let publisher = Publisher::new(
             &settings.common.amqp_url,
+            &settings.common.amqp_tls,
             &format!("shutoff-worker {worker_id} publisher"),
             settings.common.topology(),
             BrokerTimeouts::default(),
@@ -147,6 +150,7 @@ impl Worker {
             ctx.clone(),
             ConsumerSettings {
                 amqp_url: settings.common.amqp_url.clone(),
+                amqp_tls: settings.common.amqp_tls.clone(),
                 topology: settings.common.topology(),
                 prefetch: settings.prefetch,
                 grace: settings.grace(),

@@ -140,6 +140,7 @@ async fn a_worker_and_a_publisher_move_to_a_surviving_node_when_theirs_stops(poo
     let nodes = url.parse().unwrap();
     let publisher = Publisher::new(
         &nodes,
+        &Default::default(),
         "test-cluster-publisher",
         env.topology.clone(),
         BrokerTimeouts::default(),

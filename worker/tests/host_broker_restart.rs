@@ -85,6 +85,7 @@ async fn ctx_on(pool: PgPool, broker: &PrivateBroker) -> Ctx {
     let project = env.project().await;
     let publisher = Publisher::new(
         &env.amqp_url.parse().unwrap(),
+        &Default::default(),
         "test",
         env.topology.clone(),
         BrokerTimeouts::default(),

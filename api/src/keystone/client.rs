@@ -26,7 +26,9 @@ const SERVICE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(
 /// token that may be good.
 #[derive(Debug, thiserror::Error)]
 pub enum KeystoneError {
-    #[error("Keystone is unreachable: {0}")]
+    /// With every cause: a TLS refusal ("invalid peer certificate:
+    /// UnknownIssuer") is a few sources below reqwest's own message.
+    #[error("Keystone is unreachable: {}", shutoff_core::tls::chain(.0))]
     Unreachable(#[source] reqwest::Error),
     #[error("Keystone answered {status} to {what}")]
     Status {
@@ -102,19 +104,39 @@ struct Role {
     name: String,
 }
 
+/// The certificates of `KEYSTONE_CA_FILE`, refused at start-up when there
+/// are none (a wrong file would otherwise only show at the first request).
+fn ca_bundle(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read KEYSTONE_CA_FILE {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "KEYSTONE_CA_FILE {} holds no PEM certificate",
+        path.display()
+    );
+    Ok(certs)
+}
+
 impl KeystoneClient {
     /// Fails on settings that cannot work (missing credentials, a URL that is
-    /// not http); never contacts Keystone, so the API starts while it is down.
+    /// not http(s), a CA file that is unreadable or given for http); never
+    /// contacts Keystone, so the API starts while it is down.
     pub fn new(
         url: &str,
         settings: &KeystoneSettings,
         timeout: std::time::Duration,
     ) -> anyhow::Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("KEYSTONE_URL: {e}"))?;
-        // reqwest is built without TLS here; fail at start-up, not per request.
         anyhow::ensure!(
-            parsed.scheme() == "http",
-            "KEYSTONE_URL must be an http:// URL (this build has no TLS client)"
+            matches!(parsed.scheme(), "http" | "https"),
+            "KEYSTONE_URL must be an https:// (or http://) URL"
+        );
+        // A CA for a plain URL would mean an operator expects TLS that is not there.
+        anyhow::ensure!(
+            settings.ca_file.is_none() || parsed.scheme() == "https",
+            "KEYSTONE_CA_FILE is set but KEYSTONE_URL is http://; refusing to talk to \
+             Keystone without TLS (use https://)"
         );
         let missing: Vec<&str> = [
             ("KEYSTONE_USERNAME", &settings.username),
@@ -141,10 +163,18 @@ impl KeystoneClient {
                 "domain": {"name": settings.project_domain},
             }},
         }});
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .build()?;
+            // Only the protocol we asked for: no silent downgrade from a
+            // redirect to http://.
+            .https_only(parsed.scheme() == "https");
+        if let Some(path) = &settings.ca_file {
+            for cert in ca_bundle(path)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build()?;
         Ok(KeystoneClient {
             http,
             tokens_url: format!("{}/auth/tokens", url.trim_end_matches('/')),

@@ -78,6 +78,12 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// What sqlx 0.9 (with TLS built in) makes of a peer that hangs up as it
+/// connects: its answer to the TLS request read as a zero byte. A server
+/// that is going away, or a proxy or load balancer in front of one that is
+/// gone, not a bug.
+const HUNG_UP_AT_TLS_REQUEST: &str = "unexpected response from SSLRequest: 0x00";
+
 /// True when the error means "PostgreSQL is not reachable" rather than a bug.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
@@ -87,14 +93,15 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
-    ) || sqlstate(e)
-        // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
-        // 08xxx connection exceptions, 53300 too many connections, 25006
-        // read_only_sql_transaction (a standby, or a primary that was
-        // demoted: the pool is looking for the read-write node).
-        .is_some_and(|c| {
-            c.starts_with("57P") || c.starts_with("08") || c == "53300" || c == "25006"
-        })
+    ) || matches!(e, sqlx::Error::Protocol(m) if m.starts_with(HUNG_UP_AT_TLS_REQUEST))
+        || sqlstate(e)
+            // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
+            // 08xxx connection exceptions, 53300 too many connections, 25006
+            // read_only_sql_transaction (a standby, or a primary that was
+            // demoted: the pool is looking for the read-write node).
+            .is_some_and(|c| {
+                c.starts_with("57P") || c.starts_with("08") || c == "53300" || c == "25006"
+            })
 }
 
 /// True when the statement lost to another transaction: 40001
@@ -121,6 +128,9 @@ mod tests {
         // The source is kept, not flattened into a string.
         let source = std::error::Error::source(&bug).expect("a source");
         assert!(source.to_string().contains("nonsense"));
+        // A peer that hangs up at connect (api/tests/outages.rs cuts one).
+        let hung_up = sqlx::Error::Protocol(HUNG_UP_AT_TLS_REQUEST.into());
+        assert!(StoreError::from(hung_up).is_unavailable());
     }
 
     /// What a standby (or a demoted primary) answers a write with: the pool

@@ -66,7 +66,7 @@ pub async fn create_and_migrate(db: &crate::db_hosts::DbHosts) -> anyhow::Result
     let mut conn = admin[i]
         .connect()
         .await
-        .context("cannot connect to PostgreSQL")?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {}", crate::tls::chain(&e)))?;
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
         .bind(&name)
         .fetch_optional(&mut conn)
