@@ -10,11 +10,17 @@
 //! 6. footprint: 60 worker processes, one host each: PostgreSQL connections
 //!    and statements per host, idle and under load;
 //! 7. slow:    5,000 stops through ONE worker, each power-off taking 2 s.
+//! 8. history: the accept and e2e runs again on a database with
+//!    `--history-large` (5,000,000) finished stops, as ratios to the same runs
+//!    at `--history` (50,000); the relay's and the rescuer's passes at both
+//!    sizes; and a real `shutoff-admin prune` beside a second accept run.
+//!    Seeded first, so both sizes are measured minutes apart.
 //!
 //! Everything runs in a database and a RabbitMQ vhost of the bench's own,
 //! removed at the end; the services run with their default settings.
 
 mod fleet;
+mod history;
 mod load;
 mod pg_ceiling;
 mod report;
@@ -91,8 +97,20 @@ struct Args {
     /// deployment with that much history.
     #[arg(long, default_value_t = 50_000)]
     history: i64,
-    /// Phases to leave out (ceiling, accept, e2e, latency, hosts, footprint,
-    /// slow), for profiling one.
+    /// Finished stops of the history phase's database: the accept and e2e
+    /// phases again on it, as ratios to the figures at `--history`.
+    #[arg(long, default_value_t = 5_000_000)]
+    history_large: i64,
+    /// Times each of the relay's and the rescuer's passes is timed, at both
+    /// sizes.
+    #[arg(long, default_value_t = 200)]
+    pass_runs: usize,
+    /// The history phase's `shutoff-admin prune --older-than`, beside a
+    /// second accept run (the history spans a year, the oldest stops first).
+    #[arg(long, default_value = "330days")]
+    prune_older_than: String,
+    /// Phases to leave out (ceiling, accept, e2e, history, latency, hosts,
+    /// footprint, slow), for profiling one.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -339,117 +357,56 @@ async fn run(
             .join(phase),
     };
 
+    // The large history's database, seeded before the phases at 50,000 so
+    // that both sizes are measured minutes apart, not a seeding apart.
+    let large = if args.runs("history") {
+        let (url, pool, took) = phase_database(args, run_id, "history", args.history_large).await?;
+        figures.history.seed_large_s = took.as_secs_f64();
+        Some((url, pool))
+    } else {
+        None
+    };
     if args.runs("accept") {
         // 2. Accept rate: the API alone (workers elsewhere in a real cloud).
-        let (url, pool) = phase_database(args, run_id, "accept").await?;
-        let expected = (args.accept_secs as usize) * 12_000;
-        let (project_a, tokens, servers) =
-            project(&pool, "accept", args.connections, expected, "fake://").await?;
-        let w = wiring("accept", &url);
-        let (api, addr) = services::start_api(&w).await?;
-        let outcome = load::run(
-            load::Target {
-                api: addr,
-                project: project_a.to_string(),
-                tokens,
-                servers,
-            },
-            Some(Duration::from_secs(args.accept_secs)),
-        )
-        .await;
-        figures.api_peak_rss_mb = api.peak_rss_mb();
-        api.stop().await;
-        if outcome.ran_out {
-            eprintln!(
-                "shutoff-bench: accept run ran out of servers before {} s",
-                args.accept_secs
-            );
-        }
-        let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid WHERE i.project_id = $1")
-        .bind(project_a.as_str())
-        .fetch_one(&pool)
-        .await?;
-        if jobs as usize != outcome.accepted {
-            bail!(
-                "accept run: {} answered 202 but {jobs} jobs exist",
-                outcome.accepted
-            );
-        }
-        figures.accept_per_s = outcome.per_second();
-        figures.accept_p50_ms = outcome.percentile_ms(50.0);
-        figures.accept_p99_ms = outcome.percentile_ms(99.0);
-        eprintln!(
-            "accept latency: p90 {:.1} p95 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} ms",
-            outcome.percentile_ms(90.0),
-            outcome.percentile_ms(95.0),
-            outcome.percentile_ms(99.0),
-            outcome.percentile_ms(99.9),
-            outcome.percentile_ms(100.0)
-        );
-        let timeline: Vec<String> = outcome
-            .timeline(50.0)
-            .iter()
-            .map(|(n, slow, max)| format!("{n}/{slow}/{max:.0}"))
-            .collect();
-        eprintln!(
-            "accept per second (answers/over 50 ms/max ms): {}",
-            timeline.join(" ")
-        );
-        figures.accept_refused = outcome.refused + outcome.errors;
-        eprintln!(
-            "accept: {:.0}/s p50 {:.1} ms p99 {:.1} ms",
-            figures.accept_per_s, figures.accept_p50_ms, figures.accept_p99_ms
-        );
+        let (url, pool, _) = phase_database(args, run_id, "accept", args.history).await?;
+        let a = accept_phase(args, &wiring("accept", &url), &pool, "accept").await?;
+        figures.api_peak_rss_mb = a.api_peak_rss_mb;
+        figures.accept_per_s = a.per_s;
+        figures.accept_p50_ms = a.p50_ms;
+        figures.accept_p99_ms = a.p99_ms;
+        figures.accept_refused = a.refused;
         pool.close().await;
     }
     if args.runs("e2e") {
         // 3. End to end through two workers, simulated hypervisor, no delay.
-        let (url, pool) = phase_database(args, run_id, "e2e").await?;
-        let (project_e, tokens, servers) =
-            project(&pool, "e2e", args.connections, args.e2e_stops, "fake://").await?;
-        let w = wiring("e2e", &url);
-        let mut svc = Vec::new();
-        for i in 0..args.e2e_workers {
-            svc.push(services::start_worker(&w, &format!("bench-e2e-{i}")).await?);
+        let (url, pool, took) = phase_database(args, run_id, "e2e", args.history).await?;
+        figures.history.seed_small_s = took.as_secs_f64();
+        let e = e2e_phase(args, &wiring("e2e", &url), &pool, "e2e").await?;
+        figures.e2e_commits_per_stop = e.commits_per_stop;
+        figures.e2e_cores = e.cores;
+        figures.e2e_stops = e.stops;
+        figures.e2e_succeeded = e.succeeded;
+        figures.e2e_seconds = e.seconds;
+        figures.e2e_per_s = e.per_s;
+        figures.e2e_accept_per_s = e.accept_per_s;
+        if args.runs("history") {
+            figures.history.passes_small = history::time_passes(&pool, args.pass_runs).await?;
+            eprintln!(
+                "passes at {}: {:?}",
+                args.history, figures.history.passes_small
+            );
         }
-        let (api, addr) = services::start_api(&w).await?;
-        svc.push(api);
-        let c0 = fleet::commits(&pool).await?;
-        // The machine's RabbitMQ node is the one whose home is /var/lib/rabbitmq.
-        let cpu = fleet::CpuWatch::start("/var/lib/rabbitmq");
-        let outcome = load::run(
-            load::Target {
-                api: addr,
-                project: project_e.to_string(),
-                tokens,
-                servers,
-            },
-            None,
-        )
-        .await;
-        let done = wait_finished(&pool, &project_e, outcome.accepted).await;
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let c1 = fleet::commits(&pool).await?;
-        stop_all(svc).await;
-        let done = done?;
-        figures.e2e_commits_per_stop = (c1 - c0) as f64 / outcome.accepted.max(1) as f64;
-        figures.e2e_cores = cpu.cores();
-        eprintln!(
-            "e2e per second (accepted/claimed/finished): {}",
-            e2e_timeline(&pool, &project_e).await?
-        );
-        figures.e2e_stops = outcome.accepted;
-        figures.e2e_succeeded = done.succeeded as usize;
-        figures.e2e_seconds = seconds(done.first_created, done.last_finished);
-        figures.e2e_per_s = done.succeeded as f64 / figures.e2e_seconds;
-        figures.e2e_accept_per_s = outcome.per_second();
-        eprintln!("e2e: {:.0}/s", figures.e2e_per_s);
+        pool.close().await;
+    }
+    if let Some((url, pool)) = large {
+        figures.history.n = args.history_large;
+        history_phase(args, &bin_dir, &wiring, &url, &pool, figures).await?;
         pool.close().await;
     }
     if args.runs("latency") {
         // 4. Latency at a steady half of the end-to-end capacity: from each
         // 202 to its stopped commit.
-        let (url, pool) = phase_database(args, run_id, "latency").await?;
+        let (url, pool, _) = phase_database(args, run_id, "latency", args.history).await?;
         let rate = if figures.e2e_per_s > 0.0 {
             figures.e2e_per_s / 2.0
         } else {
@@ -519,7 +476,7 @@ async fn run(
     }
     if args.runs("hosts") {
         // 5. The same stops spread over many hosts, a worker each.
-        let (url, pool) = phase_database(args, run_id, "hosts").await?;
+        let (url, pool, _) = phase_database(args, run_id, "hosts", args.history).await?;
         let (project_h, tokens, servers) = project(
             &pool,
             "hosts",
@@ -725,7 +682,7 @@ async fn run(
     }
     if args.runs("slow") {
         // 7. Slow power-offs through ONE worker.
-        let (url, pool) = phase_database(args, run_id, "slow").await?;
+        let (url, pool, _) = phase_database(args, run_id, "slow", args.history).await?;
         let hypervisor = format!("fake://?delay_ms={}", args.slow_delay_ms);
         let (project_s, tokens, servers) = project(
             &pool,
@@ -766,6 +723,220 @@ async fn run(
     Ok(())
 }
 
+/// What one accept run measured.
+struct Accepted {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    refused: usize,
+    api_peak_rss_mb: f64,
+}
+
+/// The accept run: the API alone for `--accept-secs` under `--connections`
+/// connections, on a project `name` of its own in `pool`'s database. Its
+/// jobs stay queued (no worker).
+async fn accept_phase(
+    args: &Args,
+    w: &Wiring,
+    pool: &PgPool,
+    name: &str,
+) -> anyhow::Result<Accepted> {
+    let expected = (args.accept_secs as usize) * 12_000;
+    let (project_a, tokens, servers) =
+        project(pool, name, args.connections, expected, "fake://").await?;
+    let (api, addr) = services::start_api(w).await?;
+    let outcome = load::run(
+        load::Target {
+            api: addr,
+            project: project_a.to_string(),
+            tokens,
+            servers,
+        },
+        Some(Duration::from_secs(args.accept_secs)),
+    )
+    .await;
+    let api_peak_rss_mb = api.peak_rss_mb();
+    api.stop().await;
+    if outcome.ran_out {
+        eprintln!(
+            "shutoff-bench: {name} run ran out of servers before {} s",
+            args.accept_secs
+        );
+    }
+    let jobs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+          WHERE i.project_id = $1",
+    )
+    .bind(project_a.as_str())
+    .fetch_one(pool)
+    .await?;
+    if jobs as usize != outcome.accepted {
+        bail!(
+            "{name} run: {} answered 202 but {jobs} jobs exist",
+            outcome.accepted
+        );
+    }
+    eprintln!(
+        "{name} latency: p90 {:.1} p95 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} ms",
+        outcome.percentile_ms(90.0),
+        outcome.percentile_ms(95.0),
+        outcome.percentile_ms(99.0),
+        outcome.percentile_ms(99.9),
+        outcome.percentile_ms(100.0)
+    );
+    let timeline: Vec<String> = outcome
+        .timeline(50.0)
+        .iter()
+        .map(|(n, slow, max)| format!("{n}/{slow}/{max:.0}"))
+        .collect();
+    eprintln!(
+        "{name} per second (answers/over 50 ms/max ms): {}",
+        timeline.join(" ")
+    );
+    let a = Accepted {
+        per_s: outcome.per_second(),
+        p50_ms: outcome.percentile_ms(50.0),
+        p99_ms: outcome.percentile_ms(99.0),
+        refused: outcome.refused + outcome.errors,
+        api_peak_rss_mb,
+    };
+    eprintln!(
+        "{name}: {:.0}/s p50 {:.1} ms p99 {:.1} ms",
+        a.per_s, a.p50_ms, a.p99_ms
+    );
+    Ok(a)
+}
+
+/// What one end-to-end run measured.
+struct EndToEnd {
+    per_s: f64,
+    stops: usize,
+    succeeded: usize,
+    seconds: f64,
+    accept_per_s: f64,
+    commits_per_stop: f64,
+    cores: fleet::Cores,
+}
+
+/// `--e2e-stops` stops through the API and `--e2e-workers` workers
+/// (simulated hypervisor, no delay), on a project `name` of its own.
+async fn e2e_phase(args: &Args, w: &Wiring, pool: &PgPool, name: &str) -> anyhow::Result<EndToEnd> {
+    let (project_e, tokens, servers) =
+        project(pool, name, args.connections, args.e2e_stops, "fake://").await?;
+    let mut svc = Vec::new();
+    for i in 0..args.e2e_workers {
+        svc.push(services::start_worker(w, &format!("bench-{name}-{i}")).await?);
+    }
+    let (api, addr) = services::start_api(w).await?;
+    svc.push(api);
+    let c0 = fleet::commits(pool).await?;
+    // The machine's RabbitMQ node is the one whose home is /var/lib/rabbitmq.
+    let cpu = fleet::CpuWatch::start("/var/lib/rabbitmq");
+    let outcome = load::run(
+        load::Target {
+            api: addr,
+            project: project_e.to_string(),
+            tokens,
+            servers,
+        },
+        None,
+    )
+    .await;
+    let done = wait_finished(pool, &project_e, outcome.accepted).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c1 = fleet::commits(pool).await?;
+    stop_all(svc).await;
+    let done = done?;
+    let cores = cpu.cores();
+    eprintln!(
+        "{name} per second (accepted/claimed/finished): {}",
+        e2e_timeline(pool, &project_e).await?
+    );
+    let seconds = seconds(done.first_created, done.last_finished);
+    let e = EndToEnd {
+        per_s: done.succeeded as f64 / seconds,
+        stops: outcome.accepted,
+        succeeded: done.succeeded as usize,
+        seconds,
+        accept_per_s: outcome.per_second(),
+        commits_per_stop: (c1 - c0) as f64 / outcome.accepted.max(1) as f64,
+        cores,
+    };
+    eprintln!("{name}: {:.0}/s", e.per_s);
+    Ok(e)
+}
+
+/// The history phase, on the database seeded with `--history-large` stops:
+/// end to end first (the accept run's queued jobs would be the workers'
+/// backlog), the relay's and the rescuer's passes, the accept run, then a
+/// second accept run beside a real `shutoff-admin prune`.
+async fn history_phase(
+    args: &Args,
+    bin_dir: &std::path::Path,
+    wiring: &impl Fn(&str, &str) -> Wiring,
+    url: &str,
+    pool: &PgPool,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let n = args.history_large;
+    let e = e2e_phase(args, &wiring("history-e2e", url), pool, "history-e2e").await?;
+    figures.history.e2e_per_s = e.per_s;
+    let passes = history::time_passes(pool, args.pass_runs).await?;
+    eprintln!("passes at {n}: {passes:?}");
+    figures.history.passes_large = passes;
+    let plans = history::explain_passes(pool).await?;
+    eprintln!("plans of the passes at {n}:\n{plans}");
+    figures.history.plans = plans;
+    settle(pool).await;
+    let a = accept_phase(args, &wiring("history-accept", url), pool, "history-accept").await?;
+    figures.history.accept_per_s = a.per_s;
+    figures.history.accept_p99_ms = a.p99_ms;
+    // The accept run's stops finished, as a worker would have: the next run
+    // starts, like the first, without a backlog of queued jobs.
+    finish_queued(pool).await?;
+    settle(pool).await;
+    let w = wiring("history-prune", url);
+    let prune = history::Prune::start(
+        bin_dir,
+        url,
+        &args.prune_older_than,
+        &w.log_dir.join("prune.log"),
+    )?;
+    let beside = accept_phase(args, &w, pool, "history-accept-pruning").await;
+    let pruned = prune.finish().await?;
+    let beside = beside?;
+    figures.history.accept_pruning_per_s = beside.per_s;
+    figures.history.accept_pruning_p99_ms = beside.p99_ms;
+    figures.history.prune = pruned;
+    eprintln!(
+        "prune beside accept: {} stops, {} rows in {:.1} s ({:.0} rows/s); accept {:.0}/s against {:.0}/s before",
+        pruned.jobs,
+        pruned.rows,
+        pruned.seconds,
+        pruned.rows_per_s(),
+        beside.per_s,
+        a.per_s
+    );
+    Ok(())
+}
+
+/// Finishes every queued job (and its instance) as a worker would record it.
+async fn finish_queued(pool: &PgPool) -> anyhow::Result<()> {
+    // Separate statements: a multi-statement string is one transaction,
+    // which VACUUM refuses.
+    for sql in [
+        "UPDATE instances SET task_state = NULL, vm_state = 'stopped', power_state = 4
+          WHERE task_state IS NOT NULL",
+        "UPDATE jobs SET state = 'succeeded', attempts = 1, started_at = now(),
+                finished_at = now(), updated_at = now(), worker = 'bench'
+          WHERE finished_at IS NULL",
+        "VACUUM ANALYZE jobs, instances",
+    ] {
+        sqlx::raw_sql(sql).execute(pool).await?;
+    }
+    Ok(())
+}
+
 /// A fresh, migrated database for one phase, so that no phase inherits
 /// another's jobs (the accept run leaves tens of thousands of queued jobs
 /// that the next phase's relay would walk). Dropped at the end of the run.
@@ -781,88 +952,22 @@ async fn phase_database(
     args: &Args,
     run_id: &str,
     phase: &str,
-) -> anyhow::Result<(String, PgPool)> {
+    history: i64,
+) -> anyhow::Result<(String, PgPool, Duration)> {
     let url = database_url(&args.database_url, &format!("{run_id}_{phase}"))?;
     store::create_and_migrate(&url.parse()?).await?;
     let pool = connect(&url).await?;
-    let took = seed_history(&pool, args.history).await?;
+    let took = seed_history(&pool, history).await?;
     eprintln!(
-        "{phase}: seeded {} finished stops of history in {:.1} s",
-        args.history,
+        "{phase}: seeded {history} finished stops of history in {:.1} s",
         took.as_secs_f64()
     );
-    Ok((url, pool))
+    Ok((url, pool, took))
 }
 
-/// Fills the history tables with `n` finished stops of their own project,
-/// with every row a real stop leaves: the instance action and its event, the
-/// job and its three transitions (queued, running, then succeeded or
-/// failed), and for one stop in fifty a failure with its instance fault.
-/// Then analyzes the database (see [`phase_database`]). Returns how long it
-/// took. Seeded in chunks, so a large history is many moderate statements.
+/// Seeds `n` finished stops of history: see [`history::seed`].
 pub(crate) async fn seed_history(pool: &PgPool, n: i64) -> anyhow::Result<Duration> {
-    const CHUNK: i64 = 100_000;
-    let started = Instant::now();
-    let history = ProjectId::random();
-    admin::create_project(pool, &history, "history").await?;
-    let mut done = 0;
-    while done < n {
-        let m = CHUNK.min(n - done);
-        sqlx::query(
-            "WITH inst AS (
-                 INSERT INTO instances (uuid, project_id, user_id, name, launched_at, vm_state,
-                                        power_state)
-                 SELECT gen_random_uuid(), $1, 'bench', 'history-' || ($3 + g), now(), 'stopped', 4
-                   FROM generate_series(1, $2) g
-                 RETURNING uuid
-             ), act AS (
-                 INSERT INTO instance_actions (action, instance_uuid, request_id, user_id,
-                                               project_id, finish_time, message)
-                 SELECT 'stop', uuid, 'req-' || uuid, 'bench', $1, now(),
-                        CASE WHEN get_byte(uuid_send(uuid), 0) < 5 THEN 'Error' END
-                   FROM inst
-                 RETURNING id, instance_uuid, request_id, message IS NOT NULL AS failed
-             ), ev AS (
-                 INSERT INTO instance_actions_events (action_id, event, finish_time, result,
-                                                      details, host)
-                 SELECT id, 'compute_stop_instance', now(),
-                        CASE WHEN failed THEN 'Error' ELSE 'Success' END,
-                        CASE WHEN failed THEN 'the VM did not answer' ELSE 'clean shutdown' END,
-                        'sim-1'
-                   FROM act
-             ), f AS (
-                 INSERT INTO instance_faults (instance_uuid, request_id, code, message, host)
-                 SELECT instance_uuid, request_id, 500, 'the VM did not answer', 'sim-1'
-                   FROM act WHERE failed
-             ), j AS (
-                 INSERT INTO jobs (id, instance_uuid, request_id, action_id, max_attempts, state,
-                                   attempts, published_at, started_at, finished_at, worker)
-                 SELECT gen_random_uuid(), instance_uuid, request_id, id, 5,
-                        CASE WHEN failed THEN 'failed' ELSE 'succeeded' END, 1,
-                        now(), now(), now(), 'bench-history'
-                   FROM act
-                 RETURNING id, state
-             )
-             -- The insert trigger records the final state; the two before it:
-             INSERT INTO job_transitions (job_id, from_state, to_state, attempt, worker)
-             SELECT id, s.f, s.t, s.a, 'bench-history'
-               FROM j, (VALUES (NULL, 'queued', 0), ('queued', 'running', 1)) AS s(f, t, a)",
-        )
-        .bind(history.as_str())
-        .bind(m)
-        .bind(done)
-        .execute(pool)
-        .await?;
-        done += m;
-        if n > CHUNK {
-            eprint!("\rshutoff-bench: seeding history {done}/{n}");
-        }
-    }
-    if n > CHUNK {
-        eprintln!();
-    }
-    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
-    Ok(started.elapsed())
+    history::seed(pool, n).await
 }
 
 /// The first SIGINT or SIGTERM, by name.
@@ -900,6 +1005,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     for phase in [
+        "history",
         "accept",
         "e2e",
         "latency",

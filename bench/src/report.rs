@@ -67,6 +67,31 @@ pub struct Figures {
     pub load_max_worker_connections: i64,
     pub load_statements_per_s: f64,
     pub load_stops_per_s: f64,
+    /// The history phase (`--history-large`); its ratios are to the accept
+    /// and e2e figures above, at `--history`.
+    pub history: HistoryFigures,
+}
+
+#[derive(Debug, Default)]
+pub struct HistoryFigures {
+    /// `--history-large`; 0 when the phase did not run.
+    pub n: i64,
+    /// Seconds to seed the large history, and the e2e phase's 50,000.
+    pub seed_large_s: f64,
+    pub seed_small_s: f64,
+    pub accept_per_s: f64,
+    pub accept_p99_ms: f64,
+    pub e2e_per_s: f64,
+    /// The relay's and the rescuer's passes at `--history` (in the e2e
+    /// phase's database) and at `--history-large`, after their e2e runs.
+    pub passes_small: crate::history::Passes,
+    pub passes_large: crate::history::Passes,
+    /// EXPLAIN (ANALYZE, BUFFERS) of the passes' statements at the large size.
+    pub plans: String,
+    /// The second accept run, beside `shutoff-admin prune`, and the prune.
+    pub accept_pruning_per_s: f64,
+    pub accept_pruning_p99_ms: f64,
+    pub prune: crate::history::PruneRun,
 }
 
 /// The targets, as (name, met).
@@ -102,6 +127,20 @@ fn targets(f: &Figures) -> Vec<(&'static str, bool)> {
         (
             "idle: <= 1 statement/s per host",
             f.footprint_workers == 0 || f.idle_statements_per_host_s <= 1.0,
+        ),
+        (
+            "history: accept_per_s >= 0.9 x at --history",
+            f.history.n == 0 || f.history.accept_per_s >= 0.9 * f.accept_per_s,
+        ),
+        (
+            "history: e2e_per_s >= 0.9 x at --history",
+            f.history.n == 0 || f.history.e2e_per_s >= 0.9 * f.e2e_per_s,
+        ),
+        (
+            "history: relay and rescuer passes < 50 ms",
+            f.history.n == 0
+                || (f.history.passes_large.relay_ms[1] < 50.0
+                    && f.history.passes_large.rescuer_ms[1] < 50.0),
         ),
     ]
 }
@@ -273,6 +312,7 @@ impl Figures {
                 self.load_stops_per_s
             );
         }
+        self.history.print(self);
         for (name, met) in targets(self) {
             println!(
                 "  target {:<40} {}",
@@ -331,12 +371,104 @@ impl Figures {
             "load_max_worker_connections": self.load_max_worker_connections,
             "load_statements_per_s": self.load_statements_per_s,
             "load_stops_per_s": self.load_stops_per_s,
+            "history": self.history.to_json(self),
             "accept_ratio": self.accept_per_s / c,
             "e2e_ratio": self.e2e_per_s / c,
             "connections": self.connections,
             "ceiling_clients": self.ceiling_clients,
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "targets": targets(self).into_iter().map(|(n, m)| (n.to_string(), Value::Bool(m))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+}
+
+impl HistoryFigures {
+    fn print(&self, f: &Figures) {
+        if self.n == 0 {
+            return;
+        }
+        let h = "--history";
+        println!(
+            "  {:<22} {:>10.1} s      {} finished stops seeded (the e2e phase's {} in {:.1} s)",
+            "history_seed_s", self.seed_large_s, self.n, h, self.seed_small_s
+        );
+        println!(
+            "  {:<22} {:>10.0} /s     {:.2} x accept_per_s at {h}",
+            "history_accept_per_s",
+            self.accept_per_s,
+            self.accept_per_s / f.accept_per_s
+        );
+        println!(
+            "  {:<22} {:>10.1} ms     {:.2} x accept_p99_ms at {h}",
+            "history_accept_p99_ms",
+            self.accept_p99_ms,
+            self.accept_p99_ms / f.accept_p99_ms
+        );
+        println!(
+            "  {:<22} {:>10.0} /s     {:.2} x e2e_per_s at {h}",
+            "history_e2e_per_s",
+            self.e2e_per_s,
+            self.e2e_per_s / f.e2e_per_s
+        );
+        for (name, small, large) in [
+            (
+                "relay_pass_ms",
+                self.passes_small.relay_ms,
+                self.passes_large.relay_ms,
+            ),
+            (
+                "rescuer_pass_ms",
+                self.passes_small.rescuer_ms,
+                self.passes_large.rescuer_ms,
+            ),
+        ] {
+            println!(
+                "  {:<22} {:>10.2} ms     p50 (max {:.2}) of {} passes at {}; at {h}: p50 {:.2}, max {:.2}",
+                name, large[0], large[1], self.passes_large.runs, self.n, small[0], small[1]
+            );
+        }
+        println!(
+            "  {:<22} {:>10.0} /s     {:.2} x the accept run just before it, beside shutoff-admin prune (p99 {:.1} ms)",
+            "accept_pruning_per_s",
+            self.accept_pruning_per_s,
+            self.accept_pruning_per_s / self.accept_per_s,
+            self.accept_pruning_p99_ms
+        );
+        println!(
+            "  {:<22} {:>10.0} rows/s {} stops, {} rows in {:.1} s",
+            "prune_rows_per_s",
+            self.prune.rows_per_s(),
+            self.prune.jobs,
+            self.prune.rows,
+            self.prune.seconds
+        );
+    }
+
+    fn to_json(&self, f: &Figures) -> Value {
+        if self.n == 0 {
+            return Value::Null;
+        }
+        let passes = |p: &crate::history::Passes| json!({"runs": p.runs, "relay_p50_max_ms": p.relay_ms, "rescuer_p50_max_ms": p.rescuer_ms});
+        json!({
+            "n": self.n,
+            "seed_s": self.seed_large_s,
+            "seed_s_at_history": self.seed_small_s,
+            "accept_per_s": self.accept_per_s,
+            "accept_ratio": self.accept_per_s / f.accept_per_s,
+            "accept_p99_ms": self.accept_p99_ms,
+            "accept_p99_ratio": self.accept_p99_ms / f.accept_p99_ms,
+            "e2e_per_s": self.e2e_per_s,
+            "e2e_ratio": self.e2e_per_s / f.e2e_per_s,
+            "passes": passes(&self.passes_large),
+            "passes_at_history": passes(&self.passes_small),
+            "plans": self.plans,
+            "accept_pruning_per_s": self.accept_pruning_per_s,
+            "accept_pruning_ratio": self.accept_pruning_per_s / self.accept_per_s,
+            "accept_pruning_p99_ms": self.accept_pruning_p99_ms,
+            "prune_jobs": self.prune.jobs,
+            "prune_rows": self.prune.rows,
+            "prune_seconds": self.prune.seconds,
+            "prune_rows_per_s": self.prune.rows_per_s(),
         })
     }
 }

@@ -64,7 +64,8 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the two service binaries (release) and returns their directory.
+/// Builds the service binaries and `shutoff-admin` (the history phase's
+/// prune), release, and returns their directory.
 ///
 /// They get a target directory of their own: `cargo run` keeps the lock on
 /// the workspace's target directory while the bench runs, so building there
@@ -76,7 +77,7 @@ pub async fn build_binaries() -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| root.join("target/bench-services"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!(
-        "shutoff-bench: building shutoff-api and shutoff-worker (release) in {}",
+        "shutoff-bench: building shutoff-api, shutoff-worker and shutoff-admin (release) in {}",
         target_dir.display()
     );
     let status = Command::new(cargo)
@@ -88,6 +89,8 @@ pub async fn build_binaries() -> anyhow::Result<PathBuf> {
             "shutoff-api",
             "-p",
             "shutoff-worker",
+            "-p",
+            "shutoff-admin",
             "--target-dir",
         ])
         .arg(&target_dir)
@@ -95,7 +98,7 @@ pub async fn build_binaries() -> anyhow::Result<PathBuf> {
         .await
         .context("cannot run cargo build")?;
     if !status.success() {
-        bail!("cargo build of shutoff-api / shutoff-worker failed");
+        bail!("cargo build of shutoff-api / shutoff-worker / shutoff-admin failed");
     }
     Ok(target_dir.join("release"))
 }

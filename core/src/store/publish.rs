@@ -44,6 +44,25 @@ pub async fn mark_published(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Er
     Ok(r.rows_affected())
 }
 
+/// The relay's query (see [`unpublished`]): $1 the minimum age and $2 the
+/// window in seconds, $3 the limit, $4 the host-down-after in seconds.
+/// Public so the benchmark can time and EXPLAIN the very statement.
+pub const UNPUBLISHED_SQL: &str = "
+SELECT j.id, j.instance_uuid, i.host, j.request_id
+  FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+ WHERE j.state = 'queued' AND j.published_at IS NULL
+   AND j.created_at < now() - make_interval(secs => $1)
+   AND j.created_at > now() - make_interval(secs => $2)
+   AND EXISTS (SELECT 1 FROM host_workers w
+                WHERE w.host = i.host AND w.last_seen > now() - make_interval(secs => $4))
+ ORDER BY j.created_at LIMIT $3";
+
+/// The relay's backlog count (see [`count_queued`]): $1 the window in seconds.
+pub const COUNT_QUEUED_SQL: &str = "
+SELECT count(*) FROM jobs
+ WHERE state = 'queued' AND published_at IS NULL
+   AND created_at > now() - make_interval(secs => $1)";
+
 /// Committed jobs whose message was never confirmed, oldest first, of
 /// hosts that are up (a worker beat within `host_down_after`): a down
 /// host's stops wait in PostgreSQL for its worker, which re-drives them when
@@ -57,22 +76,13 @@ pub async fn unpublished(
     host_down_after: Duration,
     limit: i64,
 ) -> Result<Vec<StopJob>, sqlx::Error> {
-    let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(
-        "SELECT j.id, j.instance_uuid, i.host, j.request_id
-           FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
-          WHERE j.state = 'queued' AND j.published_at IS NULL
-            AND j.created_at < now() - make_interval(secs => $1)
-            AND j.created_at > now() - make_interval(secs => $2)
-            AND EXISTS (SELECT 1 FROM host_workers w
-                         WHERE w.host = i.host AND w.last_seen > now() - make_interval(secs => $4))
-          ORDER BY j.created_at LIMIT $3",
-    )
-    .bind(min_age.as_secs_f64())
-    .bind(window.as_secs_f64())
-    .bind(limit)
-    .bind(host_down_after.as_secs_f64())
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(UNPUBLISHED_SQL)
+        .bind(min_age.as_secs_f64())
+        .bind(window.as_secs_f64())
+        .bind(limit)
+        .bind(host_down_after.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|(job_id, instance_uuid, host, request_id)| StopJob {
@@ -88,12 +98,8 @@ pub async fn unpublished(
 /// partial index `jobs_queued`, so it costs nothing while the backlog is
 /// empty, however many finished jobs the table holds.
 pub async fn count_queued(pool: &PgPool, window: Duration) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM jobs
-          WHERE state = 'queued' AND published_at IS NULL
-            AND created_at > now() - make_interval(secs => $1)",
-    )
-    .bind(window.as_secs_f64())
-    .fetch_one(pool)
-    .await
+    sqlx::query_scalar(COUNT_QUEUED_SQL)
+        .bind(window.as_secs_f64())
+        .fetch_one(pool)
+        .await
 }

@@ -29,8 +29,9 @@ pub enum Rescue {
 
 /// The jobs a rescue pass takes, oldest first, locked. $1 seconds a
 /// non-running job must have sat unmoved, $2 the limit, $3 the deployment's
-/// host-down-after in seconds.
-const STALE_SQL: &str = "
+/// host-down-after in seconds. Public so the benchmark can time and EXPLAIN
+/// the very statement.
+pub const STALE_SQL: &str = "
 SELECT j.id, j.instance_uuid, i.host, j.request_id, j.attempts, j.max_attempts
   FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
  WHERE j.finished_at IS NULL
