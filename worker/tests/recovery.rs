@@ -42,10 +42,11 @@ async fn poison_messages_are_dead_lettered_and_recorded_and_the_worker_goes_on(p
     );
     // The worker handles its prefetched messages side by side: the two are
     // recorded in either order.
-    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY reason")
-        .fetch_all(&c.env.pool)
-        .await
-        .unwrap();
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY reason")
+            .fetch_all(&c.env.pool)
+            .await
+            .unwrap();
     assert_eq!(reasons.len(), 2);
     assert!(reasons[0].starts_with("no job"), "{reasons:?}");
     assert!(reasons[1].starts_with("unparseable message"), "{reasons:?}");
