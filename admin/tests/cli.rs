@@ -1,23 +1,15 @@
 //! `shutoff-admin` as an operator runs it: good arguments do what they say,
 //! bad ones get a clear error and change nothing.
 
+mod common;
+
 use std::process::Output;
+
+use common::{admin, stdout};
 
 use shutoff_core::store::hosts;
 use shutoff_testkit::TestEnv;
 use sqlx::PgPool;
-
-/// Runs the admin tool on this test's database; `migrate` declares this
-/// test's queues (the commands that take no queue flags ignore the variables).
-fn admin(env: &TestEnv, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_shutoff-admin"))
-        .args(["--database-url", &env.database_url])
-        .env("SHUTOFF_QUEUE_PREFIX", &env.topology.prefix)
-        .env("SHUTOFF_RETRY_DELAYS_MS", "100,200")
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// The options `shutoff-admin <args> --help` lists, e.g. `--project`.
 fn options_in_help(args: &[&str]) -> Vec<String> {
@@ -34,18 +26,6 @@ fn options_in_help(args: &[&str]) -> Vec<String> {
                 .to_string()
         })
         .collect()
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone())
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 fn refused(o: &Output, needle: &str) {

@@ -1,25 +1,19 @@
 //! `shutoff-admin drain`: the real binary against this test's database and
 //! queues, with a real worker of the drained host in this process.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::command;
 use shutoff_core::state::{TaskState, VmState};
 use shutoff_core::store::admin::{NewServer, create_server};
 use shutoff_testkit::TestEnv;
 use shutoff_testkit::workers::{Ctx, ctx};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-fn command(env: &TestEnv, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_shutoff-admin"));
-    c.args(["--database-url", &env.database_url])
-        .env("SHUTOFF_QUEUE_PREFIX", &env.topology.prefix)
-        .env("SHUTOFF_RETRY_DELAYS_MS", "100,200")
-        .args(args);
-    c
-}
 
 /// Runs the admin tool off the test's runtime thread, so the worker in
 /// this process keeps working while the drain waits for it.

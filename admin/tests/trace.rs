@@ -1,31 +1,15 @@
 //! `shutoff-admin trace`: the timeline of real stops carried out by a real
 //! worker (in this process) on this test's database and queues.
 
+mod common;
+
 use std::process::Output;
 use std::time::Duration;
 
+use common::{admin, stdout};
 use shutoff_testkit::TestEnv;
 use shutoff_testkit::workers::ctx;
 use sqlx::PgPool;
-
-fn admin(env: &TestEnv, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_shutoff-admin"))
-        .args(["--database-url", &env.database_url])
-        .env("SHUTOFF_QUEUE_PREFIX", &env.topology.prefix)
-        .env("SHUTOFF_RETRY_DELAYS_MS", "100,200")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&stdout(o)).expect("trace --json prints JSON")

@@ -15,39 +15,14 @@ use serde_json::{Value, json};
 use shutoff_api::settings::AuthMode;
 use shutoff_core::ids::ProjectId;
 use shutoff_core::store::admin::{self, NewServer};
-use shutoff_testkit::app::{Options, fault, spawn_with};
+use shutoff_testkit::app::{Options, TestApp, fault, spawn_with};
+use shutoff_testkit::clients::{CLOUD_STOPS, assert_vm_state, check_clouds, repo_root, venv};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
 const ADMIN_PASSWORD: &str = "admin-secret";
 const PASSWORD: &str = "user-secret";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Runs `scripts/<script>` (which `.ci/run` also calls) and returns the venv
-/// it prints. Outside CI a machine that cannot reach PyPI skips the test.
-async fn venv(script: &str) -> Option<PathBuf> {
-    let out = Command::new(repo_root().join("scripts").join(script))
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .expect("venv script runs");
-    if out.status.success() {
-        let path = String::from_utf8(out.stdout).unwrap();
-        return Some(PathBuf::from(path.trim().lines().last().unwrap()));
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set but scripts/{script} could not install from PyPI");
-    }
-    eprintln!("SKIPPED: scripts/{script} could not install from PyPI (not in CI)");
-    None
-}
 
 /// A throwaway Keystone; killed, and its directory removed, when dropped (it
 /// also exits by itself when its stdin closes, should this process die first).
@@ -120,6 +95,42 @@ impl KeystoneProcess {
             dir,
         }
     }
+}
+
+/// The API's settings for validating tokens with the Keystone at `url`, as
+/// its `shutoff` service user.
+fn keystone_mode(s: &mut shutoff_api::Settings, url: String) {
+    s.auth = AuthMode::Keystone;
+    s.keystone.url = Some(url);
+    s.keystone.username = Some("shutoff".into());
+    s.keystone.password = Some(PASSWORD.into());
+    s.keystone.project = Some("service".into());
+}
+
+/// The API (and a worker) validating tokens with the Keystone at `url`, and
+/// registered in that Keystone's catalog as the compute service, so the
+/// clients find it there.
+async fn api_in_catalog(pool: PgPool, url: &str, identity: &Identity) -> TestApp {
+    let url = url.to_string();
+    let app = spawn_with(
+        pool,
+        Options {
+            configure: Some(Box::new(move |s| keystone_mode(s, url))),
+            ..Options::default()
+        },
+    )
+    .await;
+    let compute = identity
+        .create("service", json!({"type": "compute", "name": "nova"}))
+        .await;
+    identity
+        .create(
+            "endpoint",
+            json!({"service_id": compute, "interface": "public", "region_id": "RegionOne",
+                   "url": format!("http://{}/v2/%(project_id)s", app.addr)}),
+        )
+        .await;
+    app
 }
 
 /// Keystone's REST API, as its admin.
@@ -334,31 +345,7 @@ async fn keystone_users_stop_servers_through_the_catalog_with_nova_policy(pool: 
         .await
         .unwrap();
 
-    let url = keystone.url.clone();
-    let app = spawn_with(
-        pool,
-        Options {
-            configure: Some(Box::new(move |s| {
-                s.auth = AuthMode::Keystone;
-                s.keystone.url = Some(url);
-                s.keystone.username = Some("shutoff".into());
-                s.keystone.password = Some(PASSWORD.into());
-                s.keystone.project = Some("service".into());
-            })),
-            ..Options::default()
-        },
-    )
-    .await;
-    let compute = identity
-        .create("service", json!({"type": "compute", "name": "nova"}))
-        .await;
-    identity
-        .create(
-            "endpoint",
-            json!({"service_id": compute, "interface": "public", "region_id": "RegionOne",
-                   "url": format!("http://{}/v2/%(project_id)s", app.addr)}),
-        )
-        .await;
+    let app = api_in_catalog(pool, &keystone.url, &identity).await;
 
     // The member stops a server by name through the catalog and sees it SHUTOFF.
     let cli = Cli {
@@ -574,7 +561,7 @@ async fn keystone_clouds_list_stop_and_show_servers_with_the_cli_sdk_and_novacli
     admin::create_project(&pool, &demo_id, "demo")
         .await
         .unwrap();
-    for name in ["cl-a", "cl-b", "cl-c", "cl-sdk", "cl-nova"] {
+    for name in CLOUD_STOPS {
         admin::create_server(&pool, &NewServer::new(&demo_id, name))
             .await
             .unwrap();
@@ -587,32 +574,8 @@ async fn keystone_clouds_list_stop_and_show_servers_with_the_cli_sdk_and_novacli
     idle.host = "rack-2".into();
     admin::create_server(&pool, &idle).await.unwrap();
 
-    let url = keystone.url.clone();
-    let app = spawn_with(
-        pool,
-        Options {
-            configure: Some(Box::new(move |s| {
-                s.auth = AuthMode::Keystone;
-                s.keystone.url = Some(url);
-                s.keystone.username = Some("shutoff".into());
-                s.keystone.password = Some(PASSWORD.into());
-                s.keystone.project = Some("service".into());
-            })),
-            ..Options::default()
-        },
-    )
-    .await;
     // The catalog comes from Keystone: shutoff is its compute service.
-    let compute = identity
-        .create("service", json!({"type": "compute", "name": "nova"}))
-        .await;
-    identity
-        .create(
-            "endpoint",
-            json!({"service_id": compute, "interface": "public", "region_id": "RegionOne",
-                   "url": format!("http://{}/v2/%(project_id)s", app.addr)}),
-        )
-        .await;
+    let app = api_in_catalog(pool, &keystone.url, &identity).await;
     // And shutoff's own identity service is not there.
     let resp = app
         .client
@@ -634,40 +597,8 @@ async fn keystone_clouds_list_stop_and_show_servers_with_the_cli_sdk_and_novacli
     std::fs::write(&config, yaml).unwrap();
     let setup_secs = started.elapsed().as_secs_f64();
 
-    let out = Command::new(clients_venv.join("bin/python"))
-        .arg(repo_root().join("tests/clients/check_clouds.py"))
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--cloud",
-            "member",
-            "--admin-cloud",
-            "admin",
-            "--reader-cloud",
-            "reader",
-        ])
-        .args(["--stop", "cl-a,cl-b,cl-c", "--sdk-server", "cl-sdk"])
-        .args(["--nova-server", "cl-nova", "--stopped", "cl-off"])
-        .args(["--host", "rack-2", "--on-host", "cl-off,cl-idle"])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "clouds.yaml checks failed:\n{stdout}");
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        9,
-        "{stdout}"
-    );
-    for name in ["cl-a", "cl-b", "cl-c", "cl-sdk", "cl-nova"] {
-        let state: String = sqlx::query_scalar("SELECT vm_state FROM instances WHERE name = $1")
-            .bind(name)
-            .fetch_one(&app.env.pool)
-            .await
-            .unwrap();
-        assert_eq!(state, "stopped", "{name}");
-    }
+    check_clouds(&clients_venv, &config).await;
+    assert_vm_state(&app.env.pool, &CLOUD_STOPS, "stopped").await;
     std::fs::remove_dir_all(&dir).ok();
     app.shut_down().await;
     use std::io::Write;
@@ -787,12 +718,8 @@ async fn keystone_over_https_needs_the_right_ca_and_host_name(pool: PgPool) {
             Options {
                 with_worker: false,
                 configure: Some(Box::new(move |s| {
-                    s.auth = AuthMode::Keystone;
-                    s.keystone.url = Some(url);
+                    keystone_mode(s, url);
                     s.keystone.ca_file = Some(ca);
-                    s.keystone.username = Some("shutoff".into());
-                    s.keystone.password = Some(PASSWORD.into());
-                    s.keystone.project = Some("service".into());
                 })),
                 ..Options::default()
             },

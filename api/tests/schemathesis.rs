@@ -4,19 +4,12 @@
 //! API and worker, and fails on any 5xx or any response the document does
 //! not allow.
 
-use std::path::PathBuf;
+use shutoff_testkit::clients::repo_root;
 use std::process::Stdio;
 
 use serde_json::Value;
 use shutoff_testkit::app;
 use sqlx::PgPool;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Outside CI a machine without PyPI skips the test; in CI it fails.
 async fn venv_ready() -> bool {

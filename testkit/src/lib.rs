@@ -14,6 +14,10 @@
 //!   RabbitMQ without touching the machine's services.
 //! - [`vm`]: [`vm::TestVm`], real QEMU VMs (a bare one, or the Linux test guest
 //!   built by `scripts/build-test-guest`).
+//! - [`clients`]: the OpenStack clients' and Keystone's venvs, and the
+//!   clouds.yaml check run with them.
+//! - [`rabbitmq`]: private RabbitMQ nodes and clusters, for tests that stop
+//!   or restart a broker.
 //! - [`skip`]: skip a test that lacks a tool, or fail it in CI.
 //! - [`tls`](mod@tls): a CA made in the test, and private PostgreSQL and RabbitMQ
 //!   nodes with TLS listeners signed by it.
@@ -26,9 +30,11 @@
 //! shipped crate links.
 
 pub mod app;
+pub mod clients;
 pub mod env;
 pub mod libvirtd;
 pub mod proxy;
+pub mod rabbitmq;
 pub mod settings;
 pub mod skip;
 pub mod tls;

@@ -16,7 +16,9 @@ use rcgen::{
 };
 use shutoff_chaos::ports::free_ports;
 use shutoff_chaos::postgres::Postgres;
-use shutoff_chaos::rabbitmq::{RabbitMq, RabbitPorts, RabbitTls};
+use shutoff_chaos::rabbitmq::RabbitTls;
+
+use crate::rabbitmq::PrivateRabbitMq;
 use shutoff_chaos::workdir::WorkDir;
 
 /// The files of a test's public-key infrastructure, in a directory of its own.
@@ -160,59 +162,32 @@ impl TlsPostgres {
 
 /// A private RabbitMQ node with a TLS listener (the [`Pki`]'s certificate)
 /// that insists on a client certificate signed by the CA.
-pub struct TlsRabbitMq {
-    /// Declared before `_work` so the node stops before its files go.
-    node: RabbitMq,
-    _work: WorkDir,
-}
+pub struct TlsRabbitMq(PrivateRabbitMq);
 
 impl TlsRabbitMq {
-    /// RabbitMQ's own start script, not the distribution's `su` wrapper.
-    const BIN: &'static str = "/usr/lib/rabbitmq/bin";
-
     /// Boots one, or `None` (skip) outside CI on a machine without RabbitMQ.
     pub async fn start(pki: &Pki) -> Option<TlsRabbitMq> {
-        let installed =
-            missing("RabbitMQ", &[&format!("{}/rabbitmq-server", Self::BIN)]).or_else(|| {
-                std::process::Command::new("epmd")
-                    .arg("-help")
-                    .output()
-                    .is_err()
-                    .then(|| "epmd is not installed".to_string())
-            });
-        if !crate::skip::runnable(installed) {
+        if !crate::rabbitmq::can_run() {
             return None;
         }
-        let t = Instant::now();
-        let work = WorkDir::create().unwrap();
-        let p = free_ports(4).unwrap();
-        let ports = RabbitPorts {
-            amqp: p[0],
-            dist: p[1],
-            epmd: p[2],
-        };
-        let mut node = RabbitMq::init(&work, Path::new(Self::BIN), Path::new("epmd"), ports)
-            .await
+        let (mut r, tls_port) = PrivateRabbitMq::init(1).await;
+        r.node
+            .enable_tls(RabbitTls {
+                port: tls_port[0],
+                ca: pki.ca.clone(),
+                cert: pki.server_cert.clone(),
+                key: pki.server_key.clone(),
+                require_client_cert: true,
+            })
             .unwrap();
-        node.enable_tls(RabbitTls {
-            port: p[3],
-            ca: pki.ca.clone(),
-            cert: pki.server_cert.clone(),
-            key: pki.server_key.clone(),
-            require_client_cert: true,
-        })
-        .unwrap();
-        node.start().await.unwrap();
-        eprintln!(
-            "timing: private RabbitMQ with TLS booted in {:?}",
-            t.elapsed()
-        );
-        Some(TlsRabbitMq { node, _work: work })
+        r.boot().await;
+        Some(TlsRabbitMq(r))
     }
 
     /// `amqps://guest:guest@HOST:PORT/%2f`.
     pub fn url(&self, host: &str) -> String {
-        self.node
+        self.0
+            .node
             .amqps_url(host)
             .expect("the node has a TLS listener")
     }

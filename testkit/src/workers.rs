@@ -56,6 +56,14 @@ impl RunningWorker {
         }
     }
 
+    /// Whether `/readyz` answers 200: the worker consumes from its host's
+    /// queue (and so has declared it) and reaches PostgreSQL.
+    pub async fn is_ready(&self) -> bool {
+        reqwest::get(format!("http://{}/readyz", self.health))
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    }
+
     /// SIGTERM, in-process: returns how long the worker took to stop.
     pub async fn terminate(self) -> Duration {
         let t = std::time::Instant::now();

@@ -8,8 +8,9 @@
 //! Without kubectl or PyPI these tests skip with a message, except in CI
 //! (`.ci/run` installs the venv; kubectl is on the machine).
 
+use shutoff_testkit::clients::repo_root;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use clap::CommandFactory;
@@ -20,10 +21,6 @@ use shutoff_testkit::skip;
 /// The Kubernetes release whose schemas the manifests are checked against:
 /// the one of this machine's kubectl (v1.32).
 const KUBERNETES_VERSION: &str = "1.32.0";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// `kubectl kustomize deploy/kubernetes`, or None (skipped) without kubectl.
 fn render() -> Option<String> {

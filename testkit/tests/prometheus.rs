@@ -8,6 +8,7 @@
 //! promtool and prometheus come from Debian's `prometheus` package (`.ci/run`
 //! installs it); without them those tests skip with a message, except in CI.
 
+use shutoff_testkit::clients::repo_root;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,10 +20,6 @@ use serde_json::Value;
 use shutoff_testkit::app::{self, TestApp};
 use shutoff_testkit::skip;
 use sqlx::PgPool;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Canonical, as Prometheus names a rule group's file (it cleans the path).
 fn rules_path() -> PathBuf {

@@ -8,60 +8,18 @@
 //! touched. Skipped with a message when RabbitMQ is not installed, unless
 //! `CI` is set. ~55 s here (three node boots and the joins are ~30 s of it).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shutoff_chaos::rabbitmq_cluster::RabbitCluster;
-use shutoff_chaos::workdir::WorkDir;
 use shutoff_core::broker::{BrokerTimeouts, Publisher};
 use shutoff_testkit::TestEnv;
+use shutoff_testkit::rabbitmq::PrivateCluster;
 use shutoff_testkit::workers::{Ctx, RunningWorker};
 use sqlx::PgPool;
 
 const T: Duration = Duration::from_secs(40);
-const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
-
-/// The cluster and its files; dropped, the nodes stop before the files go.
-struct PrivateCluster {
-    cluster: RabbitCluster,
-    _work: WorkDir,
-}
-
-async fn start_cluster() -> Option<PrivateCluster> {
-    let installed = Path::new(RABBITMQ_BIN).join("rabbitmq-server").is_file()
-        && std::process::Command::new("epmd")
-            .arg("-help")
-            .output()
-            .is_ok();
-    let missing = (!installed)
-        .then(|| format!("RabbitMQ is not installed ({RABBITMQ_BIN}/rabbitmq-server, epmd)"));
-    if !shutoff_testkit::skip::runnable(missing) {
-        return None;
-    }
-    let work = WorkDir::create().unwrap();
-    let t = Instant::now();
-    let cluster = RabbitCluster::start(&work, Path::new(RABBITMQ_BIN), Path::new("epmd"), 3)
-        .await
-        .unwrap();
-    eprintln!(
-        "timing: private 3-node RabbitMQ cluster up in {:?}",
-        t.elapsed()
-    );
-    Some(PrivateCluster {
-        cluster,
-        _work: work,
-    })
-}
-
 async fn until_consuming(c: &Ctx, w: &RunningWorker) {
-    let ready = c
-        .env
-        .eventually(T, || async {
-            reqwest::get(format!("http://{}/readyz", w.health))
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200)
-        })
-        .await;
+    let ready = c.env.eventually(T, || w.is_ready()).await;
     assert!(ready, "worker {} never attached to its queue", w.id);
 }
 
@@ -129,7 +87,7 @@ async fn stop(c: &Ctx, server: uuid::Uuid) -> shutoff_core::message::StopJob {
 
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_worker_and_a_publisher_move_to_a_surviving_node_when_theirs_stops(pool: PgPool) {
-    let Some(mut private) = start_cluster().await else {
+    let Some(mut private) = PrivateCluster::start(3).await else {
         return;
     };
     let url = private.cluster.amqp_url();

@@ -9,77 +9,27 @@
 //! ends; the machine's node is never touched. Skipped with a message when
 //! RabbitMQ is not installed, unless `CI` is set.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shutoff_chaos::ports::free_ports;
-use shutoff_chaos::rabbitmq::{RabbitMq, RabbitPorts};
-use shutoff_chaos::workdir::WorkDir;
 use shutoff_core::broker::{BrokerError, BrokerTimeouts, Publisher};
 use shutoff_core::ids::HostName;
 use shutoff_core::store::hosts;
 use shutoff_testkit::TestEnv;
+use shutoff_testkit::rabbitmq::PrivateRabbitMq;
 use shutoff_testkit::workers::{Ctx, RunningWorker};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 const T: Duration = Duration::from_secs(30);
 const UP: Duration = Duration::from_secs(30);
-/// RabbitMQ's own start script, not the distribution's `su` wrapper.
-const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
-
-/// Private nodes are named after this process (`chaos-<pid>@localhost`):
-/// the tests of this file take turns.
+/// The tests of this file take turns, each with a node of its own (written
+/// when private nodes were named after the process alone; they now have a
+/// random suffix too).
 static ONE_NODE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A RabbitMQ node of this test alone. Dropped, it stops the node and its
-/// epmd, then deletes its data dir.
-struct PrivateBroker {
-    /// Declared before `_work` so the node stops before its files go.
-    node: RabbitMq,
-    _work: WorkDir,
-}
-
-impl PrivateBroker {
-    /// Boots a node, or `None` (skip) when RabbitMQ is not installed and
-    /// `CI` is not set.
-    async fn start() -> Option<PrivateBroker> {
-        let installed = Path::new(RABBITMQ_BIN).join("rabbitmq-server").is_file()
-            && std::process::Command::new("epmd")
-                .arg("-help")
-                .output()
-                .is_ok();
-        let missing = (!installed)
-            .then(|| format!("RabbitMQ is not installed ({RABBITMQ_BIN}/rabbitmq-server, epmd)"));
-        if !shutoff_testkit::skip::runnable(missing) {
-            return None;
-        }
-        let work = WorkDir::create().unwrap();
-        let p = free_ports(3).unwrap();
-        let ports = RabbitPorts {
-            amqp: p[0],
-            dist: p[1],
-            epmd: p[2],
-        };
-        let mut node = RabbitMq::init(&work, Path::new(RABBITMQ_BIN), Path::new("epmd"), ports)
-            .await
-            .unwrap();
-        let t = Instant::now();
-        node.start().await.unwrap();
-        eprintln!("timing: private RabbitMQ node booted in {:?}", t.elapsed());
-        Some(PrivateBroker { node, _work: work })
-    }
-
-    /// Stop and start on the same data dir.
-    async fn restart(&mut self) {
-        let down = self.node.restart().await.unwrap();
-        eprintln!("timing: private RabbitMQ node restarted in {down:?}");
-    }
-}
 
 /// The worker tests' world, on the private node: its queues are declared
 /// there and the API's publisher publishes there.
-async fn ctx_on(pool: PgPool, broker: &PrivateBroker) -> Ctx {
+async fn ctx_on(pool: PgPool, broker: &PrivateRabbitMq) -> Ctx {
     let mut env = TestEnv::new(pool);
     env.amqp_url = broker.node.amqp_url();
     let project = env.project().await;
@@ -105,14 +55,7 @@ async fn worker_for(c: &Ctx, host: &str) -> RunningWorker {
 }
 
 async fn until_consuming(c: &Ctx, w: &RunningWorker) {
-    let ready = c
-        .env
-        .eventually(T, || async {
-            reqwest::get(format!("http://{}/readyz", w.health))
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200)
-        })
-        .await;
+    let ready = c.env.eventually(T, || w.is_ready()).await;
     assert!(ready, "worker {} never attached to its queue", w.id);
 }
 
@@ -142,7 +85,7 @@ async fn a_stop_confirmed_into_its_hosts_queue_before_a_broker_restart_is_carrie
 ) {
     let _turn = ONE_NODE_AT_A_TIME.lock().await;
     let t = Instant::now();
-    let Some(mut broker) = PrivateBroker::start().await else {
+    let Some(mut broker) = PrivateRabbitMq::start().await else {
         return;
     };
     let c = ctx_on(pool, &broker).await;
@@ -216,7 +159,7 @@ async fn a_stop_accepted_while_its_host_had_no_queue_is_carried_out_by_the_hosts
 ) {
     let _turn = ONE_NODE_AT_A_TIME.lock().await;
     let t = Instant::now();
-    let Some(mut broker) = PrivateBroker::start().await else {
+    let Some(mut broker) = PrivateRabbitMq::start().await else {
         return;
     };
     let c = ctx_on(pool, &broker).await;

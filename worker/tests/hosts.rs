@@ -32,14 +32,7 @@ async fn stops_on_three_hosts_are_each_carried_out_by_a_worker_of_their_own_host
     }
     // Every worker attached (and so every host queue exists) before the stops.
     for w in &running {
-        let ready = c
-            .env
-            .eventually(T, || async {
-                reqwest::get(format!("http://{}/readyz", w.health))
-                    .await
-                    .is_ok_and(|r| r.status().as_u16() == 200)
-            })
-            .await;
+        let ready = c.env.eventually(T, || w.is_ready()).await;
         assert!(ready, "worker {} never attached", w.id);
     }
     let mut jobs = Vec::new();

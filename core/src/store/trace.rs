@@ -8,11 +8,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::ids::RequestId;
+use crate::store::reads::EventRow;
 
 /// A stop's job with its action and its instance, as the trace shows it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StopRow {
     pub job_id: Uuid,
+    pub action_id: i64,
     pub request_id: String,
     pub instance_uuid: Uuid,
     pub instance_name: String,
@@ -55,19 +57,6 @@ pub struct TransitionRow {
     pub at: DateTime<Utc>,
 }
 
-/// The worker's `compute_stop_instance` event (one per action, however many
-/// attempts it took).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct EventRow {
-    pub event: String,
-    pub start_time: DateTime<Utc>,
-    pub finish_time: Option<DateTime<Utc>>,
-    pub result: Option<String>,
-    pub details: Option<String>,
-    /// The worker that first claimed it.
-    pub host: Option<String>,
-}
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FaultRow {
     pub code: i32,
@@ -91,13 +80,15 @@ pub struct DeadLetterRow {
 pub struct StopTrace {
     pub stop: StopRow,
     pub transitions: Vec<TransitionRow>,
+    /// The worker's `compute_stop_instance` event (one per action, however
+    /// many attempts it took; its `host` is the worker that first claimed it).
     pub event: Option<EventRow>,
     pub faults: Vec<FaultRow>,
     pub dead_letters: Vec<DeadLetterRow>,
 }
 
 const STOP_SELECT: &str = "
-SELECT j.id AS job_id, j.request_id, j.instance_uuid, i.name AS instance_name,
+SELECT j.id AS job_id, j.action_id, j.request_id, j.instance_uuid, i.name AS instance_name,
        i.host AS instance_host, j.host AS job_host, j.state, j.attempts, j.max_attempts,
        j.last_error, j.worker, j.created_at, j.published_at, j.started_at, j.finished_at,
        a.user_id AS action_user_id, a.project_id AS action_project_id,
@@ -164,11 +155,11 @@ async fn rest_of(pool: &PgPool, stop: StopRow) -> Result<StopTrace, sqlx::Error>
     .fetch_all(pool)
     .await?;
     let event = sqlx::query_as(
-        "SELECT e.event, e.start_time, e.finish_time, e.result, e.details, e.host
-           FROM instance_actions_events e JOIN jobs j ON j.action_id = e.action_id
-          WHERE j.id = $1 AND e.event = 'compute_stop_instance'",
+        "SELECT event, start_time, finish_time, result, traceback, details, host
+           FROM instance_actions_events
+          WHERE action_id = $1 AND event = 'compute_stop_instance'",
     )
-    .bind(stop.job_id)
+    .bind(stop.action_id)
     .fetch_optional(pool)
     .await?;
     let faults = sqlx::query_as(
