@@ -153,7 +153,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::Stopped => {
+            // The API reaches PostgreSQL itself; a conductor's answer is
+            // only ever a worker's, but it too means "try later".
+            StoreError::Unavailable(_) | StoreError::Stopped | StoreError::Remote(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::Unavailable("The database is unavailable; please retry later.".into())
             }

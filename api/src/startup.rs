@@ -8,6 +8,7 @@ use anyhow::Context;
 use shutoff_core::acceptor::Acceptor;
 use shutoff_core::broker::{BrokerTimeouts, Publisher};
 use shutoff_core::pruner::Pruner;
+use shutoff_core::conductor::{self, server::Conductor, server::ServeSettings};
 use shutoff_core::relay::{self, Relay};
 use shutoff_core::rescuer::Rescuer;
 use shutoff_core::store;
@@ -133,6 +134,18 @@ impl Application {
             host: format!("shutoff-api@{addr}"),
         };
         tasks.spawn(rescuer.run(background.clone()));
+        // The store calls of workers started with --via-conductor.
+        tasks.spawn(conductor::server::serve(
+            Conductor::new(state.pool.clone()),
+            ServeSettings {
+                amqp_url: settings.common.amqp_url.clone(),
+                amqp_tls: settings.common.amqp_tls.clone(),
+                topology: settings.common.topology(),
+                connect_timeout: Duration::from_secs(5),
+                name: format!("shutoff-api@{addr} conductor"),
+            },
+            background.clone(),
+        ));
         tasks.spawn(state.metrics.hosts.clone().run(
             state.pool.clone(),
             settings.common.host_down_after(),

@@ -3,8 +3,10 @@
 //!
 //! - `hosts`: 1,000 hosts, each with its own queue and one worker (run in
 //!   this process, one `shutoff_worker::Worker` per host, the production
-//!   code path: a worker serves exactly one host; they share one PostgreSQL
-//!   pool here, which a real fleet would not). Reports the broker's memory
+//!   code path: a worker serves exactly one host). By default
+//!   (`--fleet-via conductor`) the workers hold no pool and the API's
+//!   conductor answers their store calls; with `--fleet-via direct` they
+//!   share one PostgreSQL pool here, which a real fleet would not. Reports the broker's memory
 //!   before and after, how long a host's worker takes to start consuming,
 //!   and the end-to-end rate against the single-host phase of the same run.
 //! - `footprint`: 60 real `shutoff-worker` processes, one host each, with
@@ -129,9 +131,10 @@ pub struct InProcess {
 impl InProcess {
     /// One worker per host, started in waves of `wave`; each is up once its
     /// `/readyz` says it consumes.
+    /// With no `pool`, each worker reaches PostgreSQL through the conductor.
     pub async fn start(
         w: &Wiring,
-        pool: &PgPool,
+        pool: Option<&PgPool>,
         hosts: &[String],
         wave: usize,
     ) -> anyhow::Result<InProcess> {
@@ -144,7 +147,7 @@ impl InProcess {
             let mut waiting = Vec::new();
             for h in chunk {
                 let t0 = Instant::now();
-                let settings = shutoff_worker::Settings::try_parse_from([
+                let mut settings = shutoff_worker::Settings::try_parse_from([
                     "shutoff-worker",
                     "--host",
                     h,
@@ -160,8 +163,15 @@ impl InProcess {
                     &w.queue_prefix,
                 ])
                 .context("worker settings")?;
-                let worker =
-                    shutoff_worker::Worker::build_with_pool(settings, pool.clone()).await?;
+                let worker = match pool {
+                    Some(pool) => {
+                        shutoff_worker::Worker::build_with_pool(settings, pool.clone()).await?
+                    }
+                    None => {
+                        settings.via_conductor = true;
+                        shutoff_worker::Worker::build(settings).await?
+                    }
+                };
                 let health = worker.health_addr();
                 handles.push(tokio::spawn(worker.run_until_stopped(stop.clone())));
                 waiting.push((t0, health));

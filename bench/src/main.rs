@@ -83,6 +83,11 @@ struct Args {
     fleet_hosts: usize,
     #[arg(long, default_value_t = 20_000)]
     fleet_stops: usize,
+    /// How the hosts' and the footprint's workers reach PostgreSQL:
+    /// `conductor` (`--via-conductor`, the way for a worker on every host)
+    /// or `direct` (a pool of their own), for before/after.
+    #[arg(long, default_value = "conductor", value_parser = ["conductor", "direct"])]
+    fleet_via: String,
     /// Worker processes of the footprint phase (one host each).
     #[arg(long, default_value_t = 60)]
     footprint_workers: usize,
@@ -347,7 +352,9 @@ async fn run(
         let tps = ceiling(args, run_id, "first").await?;
         figures.pg_ceiling_runs.push(tps);
     }
+    let via_conductor = args.fleet_via == "conductor";
     let wiring = |phase: &str, url: &str| Wiring {
+        via_conductor: false,
         bin_dir: bin_dir.clone(),
         database_url: url.to_string(),
         amqp_url: vhost.amqp_url(&args.amqp_url).expect("amqp url"),
@@ -501,17 +508,23 @@ async fn run(
             .map(|i| fleet::host_name("bh", i))
             .collect();
         figures.broker_mb_before = broker.rss_mb();
-        // One pool for all of this process's workers: 1,000 pools of four
-        // would be past this PostgreSQL's max_connections.
-        let worker_pool = store::pool(
-            &url.parse()?,
-            &store::PoolSettings {
-                max_connections: 48,
-                ..Default::default()
-            },
-            "shutoff-worker",
-        );
-        let workers = fleet::InProcess::start(&w, &worker_pool, &hosts, 50).await?;
+        figures.hosts_via = args.fleet_via.clone();
+        // Up first: with --via-conductor a worker is ready only once the
+        // API's conductor answers it.
+        let (api, addr) = services::start_api(&w).await?;
+        // Direct: one pool for all of this process's workers (1,000 pools
+        // of four would be past this PostgreSQL's max_connections).
+        let worker_pool = (!via_conductor).then(|| {
+            store::pool(
+                &url.parse().expect("the phase's URL parses"),
+                &store::PoolSettings {
+                    max_connections: 48,
+                    ..Default::default()
+                },
+                "shutoff-worker",
+            )
+        });
+        let workers = fleet::InProcess::start(&w, worker_pool.as_ref(), &hosts, 50).await?;
         figures.broker_mb_up = broker.rss_mb();
         figures.host_start_ms = [
             fleet::percentile(&workers.start_ms, 50.0),
@@ -520,13 +533,13 @@ async fn run(
         ];
         figures.hosts_all_up_s = workers.all_up.as_secs_f64();
         eprintln!(
-            "hosts: {} workers consuming in {:.1} s (start p50 {:.0} ms, p99 {:.0} ms)",
+            "hosts: {} workers ({}) consuming in {:.1} s (start p50 {:.0} ms, p99 {:.0} ms)",
             hosts.len(),
+            args.fleet_via,
             figures.hosts_all_up_s,
             figures.host_start_ms[0],
             figures.host_start_ms[1]
         );
-        let (api, addr) = services::start_api(&w).await?;
         let c0 = fleet::commits(&pool).await?;
         let cpu = fleet::CpuWatch::start(broker.node.node().split('@').next().unwrap_or("chaos"));
         let outcome = load::run(
@@ -547,9 +560,11 @@ async fn run(
         // clients (a real fleet runs the workers on their own machines).
         figures.hosts_cores = cpu.cores();
         figures.broker_mb_after = broker.rss_mb();
-        api.stop().await;
         workers.stop().await;
-        worker_pool.close().await;
+        api.stop().await;
+        if let Some(p) = worker_pool {
+            p.close().await;
+        }
         drop(broker);
         let done = done?;
         let wrong: i64 = sqlx::query_scalar(
@@ -609,8 +624,20 @@ async fn run(
         )
         .await?;
         fleet::spread(&pool, &servers, "fp", n).await?;
-        let w = wiring("footprint", &url);
+        let mut w = wiring("footprint", &url);
+        w.via_conductor = via_conductor;
         let hosts: Vec<String> = (0..n).map(|i| fleet::host_name("fp", i)).collect();
+        // Direct: the workers alone, then the API's share on top. Via the
+        // conductor the workers' statements are the API's, so the API
+        // alone first, then the workers' share on top.
+        let mut api = None;
+        let mut api_alone = 0.0;
+        if via_conductor {
+            let (a, addr) = services::start_api(&w).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            api_alone = fleet::rate_over(&pool, Duration::from_secs(20)).await?;
+            api = Some((a, addr));
+        }
         let mut svc = fleet::start_processes(&w, &hosts).await?;
         // Past the start-up bursts and the connections they opened (a
         // worker closes a connection idle for one and a half heartbeats,
@@ -620,11 +647,20 @@ async fn run(
         let rate = fleet::rate_over(&pool, Duration::from_secs(30)).await?;
         figures.footprint_workers = n;
         figures.idle_connections_per_host = conns as f64 / n as f64;
-        figures.idle_statements_per_host_s = rate / n as f64;
-        let (api, addr) = services::start_api(&w).await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let with_api = fleet::rate_over(&pool, Duration::from_secs(20)).await?;
-        figures.api_idle_statements_s = (with_api - rate).max(0.0);
+        figures.idle_statements_per_host_s = (rate - api_alone).max(0.0) / n as f64;
+        let (api, addr) = match api {
+            Some(pair) => {
+                figures.api_idle_statements_s = api_alone;
+                pair
+            }
+            None => {
+                let (api, addr) = services::start_api(&w).await?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let with_api = fleet::rate_over(&pool, Duration::from_secs(20)).await?;
+                figures.api_idle_statements_s = (with_api - rate).max(0.0);
+                (api, addr)
+            }
+        };
         eprintln!(
             "footprint: idle {conns} connections and {rate:.1} statements/s for {n} hosts; the API adds {:.1}/s",
             figures.api_idle_statements_s

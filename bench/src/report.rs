@@ -42,8 +42,10 @@ pub struct Figures {
     /// the recorded stop.
     pub to_claim_ms: [f64; 2],
     pub claim_to_stopped_ms: [f64; 2],
-    /// The hosts phase: stops over many hosts, a worker each.
+    /// The hosts phase: stops over many hosts, a worker each, reaching
+    /// PostgreSQL `hosts_via` (`conductor` or `direct`).
     pub hosts: usize,
+    pub hosts_via: String,
     pub hosts_stops: usize,
     pub hosts_succeeded: usize,
     pub hosts_e2e_per_s: f64,
@@ -231,11 +233,12 @@ impl Figures {
         if self.hosts > 0 {
             let mb = |m: Option<f64>| m.map_or("?".to_string(), |rss| format!("{rss:.0} MiB RSS"));
             println!(
-                "  {:<22} {:>10.0} /s     {:.2} x single-host e2e, {} hosts, {} of {} stopped",
+                "  {:<22} {:>10.0} /s     {:.2} x single-host e2e, {} hosts (via {}), {} of {} stopped",
                 "hosts_e2e_per_s",
                 self.hosts_e2e_per_s,
                 self.hosts_e2e_per_s / self.e2e_per_s,
                 self.hosts,
+                self.hosts_via,
                 self.hosts_succeeded,
                 self.hosts_stops
             );
@@ -349,6 +352,7 @@ impl Figures {
             "to_claim_p50_p99_ms": self.to_claim_ms,
             "claim_to_stopped_p50_p99_ms": self.claim_to_stopped_ms,
             "hosts": self.hosts,
+            "hosts_via": self.hosts_via,
             "hosts_stops": self.hosts_stops,
             "hosts_succeeded": self.hosts_succeeded,
             "hosts_e2e_per_s": self.hosts_e2e_per_s,

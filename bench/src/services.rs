@@ -106,6 +106,8 @@ pub async fn build_binaries() -> anyhow::Result<PathBuf> {
 /// Where every service of one phase connects.
 #[derive(Clone)]
 pub struct Wiring {
+    /// Workers spawned with `--via-conductor` (no pool of their own).
+    pub via_conductor: bool,
     pub bin_dir: PathBuf,
     pub database_url: String,
     pub amqp_url: String,
@@ -199,19 +201,18 @@ pub async fn start_worker(w: &Wiring, id: &str) -> anyhow::Result<Service> {
 /// Starts a worker serving `host`; [`Service::wait_ready`] waits for it.
 pub fn spawn_worker_for(w: &Wiring, id: &str, host: &str) -> anyhow::Result<Service> {
     let health = format!("127.0.0.1:{}", free_port()?);
-    let mut worker = spawn(
-        w,
-        id,
-        "shutoff-worker",
-        &[
-            "--worker-id".into(),
-            id.into(),
-            "--host".into(),
-            host.into(),
-            "--health-listen".into(),
-            health.clone(),
-        ],
-    )?;
+    let mut args: Vec<String> = vec![
+        "--worker-id".into(),
+        id.into(),
+        "--host".into(),
+        host.into(),
+        "--health-listen".into(),
+        health.clone(),
+    ];
+    if w.via_conductor {
+        args.push("--via-conductor".into());
+    }
+    let mut worker = spawn(w, id, "shutoff-worker", &args)?;
     worker.ready_url = Some(format!("http://{health}/readyz"));
     Ok(worker)
 }

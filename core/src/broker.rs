@@ -78,6 +78,28 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Where workers that reach the database through the conductor send
+    /// their calls ([`crate::conductor`]); every API process answers them.
+    pub fn conductor_queue(&self) -> String {
+        format!("{}.conductor", self.prefix)
+    }
+
+    /// Declares the conductor's queue (its callers and its servers do).
+    /// Transient and classic: a call is worth nothing after its caller's
+    /// timeout, and a transient queue whose node is lost is declared again
+    /// on another, where a durable classic one would be unusable until its
+    /// node came back.
+    pub async fn declare_conductor(&self, channel: &Channel) -> lapin::Result<()> {
+        channel
+            .queue_declare(
+                self.conductor_queue().as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The delay queue of a retry tier, and the fanout exchange in front of
     /// it (same name).
     pub fn retry_queue(&self, delay_ms: u64) -> String {
@@ -173,6 +195,7 @@ impl Topology {
             .shared_queues()
             .into_iter()
             .chain(hosts.iter().map(|h| self.host_queue(h)))
+            .chain([self.conductor_queue()])
         {
             channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

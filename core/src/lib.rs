@@ -16,6 +16,9 @@
 //! - [`relay`] and [`rescuer`]: the two loops that put jobs back on the broker:
 //!   the relay those whose publish was never confirmed, the rescuer those
 //!   nobody is moving (and fails those out of attempts).
+//! - [`conductor`]: the workers' way to the database without a connection of
+//!   their own: calls over RabbitMQ, answered (and batched across a fleet)
+//!   by the API processes, as Nova's nova-conductor does for its computes.
 //! - [`broker`]: RabbitMQ topology, connection with back-off, confirmed publishing.
 //! - [`broker_nodes`]: the cluster's nodes in `AMQP_URL`, parsed once.
 //! - [`db_hosts`]: the PostgreSQL hosts in `DATABASE_URL`, parsed once (the
@@ -35,6 +38,7 @@ pub mod backoff;
 pub mod batch;
 pub mod broker;
 pub mod broker_nodes;
+pub mod conductor;
 pub mod config;
 pub mod db_hosts;
 pub mod host_census;

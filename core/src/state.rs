@@ -210,7 +210,8 @@ impl PowerState {
 
 /// A job's state. Transitions are conditional `UPDATE ... WHERE state = ...`
 /// in [`crate::store::claim`] and [`crate::store::rescue`], so an illegal move fails in the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Committed with the accepted request; the API (or its relay) sets
     /// `published_at` once the broker confirmed the message, and a worker

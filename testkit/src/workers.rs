@@ -56,6 +56,20 @@ impl RunningWorker {
         }
     }
 
+    /// Builds a worker with no pool, whose store calls go to the conductor
+    /// (`--via-conductor`), and runs it until `shutdown` is cancelled.
+    pub async fn start_via_conductor(mut settings: Settings, shutdown: CancellationToken) -> Self {
+        settings.via_conductor = true;
+        let w = Worker::build(settings).await.unwrap();
+        RunningWorker {
+            id: w.worker_id().to_string(),
+            host: w.host().clone(),
+            health: w.health_addr(),
+            shutdown: shutdown.clone(),
+            handle: tokio::spawn(w.run_until_stopped(shutdown)),
+        }
+    }
+
     /// Whether `/readyz` answers 200: the worker consumes from its host's
     /// queue (and so has declared it) and reaches PostgreSQL.
     pub async fn is_ready(&self) -> bool {
@@ -134,6 +148,37 @@ impl Ctx {
             tweak(s)
         })
         .await
+    }
+
+    /// A worker serving `host` through the conductor (noted for clean-up).
+    pub async fn conductor_worker_for(
+        &self,
+        host: &str,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> RunningWorker {
+        let mut s = self.settings();
+        s.host = Some(self.env.host(host));
+        tweak(&mut s);
+        RunningWorker::start_via_conductor(s, CancellationToken::new()).await
+    }
+
+    /// The conductor an API process runs, on this test's database and
+    /// queues; it stops when the returned token is cancelled.
+    pub fn conductor(&self) -> (CancellationToken, JoinHandle<()>) {
+        use shutoff_core::conductor::server::{Conductor, ServeSettings, serve};
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(serve(
+            Conductor::new(self.env.pool.clone()),
+            ServeSettings {
+                amqp_url: self.env.amqp_url.parse().expect("the test's AMQP URL parses"),
+                amqp_tls: Default::default(),
+                topology: self.env.topology.clone(),
+                connect_timeout: Duration::from_secs(5),
+                name: "test conductor".into(),
+            },
+            stop.clone(),
+        ));
+        (stop, handle)
     }
 
     /// Accepts a stop as the API does, without publishing it.

@@ -6,14 +6,20 @@
 //! costs, not who decides it. The rarer moves (fail, retry, release, dead
 //! letters) run one statement each, and so do the host's heartbeat and the
 //! re-drive of its waiting stops ([`crate::presence`]).
+//!
+//! With `--via-conductor` the worker holds no pool: every call goes to the
+//! conductor ([`shutoff_core::conductor`]), which batches the whole fleet's
+//! claims and successes instead of this worker's alone.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shutoff_core::batch::{self, Batcher, Ticket};
+use shutoff_core::conductor::{Call, ConductorClient, Reply, unexpected};
 use shutoff_core::ids::HostName;
 use shutoff_core::message::StopJob;
-use shutoff_core::store::claim::{self, Claim, ClaimedJob, Success};
+use shutoff_core::store::claim::{self, Claim, ClaimRequest, ClaimedJob, Success};
 use shutoff_core::store::rescue::{self, Rescue};
 use shutoff_core::store::{self, StoreError, dead_letters, hosts};
 use sqlx::PgPool;
@@ -30,12 +36,24 @@ const IN_FLIGHT: usize = 1;
 
 #[derive(Clone)]
 pub struct JobStore {
-    pool: PgPool,
     /// Recorded as the host of the failures and dead letters this worker writes.
     worker_id: String,
-    claims: Batcher<StopJob, Claim>,
-    successes: Batcher<Success, bool>,
-    leases: Batcher<ClaimedJob, bool>,
+    host: HostName,
+    lease: Duration,
+    way: Way,
+}
+
+#[derive(Clone)]
+enum Way {
+    /// This worker's own pool, its own batches.
+    Direct {
+        pool: PgPool,
+        claims: Batcher<StopJob, Claim>,
+        successes: Batcher<Success, bool>,
+        leases: Batcher<(ClaimedJob, f64), bool>,
+    },
+    /// Through the conductor.
+    Conductor(Arc<ConductorClient>),
 }
 
 impl JobStore {
@@ -62,10 +80,10 @@ impl JobStore {
         let p = pool.clone();
         // A lost heartbeat is retried at the next beat, well within the
         // lease, so a failed batch just answers "failed" to each job.
-        let leases = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<ClaimedJob>| {
+        let leases = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<(ClaimedJob, f64)>| {
             let pool = p.clone();
             async move {
-                match claim::heartbeat_many(&pool, &batch, lease).await {
+                match claim::heartbeat_many(&pool, &batch).await {
                     Ok(renewed) => renewed.into_iter().map(Ok).collect(),
                     Err(e) => batch::for_all(batch.len(), &StoreError::from(e)),
                 }
@@ -80,29 +98,90 @@ impl JobStore {
                 }
             });
         JobStore {
-            pool,
             worker_id,
-            claims,
-            successes,
-            leases,
+            host,
+            lease,
+            way: Way::Direct {
+                pool,
+                claims,
+                successes,
+                leases,
+            },
         }
+    }
+
+    /// A store whose every call goes through the conductor.
+    pub fn via_conductor(
+        client: Arc<ConductorClient>,
+        worker_id: String,
+        host: HostName,
+        lease: Duration,
+    ) -> Self {
+        JobStore {
+            worker_id,
+            host,
+            lease,
+            way: Way::Conductor(client),
+        }
+    }
+
+    /// This worker's pool, if it has one (the rescuer needs it).
+    pub fn pool(&self) -> Option<&PgPool> {
+        match &self.way {
+            Way::Direct { pool, .. } => Some(pool),
+            Way::Conductor(_) => None,
+        }
+    }
+
+    async fn remote(&self, client: &ConductorClient, call: Call) -> Result<Reply, StoreError> {
+        client.call(&call).await
     }
 
     /// Tries to take the job `message` names. Under `ticket`, so a worker
     /// shutting down can give the claim up if it has not started, and
     /// otherwise learns whether it took the job.
     pub async fn claim(&self, message: &StopJob, ticket: &Ticket) -> Result<Claim, StoreError> {
-        self.claims.call_with(message.clone(), ticket).await
+        match &self.way {
+            Way::Direct { claims, .. } => claims.call_with(message.clone(), ticket).await,
+            Way::Conductor(c) => {
+                if !ticket.try_start() {
+                    return Err(StoreError::Abandoned);
+                }
+                let call = Call::Claim(ClaimRequest {
+                    message: message.clone(),
+                    worker: self.worker_id.clone(),
+                    host: self.host.clone(),
+                    lease_secs: self.lease.as_secs_f64(),
+                });
+                match self.remote(c, call).await? {
+                    Reply::Claim(claim) => Ok(claim),
+                    other => Err(unexpected("claim", other)),
+                }
+            }
+        }
     }
 
     /// Extends the lease of a job we hold; false if we lost it.
     pub async fn heartbeat(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
-        self.leases.call(job.clone()).await
+        let lease_secs = self.lease.as_secs_f64();
+        match &self.way {
+            Way::Direct { leases, .. } => leases.call((job.clone(), lease_secs)).await,
+            Way::Conductor(c) => {
+                let call = Call::Heartbeat {
+                    job: job.clone(),
+                    lease_secs,
+                };
+                done(self.remote(c, call).await?, "heartbeat")
+            }
+        }
     }
 
     /// Records a power-off that worked; false if our lease was taken over.
     pub async fn succeed(&self, success: Success) -> Result<bool, StoreError> {
-        self.successes.call(success).await
+        match &self.way {
+            Way::Direct { successes, .. } => successes.call(success).await,
+            Way::Conductor(c) => done(self.remote(c, Call::Succeed(success)).await?, "succeed"),
+        }
     }
 
     /// Records a failed stop we hold; false if our lease was taken over.
@@ -112,22 +191,56 @@ impl JobStore {
         message: &str,
         details: &str,
     ) -> Result<bool, StoreError> {
-        Ok(claim::fail(&self.pool, job, message, details).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => Ok(claim::fail(pool, job, message, details).await?),
+            Way::Conductor(c) => {
+                let call = Call::Fail {
+                    job: job.clone(),
+                    message: message.to_string(),
+                    details: details.to_string(),
+                };
+                done(self.remote(c, call).await?, "fail")
+            }
+        }
     }
 
     /// Fails a job nobody holds whose attempts are all used.
     pub async fn fail_exhausted(&self, id: Uuid, message: &str) -> Result<bool, StoreError> {
-        Ok(claim::fail_exhausted(&self.pool, id, message, &self.worker_id).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => {
+                Ok(claim::fail_exhausted(pool, id, message, &self.worker_id).await?)
+            }
+            Way::Conductor(c) => {
+                let call = Call::FailExhausted {
+                    id,
+                    message: message.to_string(),
+                    worker: self.worker_id.clone(),
+                };
+                done(self.remote(c, call).await?, "fail_exhausted")
+            }
+        }
     }
 
     /// Moves a job we hold to `retrying`; false if our lease was taken over.
     pub async fn schedule_retry(&self, job: &ClaimedJob, error: &str) -> Result<bool, StoreError> {
-        Ok(claim::schedule_retry(&self.pool, job, error).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => Ok(claim::schedule_retry(pool, job, error).await?),
+            Way::Conductor(c) => {
+                let call = Call::Retry {
+                    job: job.clone(),
+                    error: error.to_string(),
+                };
+                done(self.remote(c, call).await?, "retry")
+            }
+        }
     }
 
     /// Gives a job we hold back without using up an attempt.
     pub async fn release(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
-        Ok(claim::release(&self.pool, job).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => Ok(claim::release(pool, job).await?),
+            Way::Conductor(c) => done(self.remote(c, Call::Release(job.clone())).await?, "release"),
+        }
     }
 
     /// Records a poison message taken off `queue`.
@@ -138,30 +251,68 @@ impl JobStore {
         message_id: Option<&str>,
         payload: &[u8],
     ) -> Result<(), StoreError> {
-        Ok(dead_letters::record_dead_letter(
-            &self.pool,
-            queue,
-            reason,
-            message_id,
-            payload,
-            &self.worker_id,
-        )
-        .await?)
+        match &self.way {
+            Way::Direct { pool, .. } => Ok(dead_letters::record_dead_letter(
+                pool,
+                queue,
+                reason,
+                message_id,
+                payload,
+                &self.worker_id,
+            )
+            .await?),
+            Way::Conductor(c) => {
+                let call = Call::DeadLetter {
+                    queue: queue.to_string(),
+                    reason: reason.to_string(),
+                    message_id: message_id.map(str::to_string),
+                    // Kept as text in the table (shortened there), so sent as text.
+                    payload: String::from_utf8_lossy(payload).into_owned(),
+                    worker: self.worker_id.clone(),
+                };
+                unit(self.remote(c, call).await?, "dead_letter")
+            }
+        }
     }
 
     /// Records that this worker (running `version`) serves `host`, now.
     pub async fn beat(&self, host: &HostName, version: &str) -> Result<(), StoreError> {
-        Ok(hosts::beat(&self.pool, host, &self.worker_id, version).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => Ok(hosts::beat(pool, host, &self.worker_id, version).await?),
+            Way::Conductor(c) => {
+                let call = Call::Beat {
+                    host: host.clone(),
+                    worker: self.worker_id.clone(),
+                    version: version.to_string(),
+                };
+                unit(self.remote(c, call).await?, "beat")
+            }
+        }
     }
 
     /// This worker no longer serves `host` (a clean shutdown).
     pub async fn leave(&self, host: &HostName) -> Result<(), StoreError> {
-        Ok(hosts::leave(&self.pool, host, &self.worker_id).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => Ok(hosts::leave(pool, host, &self.worker_id).await?),
+            Way::Conductor(c) => {
+                let call = Call::Leave {
+                    host: host.clone(),
+                    worker: self.worker_id.clone(),
+                };
+                unit(self.remote(c, call).await?, "leave")
+            }
+        }
     }
 
     /// PostgreSQL's clock, for a re-drive's cut-off.
     pub async fn db_now(&self) -> Result<DateTime<Utc>, StoreError> {
-        Ok(rescue::db_now(&self.pool).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => Ok(rescue::db_now(pool).await?),
+            Way::Conductor(c) => match self.remote(c, Call::DbNow).await? {
+                Reply::Now(t) => Ok(t),
+                other => Err(unexpected("db_now", other)),
+            },
+        }
     }
 
     /// Restarts the rescuer's clock on `host`'s stops waiting in its queue.
@@ -170,7 +321,19 @@ impl JobStore {
         host: &HostName,
         before: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        Ok(rescue::touch_host(&self.pool, host, before).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => Ok(rescue::touch_host(pool, host, before).await?),
+            Way::Conductor(c) => {
+                let call = Call::TouchHost {
+                    host: host.clone(),
+                    before,
+                };
+                match self.remote(c, call).await? {
+                    Reply::Count(n) => Ok(n),
+                    other => Err(unexpected("touch_host", other)),
+                }
+            }
+        }
     }
 
     /// Hands back up to `limit` of `host`'s stops the broker never took.
@@ -180,11 +343,53 @@ impl JobStore {
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Rescue>, StoreError> {
-        Ok(rescue::redrive(&self.pool, host, before, &self.worker_id, limit).await?)
+        match &self.way {
+            Way::Direct { pool, .. } => {
+                Ok(rescue::redrive(pool, host, before, &self.worker_id, limit).await?)
+            }
+            Way::Conductor(c) => {
+                let call = Call::Redrive {
+                    host: host.clone(),
+                    before,
+                    worker: self.worker_id.clone(),
+                    limit,
+                };
+                match self.remote(c, call).await? {
+                    Reply::Rescues(r) => Ok(r),
+                    other => Err(unexpected("redrive", other)),
+                }
+            }
+        }
     }
 
-    /// True when PostgreSQL answers within `timeout` (for `/readyz`).
+    /// True when PostgreSQL answers within `timeout` (for `/readyz`): the
+    /// worker's own, or the conductor's.
     pub async fn ping(&self, timeout: Duration) -> bool {
-        store::ping(&self.pool, timeout).await
+        match &self.way {
+            Way::Direct { pool, .. } => store::ping(pool, timeout).await,
+            Way::Conductor(c) => {
+                let call = Call::Ping {
+                    timeout_ms: timeout.as_millis() as u64,
+                };
+                matches!(
+                    tokio::time::timeout(timeout * 2, c.call(&call)).await,
+                    Ok(Ok(Reply::Done(true)))
+                )
+            }
+        }
+    }
+}
+
+fn done(reply: Reply, call: &'static str) -> Result<bool, StoreError> {
+    match reply {
+        Reply::Done(b) => Ok(b),
+        other => Err(unexpected(call, other)),
+    }
+}
+
+fn unit(reply: Reply, call: &'static str) -> Result<(), StoreError> {
+    match reply {
+        Reply::Unit => Ok(()),
+        other => Err(unexpected(call, other)),
     }
 }

@@ -92,6 +92,22 @@ pub struct Settings {
     #[arg(long, env = "SHUTOFF_BATCH_LINGER_MS", default_value_t = 20)]
     pub batch_linger_ms: u64,
 
+    /// Reach PostgreSQL through the conductor (the API processes answer the
+    /// worker's store calls over RabbitMQ, batched across the fleet) instead
+    /// of a pool of this worker's own: the way for a worker on every host
+    /// (see docs/deployment.md, "A worker on every host"). `DATABASE_URL`
+    /// is then not used.
+    #[arg(long, env = "SHUTOFF_VIA_CONDUCTOR", default_value_t = false)]
+    pub via_conductor: bool,
+
+    /// With `--via-conductor`, how long a store call waits for the
+    /// conductor's answer; past it, the call counts as a database that did
+    /// not answer (retried, the lease it may have taken lapses). Under the
+    /// 15 s a worker gives any store call.
+    #[arg(long, env = "SHUTOFF_CONDUCTOR_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..15))]
+    pub conductor_timeout_secs: u64,
+
     /// After SIGTERM, how long in-flight jobs may take to finish before the
     /// rest are returned to the queue.
     #[arg(long, env = "SHUTOFF_GRACE_SECS", default_value_t = 30)]
@@ -107,6 +123,10 @@ impl Settings {
                 anyhow::anyhow!("{e}: this machine's host name cannot name a host; pass --host")
             }),
         }
+    }
+
+    pub fn conductor_timeout(&self) -> Duration {
+        Duration::from_secs(self.conductor_timeout_secs)
     }
 
     pub fn heartbeat(&self) -> Duration {

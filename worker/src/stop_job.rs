@@ -16,7 +16,6 @@ use shutoff_core::message::StopJob;
 use shutoff_core::store::StoreError;
 use shutoff_core::store::claim::{Claim, ClaimedJob, Success};
 use shutoff_hypervisor::{DriverError, DriverSettings, driver_with};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -61,9 +60,8 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// The store is built on `pool`; the context keeps only the store.
     pub fn new(
-        pool: PgPool,
+        store: JobStore,
         publisher: Arc<Publisher>,
         settings: &Settings,
         host: HostName,
@@ -71,13 +69,6 @@ impl JobContext {
     ) -> Self {
         let worker_id = settings.worker_id();
         let lease = settings.lease();
-        let store = JobStore::new(
-            pool,
-            worker_id.clone(),
-            host.clone(),
-            lease,
-            settings.batch_linger(),
-        );
         JobContext {
             publisher,
             worker_id,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shutoff_core::broker::{BrokerTimeouts, Publisher};
+use shutoff_core::conductor::ConductorClient;
 use shutoff_core::ids::HostName;
 use shutoff_core::rescuer::Rescuer;
 use shutoff_core::store;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, ConsumerSettings};
 use crate::health::{self, Health};
+use crate::job_store::JobStore;
 use crate::metrics::WorkerMetrics;
 use crate::presence::Presence;
 use crate::settings::Settings;
@@ -33,13 +35,17 @@ pub const DEFAULT_POOL: u32 = 4;
 pub struct Worker {
     settings: Settings,
     /// For the rescuer (with `--rescuer`), core's own loop over every host.
-    pool: PgPool,
+    /// None with `--via-conductor`.
+    pool: Option<PgPool>,
     ctx: Arc<JobContext>,
     health_listener: TcpListener,
 }
 
 impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if settings.via_conductor {
+            return Self::build_via_conductor(settings).await;
+        }
         let pool = store::pool(
             &settings.common.database_url,
             &store::PoolSettings {
@@ -57,6 +63,46 @@ impl Worker {
     }
 
     pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let store = JobStore::new(
+            pool.clone(),
+            settings.worker_id(),
+            settings.host()?,
+            settings.lease(),
+            settings.batch_linger(),
+        );
+        Self::build_with_store(settings, store, Some(pool)).await
+    }
+
+    /// A worker with no pool of its own: its store calls go to the
+    /// conductor on the same broker ([`shutoff_core::conductor`]).
+    pub async fn build_via_conductor(settings: Settings) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !settings.rescuer,
+            "--rescuer needs a database connection of its own; with --via-conductor the API's rescuer does the work"
+        );
+        settings.common.amqp_tls.check(&settings.common.amqp_url)?;
+        let client = ConductorClient::new(
+            &settings.common.amqp_url,
+            &settings.common.amqp_tls,
+            &format!("shutoff-worker {} conductor calls", settings.worker_id()),
+            settings.common.topology(),
+            Duration::from_secs(5),
+            settings.conductor_timeout(),
+        );
+        let store = JobStore::via_conductor(
+            client,
+            settings.worker_id(),
+            settings.host()?,
+            settings.lease(),
+        );
+        Self::build_with_store(settings, store, None).await
+    }
+
+    async fn build_with_store(
+        settings: Settings,
+        store: JobStore,
+        pool: Option<PgPool>,
+    ) -> anyhow::Result<Self> {
         let host = settings.host()?;
         let worker_id = settings.worker_id();
         // A TLS setting that cannot work stops the start, as a bad DATABASE_URL does.
@@ -72,7 +118,7 @@ impl Worker {
             .await
             .with_context(|| format!("cannot listen on {}", settings.health_listen))?;
         let ctx = Arc::new(JobContext::new(
-            pool.clone(),
+            store,
             publisher,
             &settings,
             host,
@@ -124,9 +170,9 @@ impl Worker {
                 .await
         });
 
-        let rescuer_task = settings.rescuer.then(|| {
+        let rescuer_task = pool.filter(|_| settings.rescuer).map(|pool| {
             let rescuer = Rescuer {
-                pool: pool.clone(),
+                pool,
                 publisher: ctx.publisher.clone(),
                 stale_after: settings.common.rescue_after(),
                 interval: settings.common.rescue_interval(),

@@ -14,7 +14,7 @@ use crate::message::StopJob;
 use crate::state::{JobState, TaskState, VmState};
 
 /// A job this worker holds a lease on.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct ClaimedJob {
     pub id: Uuid,
     pub instance_uuid: Uuid,
@@ -25,7 +25,6 @@ pub struct ClaimedJob {
     pub max_attempts: i32,
     pub hypervisor: String,
     pub host: String,
-    #[sqlx(skip)]
     pub worker: String,
 }
 
@@ -45,7 +44,7 @@ impl ClaimedJob {
 }
 
 /// What a worker learns when it tries to take a job.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Claim {
     /// Ours: do the work.
     Claimed(ClaimedJob),
@@ -66,36 +65,46 @@ pub enum Claim {
 
 const CLAIM_SQL: &str = "
 WITH input AS (
-    SELECT DISTINCT ON (id) id, instance_uuid
-      FROM unnest($1::uuid[], $4::uuid[]) AS t(id, instance_uuid)
+    SELECT DISTINCT ON (id) id, instance_uuid, worker, host, lease
+      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[])
+        AS t(id, instance_uuid, worker, host, lease)
      ORDER BY id
 ), j AS (
     UPDATE jobs
-       SET state = 'running', attempts = jobs.attempts + 1, worker = $2, host = $5,
-           lease_expires_at = now() + make_interval(secs => $3),
+       SET state = 'running', attempts = jobs.attempts + 1, worker = input.worker,
+           host = input.host, lease_expires_at = now() + make_interval(secs => input.lease),
            started_at = coalesce(started_at, now()), updated_at = now()
       FROM input JOIN instances i ON i.uuid = input.instance_uuid
      WHERE jobs.id = input.id AND jobs.instance_uuid = input.instance_uuid
-       AND i.host = $5
+       AND i.host = input.host
        AND jobs.attempts < jobs.max_attempts
        AND (jobs.state IN ('queued', 'published', 'retrying')
             OR (jobs.state = 'running' AND jobs.lease_expires_at < now()))
     RETURNING jobs.id, jobs.instance_uuid, jobs.request_id, jobs.action_id,
-              jobs.attempts, jobs.max_attempts, i.hypervisor, i.host
+              jobs.attempts, jobs.max_attempts, i.hypervisor, i.host, jobs.worker
 ), ev AS (
     INSERT INTO instance_actions_events (action_id, event, host)
-    SELECT action_id, 'compute_stop_instance', $2 FROM j
+    SELECT action_id, 'compute_stop_instance', worker FROM j
     ON CONFLICT (action_id, event) DO NOTHING
 )
-SELECT id, instance_uuid, request_id, action_id, attempts, max_attempts, hypervisor, host
+SELECT id, instance_uuid, request_id, action_id, attempts, max_attempts, hypervisor, host, worker
   FROM j";
+
+/// One worker's request to take the job a message names.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClaimRequest {
+    pub message: StopJob,
+    /// The worker asking: it holds the lease if the claim is taken.
+    pub worker: String,
+    /// The host that worker serves.
+    pub host: HostName,
+    /// How long the lease lasts unless renewed, in seconds.
+    pub lease_secs: f64,
+}
 
 /// Tries to take the jobs the messages name for `worker`, which serves
 /// `host`, with a lease of `lease`, in one statement (a group commit): one
-/// answer per message, in order. Only jobs whose instance is on `host` are
-/// taken: the instance's row decides, not the message. A message whose
-/// instance is not its job's is treated as unknown. A job named twice is
-/// claimed once; the other copy finds it held.
+/// answer per message, in order. See [`claim_requests`].
 pub async fn claim_many(
     pool: &PgPool,
     messages: &[StopJob],
@@ -103,26 +112,52 @@ pub async fn claim_many(
     host: &HostName,
     lease: Duration,
 ) -> Result<Vec<Claim>, sqlx::Error> {
-    let ids: Vec<Uuid> = messages.iter().map(|m| m.job_id).collect();
-    let instances: Vec<Uuid> = messages.iter().map(|m| m.instance_uuid).collect();
-    let claimed: Vec<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
-        .bind(&ids)
-        .bind(worker)
-        .bind(lease.as_secs_f64())
-        .bind(&instances)
-        .bind(host.as_str())
-        .fetch_all(pool)
-        .await?;
-    let mut claimed: HashMap<Uuid, ClaimedJob> = claimed
-        .into_iter()
-        .map(|mut job| {
-            job.worker = worker.to_string();
-            (job.id, job)
+    let requests: Vec<ClaimRequest> = messages
+        .iter()
+        .map(|m| ClaimRequest {
+            message: m.clone(),
+            worker: worker.to_string(),
+            host: host.clone(),
+            lease_secs: lease.as_secs_f64(),
         })
         .collect();
-    let mut answers: Vec<Option<Claim>> = messages
+    claim_requests(pool, &requests).await
+}
+
+/// Tries to take the jobs of several workers' requests (of any hosts: the
+/// conductor gathers a fleet's claims into one statement), one answer per
+/// request, in order. Only jobs whose instance is on the requesting
+/// worker's host are taken: the instance's row decides, not the message. A
+/// message whose instance is not its job's is treated as unknown. A job
+/// named twice is claimed once; the other copy finds it held.
+pub async fn claim_requests(
+    pool: &PgPool,
+    requests: &[ClaimRequest],
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.message.job_id).collect();
+    let instances: Vec<Uuid> = requests.iter().map(|r| r.message.instance_uuid).collect();
+    let workers: Vec<&str> = requests.iter().map(|r| r.worker.as_str()).collect();
+    let hosts: Vec<&str> = requests.iter().map(|r| r.host.as_str()).collect();
+    let leases: Vec<f64> = requests.iter().map(|r| r.lease_secs).collect();
+    let claimed: Vec<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
+        .bind(&ids)
+        .bind(&instances)
+        .bind(&workers)
+        .bind(&hosts)
+        .bind(&leases)
+        .fetch_all(pool)
+        .await?;
+    let mut claimed: HashMap<Uuid, ClaimedJob> =
+        claimed.into_iter().map(|job| (job.id, job)).collect();
+    // Each taken job answers the first request of the worker that took it.
+    let mut answers: Vec<Option<Claim>> = requests
         .iter()
-        .map(|m| claimed.remove(&m.job_id).map(Claim::Claimed))
+        .map(|r| match claimed.get(&r.message.job_id) {
+            Some(job) if job.worker == r.worker => {
+                claimed.remove(&r.message.job_id).map(Claim::Claimed)
+            }
+            _ => None,
+        })
         .collect();
     if answers.iter().all(Option::is_some) {
         return Ok(answers.into_iter().flatten().collect());
@@ -138,10 +173,12 @@ pub async fn claim_many(
     .fetch_all(pool)
     .await?;
     let rows: HashMap<Uuid, JobRow> = rows.into_iter().map(|r| (r.id, r)).collect();
-    for (answer, m) in answers.iter_mut().zip(messages) {
+    for (answer, r) in answers.iter_mut().zip(requests) {
         if answer.is_none() {
-            *answer = Some(match rows.get(&m.job_id) {
-                Some(r) if r.instance_uuid == m.instance_uuid => r.not_claimed(host),
+            *answer = Some(match rows.get(&r.message.job_id) {
+                Some(row) if row.instance_uuid == r.message.instance_uuid => {
+                    row.not_claimed(&r.host)
+                }
                 _ => Claim::Unknown,
             });
         }
@@ -188,27 +225,28 @@ impl JobRow {
 }
 
 const HEARTBEAT_SQL: &str = "
-UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
-  FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS t(id, worker, attempts)
+UPDATE jobs SET lease_expires_at = now() + make_interval(secs => t.lease)
+  FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::float8[]) AS t(id, worker, attempts, lease)
  WHERE jobs.id = t.id AND jobs.state = 'running'
    AND jobs.worker = t.worker AND jobs.attempts = t.attempts
 RETURNING jobs.id";
 
-/// Extends our leases while slow power-offs run, in one statement: one
-/// answer per job, false where we lost the lease.
+/// Extends leases while slow power-offs run, each job's by its own
+/// duration in seconds, in one statement: one answer per job, false where
+/// the lease was lost.
 pub async fn heartbeat_many(
     pool: &PgPool,
-    held: &[ClaimedJob],
-    lease: Duration,
+    held: &[(ClaimedJob, f64)],
 ) -> Result<Vec<bool>, sqlx::Error> {
-    let ids: Vec<Uuid> = held.iter().map(|j| j.id).collect();
-    let workers: Vec<&str> = held.iter().map(|j| j.worker.as_str()).collect();
-    let attempts: Vec<i32> = held.iter().map(|j| j.attempts).collect();
+    let ids: Vec<Uuid> = held.iter().map(|(j, _)| j.id).collect();
+    let workers: Vec<&str> = held.iter().map(|(j, _)| j.worker.as_str()).collect();
+    let attempts: Vec<i32> = held.iter().map(|(j, _)| j.attempts).collect();
+    let leases: Vec<f64> = held.iter().map(|(_, l)| *l).collect();
     let renewed: Vec<Uuid> = sqlx::query_scalar(HEARTBEAT_SQL)
         .bind(&ids)
         .bind(&workers)
         .bind(&attempts)
-        .bind(lease.as_secs_f64())
+        .bind(&leases)
         .fetch_all(pool)
         .await?;
     Ok(super::returned(&ids, renewed))
@@ -250,7 +288,7 @@ WITH input AS (
 SELECT id FROM j";
 
 /// A power-off that worked, to be recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Success {
     pub job: ClaimedJob,
     pub power_state: i16,

@@ -40,6 +40,12 @@ pub enum StoreError {
     /// what it must not. Not worth retrying at once.
     #[error("database error: {0}")]
     Failed(#[source] Arc<sqlx::Error>),
+    /// A worker that reaches the database through the conductor
+    /// ([`crate::conductor`]) could not reach it, or it answered with its own
+    /// store error, carried here as text (its source stays in the
+    /// conductor's log).
+    #[error("{0}")]
+    Remote(#[source] crate::conductor::RemoteError),
 }
 
 impl StoreError {
@@ -47,16 +53,20 @@ impl StoreError {
     /// nothing fixed: the database was away, busy with another transaction,
     /// or slow.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable(_) | StoreError::Contention(_) | StoreError::TimedOut(_)
-        )
+        match self {
+            StoreError::Unavailable(_) | StoreError::Contention(_) | StoreError::TimedOut(_) => {
+                true
+            }
+            StoreError::Remote(r) => r.transient,
+            _ => false,
+        }
     }
 
     /// Whether the database itself is away (the batcher then does not retry
     /// a batch item by item: every item would fail the same way).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+            || matches!(self, StoreError::Remote(r) if r.unavailable)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::message::StopJob;
 use crate::state::TaskState;
 
 /// What the rescuer decided for one stale job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Rescue {
     /// Handed back to the queue: publish this message again.
     Republish(StopJob),

@@ -1,0 +1,163 @@
+//! Workers with no database connection (`--via-conductor`): every store
+//! call goes over RabbitMQ to the conductor, which batches the fleet's
+//! claims and successes. The guarantees are the direct path's: each stop is
+//! carried out by a worker of its own host, none lost, none twice, and a
+//! stop whose conductor is away waits, accepted, until one answers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shutoff_core::store::hosts;
+use shutoff_testkit::workers;
+use sqlx::PgPool;
+
+const T: Duration = Duration::from_secs(30);
+const UP: Duration = Duration::from_secs(30);
+
+/// Connections this test's database has from anyone but the test itself
+/// (the test's pool names no application).
+async fn others_connections(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT application_name FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()
+            AND application_name <> ''",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn stops_on_three_hosts_go_through_the_conductor_each_to_a_worker_of_its_own_host(
+    pool: PgPool,
+) {
+    let c = workers::ctx(pool).await;
+    let (stop_conductor, conductor) = c.conductor();
+    let hosts = ["cnd-a", "cnd-b", "cnd-c"];
+    let mut worker_host = HashMap::new();
+    let mut running = Vec::new();
+    for h in hosts {
+        for _ in 0..2 {
+            let w = c.conductor_worker_for(h, |_| {}).await;
+            worker_host.insert(w.id.clone(), h.to_string());
+            running.push(w);
+        }
+    }
+    // Ready means consuming and the conductor answering its ping.
+    for w in &running {
+        let ready = c.env.eventually(T, || w.is_ready()).await;
+        assert!(ready, "worker {} never attached", w.id);
+    }
+    // Their heartbeats went through the conductor: all three hosts are up,
+    // each with its two workers.
+    let listed = hosts::list(&c.env.pool, UP).await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed.iter().all(|h| h.up && h.workers.len() == 2),
+        "{listed:?}"
+    );
+
+    let mut jobs = Vec::new();
+    for h in hosts {
+        for _ in 0..10 {
+            let vm = c.server_on(h, "fake://?delay_ms=50").await;
+            jobs.push((c.stop(vm, 5).await, h, vm));
+        }
+    }
+    // A message put on the wrong host's queue by hand: b's workers must
+    // hand it on, never carry it out.
+    let vm = c.server_on("cnd-a", "fake://").await;
+    let stray = c.accept(vm, 5).await;
+    let b = c.env.host("cnd-b");
+    c.env
+        .publish_raw(&c.env.topology.host_queue(&b), &stray.to_bytes())
+        .await;
+    jobs.push((stray, "cnd-a", vm));
+
+    for (job, _, _) in &jobs {
+        assert!(
+            c.until_job(job.job_id, "succeeded", T).await,
+            "job {} never succeeded",
+            job.job_id
+        );
+    }
+    for (job, h, vm) in &jobs {
+        let (host, worker): (Option<String>, Option<String>) =
+            sqlx::query_as("SELECT host, worker FROM jobs WHERE id = $1")
+                .bind(job.job_id)
+                .fetch_one(&c.env.pool)
+                .await
+                .unwrap();
+        assert_eq!(host.as_deref(), Some(*h), "the job row records its host");
+        let worker = worker.expect("the job row records its worker");
+        assert_eq!(worker_host[&worker], *h, "job {} done by {worker}", job.job_id);
+        assert_eq!(c.transitions_to(job.job_id, "running").await, 1, "one claim");
+        assert_eq!(c.transitions_to(job.job_id, "succeeded").await, 1, "none twice");
+        let (vm_state, task_state, power) = c.instance(*vm).await;
+        assert_eq!((vm_state.as_str(), task_state, power), ("stopped", None, 4));
+        // The action's event, recorded by the claim and the success.
+        let (event_host, result): (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT e.host, e.result FROM instance_actions_events e
+               JOIN jobs j ON j.action_id = e.action_id WHERE j.id = $1",
+        )
+        .bind(job.job_id)
+        .fetch_one(&c.env.pool)
+        .await
+        .unwrap();
+        assert_eq!(event_host.as_deref(), Some(worker.as_str()));
+        assert_eq!(result.as_deref(), Some("Success"));
+    }
+    // The workers hold no connection: only the conductor (this process's
+    // test pool) talks to PostgreSQL.
+    let apps = others_connections(&c.env.pool).await;
+    assert!(
+        apps.iter().all(|a| !a.contains("shutoff-worker")),
+        "a worker via the conductor opened a connection: {apps:?}"
+    );
+    for w in running {
+        w.terminate().await;
+    }
+    // Clean shutdowns leave their hosts, through the conductor too.
+    let listed = hosts::list(&c.env.pool, UP).await.unwrap();
+    assert!(listed.iter().all(|h| !h.up), "{listed:?}");
+    stop_conductor.cancel();
+    conductor.await.unwrap();
+}
+
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn a_stop_waits_while_no_conductor_answers_and_is_carried_out_once_one_does(pool: PgPool) {
+    let c = workers::ctx(pool).await;
+    let w = c
+        .conductor_worker_for("cnd-wait", |s| s.conductor_timeout_secs = 1)
+        .await;
+    let vm = c.server_on("cnd-wait", "fake://").await;
+    // The worker's queue exists once it consumes; then the stop goes in.
+    let host = c.env.host("cnd-wait");
+    c.env.declare_host(&host).await;
+    let job = c.stop(vm, 5).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !w.is_ready().await,
+        "ready without a conductor to reach the database"
+    );
+    assert_eq!(
+        c.job(job.job_id).await,
+        ("queued".to_string(), 0),
+        "untouched, no attempt used"
+    );
+    assert_eq!(c.instance(vm).await.1.as_deref(), Some("powering-off"));
+
+    let (stop_conductor, conductor) = c.conductor();
+    assert!(
+        c.until_job(job.job_id, "succeeded", T).await,
+        "the stop waited for a conductor and was then carried out"
+    );
+    let (state, attempts) = c.job(job.job_id).await;
+    assert_eq!((state.as_str(), attempts), ("succeeded", 1));
+    assert_eq!(c.instance(vm).await.0, "stopped");
+    // The calls that expired unanswered in the queue were never run late.
+    assert_eq!(c.transitions_to(job.job_id, "running").await, 1);
+    w.terminate().await;
+    stop_conductor.cancel();
+    conductor.await.unwrap();
+}
