@@ -60,6 +60,9 @@ impl RunningWorker {
     /// (`--via-conductor`), and runs it until `shutdown` is cancelled.
     pub async fn start_via_conductor(mut settings: Settings, shutdown: CancellationToken) -> Self {
         settings.via_conductor = true;
+        // The test settings' rescuer needs a pool; the conductor's process
+        // (the API) runs the rescuer in a deployment.
+        settings.rescuer = false;
         let w = Worker::build(settings).await.unwrap();
         RunningWorker {
             id: w.worker_id().to_string(),

@@ -50,11 +50,17 @@ async fn stops_on_three_hosts_go_through_the_conductor_each_to_a_worker_of_its_o
     }
     // Their heartbeats went through the conductor: all three hosts are up,
     // each with its two workers.
-    let listed = hosts::list(&c.env.pool, UP).await.unwrap();
-    assert_eq!(listed.len(), 3, "{listed:?}");
+    let all_up = c
+        .env
+        .eventually(T, || async {
+            let listed = hosts::list(&c.env.pool, UP).await.unwrap();
+            listed.len() == 3 && listed.iter().all(|h| h.up && h.workers.len() == 2)
+        })
+        .await;
     assert!(
-        listed.iter().all(|h| h.up && h.workers.len() == 2),
-        "{listed:?}"
+        all_up,
+        "{:?}",
+        hosts::list(&c.env.pool, UP).await.unwrap()
     );
 
     let mut jobs = Vec::new();
