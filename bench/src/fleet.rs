@@ -56,15 +56,22 @@ impl PrivateBroker {
         Ok(PrivateBroker { node, _work: work })
     }
 
-    /// The node's resident set in MiB (its Erlang VM's, found by node name).
+    /// What picks the node's Erlang VM out of /proc: its own data
+    /// directory (the node name is not on its command line; RabbitMQ 3.10
+    /// passes it in the environment).
+    pub fn pattern(&self) -> String {
+        self._work.path().to_string_lossy().into_owned()
+    }
+
+    /// The node's resident set in MiB.
     pub fn rss_mb(&self) -> Option<f64> {
-        let name = self.node.node().split('@').next()?.to_string();
+        let pattern = self.pattern();
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
                 continue;
             };
             let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("beam.smp") && cmdline.contains(&name) {
+            if cmdline.contains("beam.smp") && cmdline.contains(&pattern) {
                 return status_kb(&entry.path().join("status"), "VmRSS:").map(|kb| kb / 1024.0);
             }
         }
@@ -329,13 +336,20 @@ pub fn cpu_seconds_of(pattern: &str) -> f64 {
 pub struct Cores {
     pub postgres: f64,
     pub broker: f64,
+    /// The `shutoff-api` process (with `--via-conductor` workers, also
+    /// their conductor).
+    pub api: f64,
     pub bench: f64,
 }
+
+/// What picks the API's process out of /proc (its binary's path).
+const API: &str = "release/shutoff-api";
 
 pub struct CpuWatch {
     start: Instant,
     pg: f64,
     broker: f64,
+    api: f64,
     bench: f64,
     broker_pattern: String,
 }
@@ -347,6 +361,7 @@ impl CpuWatch {
             start: Instant::now(),
             pg: cpu_seconds_of("postgres:"),
             broker: cpu_seconds_of(broker_pattern),
+            api: cpu_seconds_of(API),
             bench: own_cpu_seconds(),
             broker_pattern: broker_pattern.to_string(),
         }
@@ -357,6 +372,7 @@ impl CpuWatch {
         Cores {
             postgres: (cpu_seconds_of("postgres:") - self.pg) / wall,
             broker: (cpu_seconds_of(&self.broker_pattern) - self.broker) / wall,
+            api: (cpu_seconds_of(API) - self.api) / wall,
             bench: (own_cpu_seconds() - self.bench) / wall,
         }
     }

@@ -541,7 +541,7 @@ async fn run(
             figures.host_start_ms[1]
         );
         let c0 = fleet::commits(&pool).await?;
-        let cpu = fleet::CpuWatch::start(broker.node.node().split('@').next().unwrap_or("chaos"));
+        let cpu = fleet::CpuWatch::start(&broker.pattern());
         let outcome = load::run(
             load::Target {
                 api: addr,

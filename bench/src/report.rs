@@ -251,8 +251,8 @@ impl Figures {
             );
             let c = |c: &crate::fleet::Cores| {
                 format!(
-                    "PostgreSQL {:.2}, RabbitMQ {:.2}, bench process {:.2}",
-                    c.postgres, c.broker, c.bench
+                    "PostgreSQL {:.2}, RabbitMQ {:.2}, API {:.2}, bench process {:.2}",
+                    c.postgres, c.broker, c.api, c.bench
                 )
             };
             println!(
@@ -359,8 +359,8 @@ impl Figures {
             "hosts_accept_per_s": self.hosts_accept_per_s,
             "e2e_commits_per_stop": self.e2e_commits_per_stop,
             "hosts_commits_per_stop": self.hosts_commits_per_stop,
-            "hosts_cores_pg_broker_bench": [self.hosts_cores.postgres, self.hosts_cores.broker, self.hosts_cores.bench],
-            "e2e_cores_pg_broker_bench": [self.e2e_cores.postgres, self.e2e_cores.broker, self.e2e_cores.bench],
+            "hosts_cores_pg_broker_api_bench": [self.hosts_cores.postgres, self.hosts_cores.broker, self.hosts_cores.api, self.hosts_cores.bench],
+            "e2e_cores_pg_broker_api_bench": [self.e2e_cores.postgres, self.e2e_cores.broker, self.e2e_cores.api, self.e2e_cores.bench],
             "hosts_e2e_ratio_to_single_host": self.hosts_e2e_per_s / self.e2e_per_s,
             "broker_rss_mb_before": self.broker_mb_before,
             "broker_rss_mb_all_consuming": self.broker_mb_up,

@@ -47,13 +47,7 @@ impl RunningWorker {
     /// Builds a worker on `pool` and runs it until `shutdown` is cancelled.
     pub async fn start(settings: Settings, pool: PgPool, shutdown: CancellationToken) -> Self {
         let w = Worker::build_with_pool(settings, pool).await.unwrap();
-        RunningWorker {
-            id: w.worker_id().to_string(),
-            host: w.host().clone(),
-            health: w.health_addr(),
-            shutdown: shutdown.clone(),
-            handle: tokio::spawn(w.run_until_stopped(shutdown)),
-        }
+        Self::run(w, shutdown)
     }
 
     /// Builds a worker with no pool, whose store calls go to the conductor
@@ -64,6 +58,10 @@ impl RunningWorker {
         // (the API) runs the rescuer in a deployment.
         settings.rescuer = false;
         let w = Worker::build(settings).await.unwrap();
+        Self::run(w, shutdown)
+    }
+
+    fn run(w: Worker, shutdown: CancellationToken) -> Self {
         RunningWorker {
             id: w.worker_id().to_string(),
             host: w.host().clone(),

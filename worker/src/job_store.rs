@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use shutoff_core::batch::{self, Batcher, Ticket};
+use shutoff_core::batch::{Batcher, Ticket};
 use shutoff_core::conductor::{Call, ConductorClient, Reply, unexpected};
 use shutoff_core::ids::HostName;
 use shutoff_core::message::StopJob;
@@ -48,7 +48,7 @@ enum Way {
     /// This worker's own pool, its own batches.
     Direct {
         pool: PgPool,
-        claims: Batcher<StopJob, Claim>,
+        claims: Batcher<ClaimRequest, Claim>,
         successes: Batcher<Success, bool>,
         leases: Batcher<(ClaimedJob, f64), bool>,
     },
@@ -66,37 +66,9 @@ impl JobStore {
         lease: Duration,
         linger: Duration,
     ) -> Self {
-        let (p, worker, h) = (pool.clone(), worker_id.clone(), host.clone());
-        let claims =
-            Batcher::spawn_lingering(MAX_BATCH, IN_FLIGHT, linger, move |batch: Vec<StopJob>| {
-                let (pool, worker, host) = (p.clone(), worker.clone(), h.clone());
-                async move {
-                    batch::all_or_each(&batch, |items| {
-                        claim::claim_many(&pool, items, &worker, &host, lease)
-                    })
-                    .await
-                }
-            });
-        let p = pool.clone();
-        // A lost heartbeat is retried at the next beat, well within the
-        // lease, so a failed batch just answers "failed" to each job.
-        let leases = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |batch: Vec<(ClaimedJob, f64)>| {
-            let pool = p.clone();
-            async move {
-                match claim::heartbeat_many(&pool, &batch).await {
-                    Ok(renewed) => renewed.into_iter().map(Ok).collect(),
-                    Err(e) => batch::for_all(batch.len(), &StoreError::from(e)),
-                }
-            }
-        });
-        let p = pool.clone();
-        let successes =
-            Batcher::spawn_lingering(MAX_BATCH, IN_FLIGHT, linger, move |batch: Vec<Success>| {
-                let pool = p.clone();
-                async move {
-                    batch::all_or_each(&batch, |items| claim::succeed_many(&pool, items)).await
-                }
-            });
+        let claims = claim::claim_batcher(pool.clone(), MAX_BATCH, IN_FLIGHT, linger);
+        let leases = claim::lease_batcher(pool.clone(), MAX_BATCH, IN_FLIGHT);
+        let successes = claim::success_batcher(pool.clone(), MAX_BATCH, IN_FLIGHT, linger);
         JobStore {
             worker_id,
             host,
@@ -133,27 +105,23 @@ impl JobStore {
         }
     }
 
-    async fn remote(&self, client: &ConductorClient, call: Call) -> Result<Reply, StoreError> {
-        client.call(&call).await
-    }
-
     /// Tries to take the job `message` names. Under `ticket`, so a worker
     /// shutting down can give the claim up if it has not started, and
     /// otherwise learns whether it took the job.
     pub async fn claim(&self, message: &StopJob, ticket: &Ticket) -> Result<Claim, StoreError> {
+        let request = ClaimRequest {
+            message: message.clone(),
+            worker: self.worker_id.clone(),
+            host: self.host.clone(),
+            lease_secs: self.lease.as_secs_f64(),
+        };
         match &self.way {
-            Way::Direct { claims, .. } => claims.call_with(message.clone(), ticket).await,
+            Way::Direct { claims, .. } => claims.call_with(request, ticket).await,
             Way::Conductor(c) => {
                 if !ticket.try_start() {
                     return Err(StoreError::Abandoned);
                 }
-                let call = Call::Claim(ClaimRequest {
-                    message: message.clone(),
-                    worker: self.worker_id.clone(),
-                    host: self.host.clone(),
-                    lease_secs: self.lease.as_secs_f64(),
-                });
-                match self.remote(c, call).await? {
+                match c.call(&Call::Claim(request)).await? {
                     Reply::Claim(claim) => Ok(claim),
                     other => Err(unexpected("claim", other)),
                 }
@@ -171,7 +139,7 @@ impl JobStore {
                     job: job.clone(),
                     lease_secs,
                 };
-                done(self.remote(c, call).await?, "heartbeat")
+                done(c.call(&call).await?, "heartbeat")
             }
         }
     }
@@ -180,7 +148,7 @@ impl JobStore {
     pub async fn succeed(&self, success: Success) -> Result<bool, StoreError> {
         match &self.way {
             Way::Direct { successes, .. } => successes.call(success).await,
-            Way::Conductor(c) => done(self.remote(c, Call::Succeed(success)).await?, "succeed"),
+            Way::Conductor(c) => done(c.call(&Call::Succeed(success)).await?, "succeed"),
         }
     }
 
@@ -199,7 +167,7 @@ impl JobStore {
                     message: message.to_string(),
                     details: details.to_string(),
                 };
-                done(self.remote(c, call).await?, "fail")
+                done(c.call(&call).await?, "fail")
             }
         }
     }
@@ -216,7 +184,7 @@ impl JobStore {
                     message: message.to_string(),
                     worker: self.worker_id.clone(),
                 };
-                done(self.remote(c, call).await?, "fail_exhausted")
+                done(c.call(&call).await?, "fail_exhausted")
             }
         }
     }
@@ -230,7 +198,7 @@ impl JobStore {
                     job: job.clone(),
                     error: error.to_string(),
                 };
-                done(self.remote(c, call).await?, "retry")
+                done(c.call(&call).await?, "retry")
             }
         }
     }
@@ -239,7 +207,7 @@ impl JobStore {
     pub async fn release(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
         match &self.way {
             Way::Direct { pool, .. } => Ok(claim::release(pool, job).await?),
-            Way::Conductor(c) => done(self.remote(c, Call::Release(job.clone())).await?, "release"),
+            Way::Conductor(c) => done(c.call(&Call::Release(job.clone())).await?, "release"),
         }
     }
 
@@ -270,7 +238,7 @@ impl JobStore {
                     payload: String::from_utf8_lossy(payload).into_owned(),
                     worker: self.worker_id.clone(),
                 };
-                unit(self.remote(c, call).await?, "dead_letter")
+                unit(c.call(&call).await?, "dead_letter")
             }
         }
     }
@@ -285,7 +253,7 @@ impl JobStore {
                     worker: self.worker_id.clone(),
                     version: version.to_string(),
                 };
-                unit(self.remote(c, call).await?, "beat")
+                unit(c.call(&call).await?, "beat")
             }
         }
     }
@@ -299,7 +267,7 @@ impl JobStore {
                     host: host.clone(),
                     worker: self.worker_id.clone(),
                 };
-                unit(self.remote(c, call).await?, "leave")
+                unit(c.call(&call).await?, "leave")
             }
         }
     }
@@ -308,7 +276,7 @@ impl JobStore {
     pub async fn db_now(&self) -> Result<DateTime<Utc>, StoreError> {
         match &self.way {
             Way::Direct { pool, .. } => Ok(rescue::db_now(pool).await?),
-            Way::Conductor(c) => match self.remote(c, Call::DbNow).await? {
+            Way::Conductor(c) => match c.call(&Call::DbNow).await? {
                 Reply::Now(t) => Ok(t),
                 other => Err(unexpected("db_now", other)),
             },
@@ -328,7 +296,7 @@ impl JobStore {
                     host: host.clone(),
                     before,
                 };
-                match self.remote(c, call).await? {
+                match c.call(&call).await? {
                     Reply::Count(n) => Ok(n),
                     other => Err(unexpected("touch_host", other)),
                 }
@@ -354,7 +322,7 @@ impl JobStore {
                     worker: self.worker_id.clone(),
                     limit,
                 };
-                match self.remote(c, call).await? {
+                match c.call(&call).await? {
                     Reply::Rescues(r) => Ok(r),
                     other => Err(unexpected("redrive", other)),
                 }

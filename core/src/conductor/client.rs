@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{Mutex, oneshot};
 
@@ -177,23 +177,14 @@ impl ConductorClient {
             self.connect_timeout,
         )
         .await?;
-        let answers = tokio::time::timeout(self.connect_timeout, async {
-            self.topology.declare_conductor(&c.channel).await?;
-            c.channel
-                .basic_consume(
-                    REPLY_TO.into(),
-                    "".into(),
-                    // Direct reply-to is consumed without acks, by rule.
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-        })
-        .await
-        .map_err(|_| broker::BrokerError::Timeout(self.connect_timeout))??;
+        let answers = super::attach(
+            &c.channel,
+            &self.topology,
+            REPLY_TO,
+            None,
+            self.connect_timeout,
+        )
+        .await?;
         let waiting: Waiting = Arc::default();
         let w = waiting.clone();
         tokio::spawn(async move {

@@ -32,6 +32,40 @@ use crate::store::rescue::Rescue;
 
 pub use client::ConductorClient;
 
+/// Declares the conductor's queue on `channel` and consumes `queue` (the
+/// conductor's, or the caller's direct reply-to) without acks: a call is at
+/// most once, and direct reply-to is consumed that way by rule.
+async fn attach(
+    channel: &lapin::Channel,
+    topology: &crate::broker::Topology,
+    queue: &str,
+    prefetch: Option<u16>,
+    timeout: std::time::Duration,
+) -> Result<lapin::Consumer, crate::broker::BrokerError> {
+    use lapin::options::BasicConsumeOptions;
+    let consume = async {
+        topology.declare_conductor(channel).await?;
+        if let Some(n) = prefetch {
+            crate::broker::set_prefetch(channel, n).await?;
+        }
+        channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+    };
+    tokio::time::timeout(timeout, consume)
+        .await
+        .map_err(|_| crate::broker::BrokerError::Timeout(timeout))?
+        .map_err(crate::broker::BrokerError::from)
+}
+
 /// A worker's store call, one per [`crate::store`] function it uses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "snake_case")]

@@ -7,15 +7,15 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::{Call, RemoteError, Reply};
 use crate::backoff::Backoff;
-use crate::batch::{self, Batcher};
+use crate::batch::Batcher;
 use crate::broker::{self, Topology};
 use crate::broker_nodes::BrokerNodes;
 use crate::store::claim::{self, Claim, ClaimRequest, ClaimedJob, Success};
@@ -40,33 +40,11 @@ pub struct Conductor {
 
 impl Conductor {
     pub fn new(pool: PgPool) -> Self {
-        let p = pool.clone();
-        let claims = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |items: Vec<ClaimRequest>| {
-            let pool = p.clone();
-            async move {
-                batch::all_or_each(&items, |items| claim::claim_requests(&pool, items)).await
-            }
-        });
-        let p = pool.clone();
-        let leases = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |items: Vec<(ClaimedJob, f64)>| {
-            let pool = p.clone();
-            async move {
-                match claim::heartbeat_many(&pool, &items).await {
-                    Ok(renewed) => renewed.into_iter().map(Ok).collect(),
-                    Err(e) => batch::for_all(items.len(), &StoreError::from(e)),
-                }
-            }
-        });
-        let p = pool.clone();
-        let successes = Batcher::spawn(MAX_BATCH, IN_FLIGHT, move |items: Vec<Success>| {
-            let pool = p.clone();
-            async move { batch::all_or_each(&items, |items| claim::succeed_many(&pool, items)).await }
-        });
         Conductor {
+            claims: claim::claim_batcher(pool.clone(), MAX_BATCH, IN_FLIGHT, Duration::ZERO),
+            leases: claim::lease_batcher(pool.clone(), MAX_BATCH, IN_FLIGHT),
+            successes: claim::success_batcher(pool.clone(), MAX_BATCH, IN_FLIGHT, Duration::ZERO),
             pool,
-            claims,
-            leases,
-            successes,
         }
     }
 
@@ -171,25 +149,14 @@ pub async fn serve(conductor: Conductor, settings: ServeSettings, shutdown: Canc
                 settings.connect_timeout,
             )
             .await?;
-            let consumer = tokio::time::timeout(settings.connect_timeout, async {
-                settings.topology.declare_conductor(&c.channel).await?;
-                broker::set_prefetch(&c.channel, PREFETCH).await?;
-                c.channel
-                    .basic_consume(
-                        queue.as_str().into(),
-                        "".into(),
-                        // A call is at most once: taken off the queue as it
-                        // is delivered, never redelivered to run twice.
-                        BasicConsumeOptions {
-                            no_ack: true,
-                            ..BasicConsumeOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-            })
-            .await
-            .map_err(|_| broker::BrokerError::Timeout(settings.connect_timeout))??;
+            let consumer = super::attach(
+                &c.channel,
+                &settings.topology,
+                &queue,
+                Some(PREFETCH),
+                settings.connect_timeout,
+            )
+            .await?;
             Ok::<_, broker::BrokerError>((c, consumer))
         }
         .await;

@@ -9,8 +9,10 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
+use crate::batch::{self, Batcher};
 use crate::ids::HostName;
 use crate::message::StopJob;
+use crate::store::StoreError;
 use crate::state::{JobState, TaskState, VmState};
 
 /// A job this worker holds a lease on.
@@ -184,6 +186,53 @@ pub async fn claim_requests(
         }
     }
     Ok(answers.into_iter().flatten().collect())
+}
+
+/// The group-committed claim, for whoever holds the pool: a worker (its own
+/// host's claims) or the conductor (a fleet's). A batch that is not full
+/// waits up to `linger` for more.
+pub fn claim_batcher(
+    pool: PgPool,
+    max_batch: usize,
+    in_flight: usize,
+    linger: Duration,
+) -> Batcher<ClaimRequest, Claim> {
+    Batcher::spawn_lingering(max_batch, in_flight, linger, move |items: Vec<ClaimRequest>| {
+        let pool = pool.clone();
+        async move { batch::all_or_each(&items, |items| claim_requests(&pool, items)).await }
+    })
+}
+
+/// The group-committed lease renewal (each job with its lease in seconds).
+/// A lost renewal is retried at the next beat, well within the lease, so a
+/// failed batch just answers "failed" to each job.
+pub fn lease_batcher(
+    pool: PgPool,
+    max_batch: usize,
+    in_flight: usize,
+) -> Batcher<(ClaimedJob, f64), bool> {
+    Batcher::spawn(max_batch, in_flight, move |items: Vec<(ClaimedJob, f64)>| {
+        let pool = pool.clone();
+        async move {
+            match heartbeat_many(&pool, &items).await {
+                Ok(renewed) => renewed.into_iter().map(Ok).collect(),
+                Err(e) => batch::for_all(items.len(), &StoreError::from(e)),
+            }
+        }
+    })
+}
+
+/// The group-committed success; see [`claim_batcher`].
+pub fn success_batcher(
+    pool: PgPool,
+    max_batch: usize,
+    in_flight: usize,
+    linger: Duration,
+) -> Batcher<Success, bool> {
+    Batcher::spawn_lingering(max_batch, in_flight, linger, move |items: Vec<Success>| {
+        let pool = pool.clone();
+        async move { batch::all_or_each(&items, |items| succeed_many(&pool, items)).await }
+    })
 }
 
 /// A job's row, as far as deciding why it was not claimed goes.
