@@ -11,11 +11,9 @@ use tokio_util::sync::CancellationToken;
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn a_stop_through_the_api_is_carried_out_by_a_worker_via_the_apis_conductor(pool: PgPool) {
     let app = spawn_api_only(pool).await;
-    let worker = RunningWorker::start_via_conductor(
-        app.env.worker_settings(),
-        CancellationToken::new(),
-    )
-    .await;
+    let worker =
+        RunningWorker::start_via_conductor(app.env.worker_settings(), CancellationToken::new())
+            .await;
     // Ready: consuming, and PostgreSQL reached through the API's conductor.
     assert!(
         app.env

@@ -171,7 +171,11 @@ impl Ctx {
         let handle = tokio::spawn(serve(
             Conductor::new(self.env.pool.clone()),
             ServeSettings {
-                amqp_url: self.env.amqp_url.parse().expect("the test's AMQP URL parses"),
+                amqp_url: self
+                    .env
+                    .amqp_url
+                    .parse()
+                    .expect("the test's AMQP URL parses"),
                 amqp_tls: Default::default(),
                 topology: self.env.topology.clone(),
                 connect_timeout: Duration::from_secs(5),

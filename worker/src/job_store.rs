@@ -246,7 +246,9 @@ impl JobStore {
     /// Records that this worker (running `version`) serves `host`, now.
     pub async fn beat(&self, host: &HostName, version: &str) -> Result<(), StoreError> {
         match &self.way {
-            Way::Direct { pool, .. } => Ok(hosts::beat(pool, host, &self.worker_id, version).await?),
+            Way::Direct { pool, .. } => {
+                Ok(hosts::beat(pool, host, &self.worker_id, version).await?)
+            }
             Way::Conductor(c) => {
                 let call = Call::Beat {
                     host: host.clone(),

@@ -57,11 +57,7 @@ async fn stops_on_three_hosts_go_through_the_conductor_each_to_a_worker_of_its_o
             listed.len() == 3 && listed.iter().all(|h| h.up && h.workers.len() == 2)
         })
         .await;
-    assert!(
-        all_up,
-        "{:?}",
-        hosts::list(&c.env.pool, UP).await.unwrap()
-    );
+    assert!(all_up, "{:?}", hosts::list(&c.env.pool, UP).await.unwrap());
 
     let mut jobs = Vec::new();
     for h in hosts {
@@ -96,9 +92,21 @@ async fn stops_on_three_hosts_go_through_the_conductor_each_to_a_worker_of_its_o
                 .unwrap();
         assert_eq!(host.as_deref(), Some(*h), "the job row records its host");
         let worker = worker.expect("the job row records its worker");
-        assert_eq!(worker_host[&worker], *h, "job {} done by {worker}", job.job_id);
-        assert_eq!(c.transitions_to(job.job_id, "running").await, 1, "one claim");
-        assert_eq!(c.transitions_to(job.job_id, "succeeded").await, 1, "none twice");
+        assert_eq!(
+            worker_host[&worker], *h,
+            "job {} done by {worker}",
+            job.job_id
+        );
+        assert_eq!(
+            c.transitions_to(job.job_id, "running").await,
+            1,
+            "one claim"
+        );
+        assert_eq!(
+            c.transitions_to(job.job_id, "succeeded").await,
+            1,
+            "none twice"
+        );
         let (vm_state, task_state, power) = c.instance(*vm).await;
         assert_eq!((vm_state.as_str(), task_state, power), ("stopped", None, 4));
         // The action's event, recorded by the claim and the success.

@@ -80,7 +80,7 @@ impl ConductorClient {
     /// answered with comes back as [`StoreError::Remote`]; no answer in time
     /// is [`StoreError::TimedOut`] (the call may have run).
     pub async fn call(&self, call: &Call) -> Result<Reply, StoreError> {
-        let body = serde_json::to_vec(call).map_err(|e| RemoteError::unreachable(e))?;
+        let body = serde_json::to_vec(call).map_err(RemoteError::unreachable)?;
         let (channel, waiting) = self.channel().await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::batch::{self, Batcher};
 use crate::ids::HostName;
 use crate::message::StopJob;
-use crate::store::StoreError;
 use crate::state::{JobState, TaskState, VmState};
+use crate::store::StoreError;
 
 /// A job this worker holds a lease on.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
@@ -197,10 +197,15 @@ pub fn claim_batcher(
     in_flight: usize,
     linger: Duration,
 ) -> Batcher<ClaimRequest, Claim> {
-    Batcher::spawn_lingering(max_batch, in_flight, linger, move |items: Vec<ClaimRequest>| {
-        let pool = pool.clone();
-        async move { batch::all_or_each(&items, |items| claim_requests(&pool, items)).await }
-    })
+    Batcher::spawn_lingering(
+        max_batch,
+        in_flight,
+        linger,
+        move |items: Vec<ClaimRequest>| {
+            let pool = pool.clone();
+            async move { batch::all_or_each(&items, |items| claim_requests(&pool, items)).await }
+        },
+    )
 }
 
 /// The group-committed lease renewal (each job with its lease in seconds).
@@ -211,15 +216,19 @@ pub fn lease_batcher(
     max_batch: usize,
     in_flight: usize,
 ) -> Batcher<(ClaimedJob, f64), bool> {
-    Batcher::spawn(max_batch, in_flight, move |items: Vec<(ClaimedJob, f64)>| {
-        let pool = pool.clone();
-        async move {
-            match heartbeat_many(&pool, &items).await {
-                Ok(renewed) => renewed.into_iter().map(Ok).collect(),
-                Err(e) => batch::for_all(items.len(), &StoreError::from(e)),
+    Batcher::spawn(
+        max_batch,
+        in_flight,
+        move |items: Vec<(ClaimedJob, f64)>| {
+            let pool = pool.clone();
+            async move {
+                match heartbeat_many(&pool, &items).await {
+                    Ok(renewed) => renewed.into_iter().map(Ok).collect(),
+                    Err(e) => batch::for_all(items.len(), &StoreError::from(e)),
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// The group-committed success; see [`claim_batcher`].
