@@ -92,7 +92,9 @@ impl ConductorClient {
             // Not taken in time, a call expires unrun: its caller has given up.
             .with_expiration(ShortString::from(
                 self.call_timeout.as_millis().to_string().as_str(),
-            ));
+            ))
+            // And the conductor gives up on it after as long again.
+            .with_headers(super::timeout_header(self.call_timeout));
         let sent = channel
             .basic_publish(
                 "".into(),

@@ -32,6 +32,32 @@ use crate::store::rescue::Rescue;
 
 pub use client::ConductorClient;
 
+/// The header with which a caller says how long it waits for an answer.
+const TIMEOUT_HEADER: &str = "x-shutoff-timeout-ms";
+
+fn timeout_header(timeout: std::time::Duration) -> lapin::types::FieldTable {
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        TIMEOUT_HEADER.into(),
+        lapin::types::AMQPValue::LongLongInt(timeout.as_millis() as i64),
+    );
+    headers
+}
+
+/// How long the caller of a call waits, by its header; a conductor that has
+/// not answered by then stops trying (a batched call not yet started never
+/// runs), since nobody would take the answer. Measured from when the
+/// conductor received it, so no two clocks are compared.
+fn caller_timeout(props: &lapin::BasicProperties) -> std::time::Duration {
+    let ms = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(TIMEOUT_HEADER))
+        .and_then(|v| v.as_long_long_int())
+        .unwrap_or(10_000);
+    std::time::Duration::from_millis(ms.clamp(100, 60_000) as u64)
+}
+
 /// Declares the conductor's queue on `channel` and consumes `queue` (the
 /// conductor's, or the caller's direct reply-to) without acks: a call is at
 /// most once, and direct reply-to is consumed that way by rule.
@@ -204,6 +230,17 @@ pub fn unexpected(call: &'static str, reply: Reply) -> StoreError {
 mod tests {
     use super::*;
     use crate::message::StopJob;
+
+    /// The conductor gives up on a call when its caller does, by the
+    /// caller's header, and on one without a header after 10 s.
+    #[test]
+    fn a_call_is_given_up_when_its_caller_gives_up() {
+        let with = lapin::BasicProperties::default()
+            .with_headers(timeout_header(std::time::Duration::from_secs(3)));
+        assert_eq!(caller_timeout(&with), std::time::Duration::from_secs(3));
+        let without = lapin::BasicProperties::default();
+        assert_eq!(caller_timeout(&without), std::time::Duration::from_secs(10));
+    }
 
     /// Every call and reply survives the trip as JSON, tagged by name.
     #[test]

@@ -186,7 +186,17 @@ pub async fn serve(conductor: Conductor, settings: ServeSettings, shutdown: Canc
                         tokio::spawn(async move {
                             let props = delivery.properties;
                             let reply = match serde_json::from_slice::<Call>(&delivery.data) {
-                                Ok(call) => conductor.answer(call).await,
+                                Ok(call) => {
+                                    let name = call.name();
+                                    let wait = super::caller_timeout(&props);
+                                    match tokio::time::timeout(wait, conductor.answer(call)).await {
+                                        Ok(reply) => reply,
+                                        Err(_) => {
+                                            tracing::warn!(call = name, "conductor call outlived its caller's wait; dropped");
+                                            return;
+                                        }
+                                    }
+                                }
                                 Err(e) => Reply::Error(RemoteError {
                                     transient: false,
                                     unavailable: false,
