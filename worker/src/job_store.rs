@@ -97,14 +97,6 @@ impl JobStore {
         }
     }
 
-    /// This worker's pool, if it has one (the rescuer needs it).
-    pub fn pool(&self) -> Option<&PgPool> {
-        match &self.way {
-            Way::Direct { pool, .. } => Some(pool),
-            Way::Conductor(_) => None,
-        }
-    }
-
     /// Tries to take the job `message` names. Under `ticket`, so a worker
     /// shutting down can give the claim up if it has not started, and
     /// otherwise learns whether it took the job.

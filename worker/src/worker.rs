@@ -80,7 +80,6 @@ impl Worker {
             !settings.rescuer,
             "--rescuer needs a database connection of its own; with --via-conductor the API's rescuer does the work"
         );
-        settings.common.amqp_tls.check(&settings.common.amqp_url)?;
         let client = ConductorClient::new(
             &settings.common.amqp_url,
             &settings.common.amqp_tls,
