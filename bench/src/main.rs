@@ -255,7 +255,7 @@ async fn wait_finished(
             "SELECT count(*) FILTER (WHERE j.state IN ('succeeded', 'failed')),
                     count(*) FILTER (WHERE j.state = 'succeeded'),
                     min(j.created_at), max(j.finished_at)
-               FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+               FROM instances i JOIN instance_actions ia ON ia.instance_uuid = i.uuid JOIN jobs j ON j.action_id = ia.id
               WHERE i.project_id = $1",
         )
         .bind(project.as_str())
@@ -280,7 +280,7 @@ async fn wait_finished(
 async fn e2e_timeline(pool: &PgPool, project: &ProjectId) -> anyhow::Result<String> {
     let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
         "WITH j AS (SELECT j.created_at, j.started_at, j.finished_at
-                      FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+                      FROM instances i JOIN instance_actions ia ON ia.instance_uuid = i.uuid JOIN jobs j ON j.action_id = ia.id
                      WHERE i.project_id = $1),
               t0 AS (SELECT min(created_at) AS t FROM j),
               s AS (SELECT floor(extract(epoch FROM created_at - t0.t))::int AS c,
@@ -450,7 +450,7 @@ async fn run(
                     (greatest(extract(epoch FROM j.started_at - a.at), 0) * 1000)::float8,
                     (extract(epoch FROM j.finished_at - j.started_at) * 1000)::float8
                FROM unnest($1::uuid[], $2::timestamptz[]) AS a(server, at)
-               JOIN jobs j ON j.instance_uuid = a.server",
+               JOIN instance_actions ia ON ia.instance_uuid = a.server JOIN jobs j ON j.action_id = ia.id",
         )
         .bind(&servers)
         .bind(&at)
@@ -568,7 +568,7 @@ async fn run(
         drop(broker);
         let done = done?;
         let wrong: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+            "SELECT count(*) FROM instances i JOIN instance_actions ia ON ia.instance_uuid = i.uuid JOIN jobs j ON j.action_id = ia.id
               WHERE i.project_id = $1 AND (j.host IS DISTINCT FROM i.host
                                            OR j.worker IS DISTINCT FROM 'bench-' || i.host)",
         )
@@ -800,7 +800,7 @@ async fn accept_phase(
         );
     }
     let jobs: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs j JOIN instances i ON i.uuid = j.instance_uuid
+        "SELECT count(*) FROM instances i JOIN instance_actions ia ON ia.instance_uuid = i.uuid JOIN jobs j ON j.action_id = ia.id
           WHERE i.project_id = $1",
     )
     .bind(project_a.as_str())

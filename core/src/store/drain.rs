@@ -48,24 +48,28 @@ struct Row {
     unpublished: Option<bool>,
 }
 
+/// A server's unfinished job is found through its actions, newest first
+/// (jobs has no index by instance).
+pub(crate) const HOST_SERVERS_SQL: &str = "
+SELECT i.uuid, i.name, i.project_id, i.vm_state, i.task_state, i.launched_at, i.locked,
+       j.id AS job_id, j.request_id, a.user_id,
+       (j.state = 'queued' AND j.published_at IS NULL) AS unpublished
+  FROM instances i
+  LEFT JOIN LATERAL (
+      SELECT j.id, j.request_id, j.action_id, j.state, j.published_at
+        FROM instance_actions ia JOIN jobs j ON j.action_id = ia.id
+       WHERE ia.instance_uuid = i.uuid AND j.finished_at IS NULL
+       ORDER BY ia.id DESC LIMIT 1
+  ) j ON true
+  LEFT JOIN instance_actions a ON a.id = j.action_id
+ WHERE i.host = $1 AND i.vm_state <> $2
+ ORDER BY i.name, i.uuid";
+
 /// Every server on `host` that is not deleted, by name. A server has at
 /// most one unfinished stop (the acceptance sets powering-off, which
 /// refuses the next one until the stop ends).
 pub async fn host_servers(pool: &PgPool, host: &HostName) -> Result<Vec<HostServer>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT i.uuid, i.name, i.project_id, i.vm_state, i.task_state, i.launched_at, i.locked,
-                j.id AS job_id, j.request_id, a.user_id,
-                (j.state = 'queued' AND j.published_at IS NULL) AS unpublished
-           FROM instances i
-           LEFT JOIN LATERAL (
-               SELECT id, request_id, action_id, state, published_at FROM jobs
-                WHERE instance_uuid = i.uuid AND finished_at IS NULL
-                ORDER BY created_at DESC LIMIT 1
-           ) j ON true
-           LEFT JOIN instance_actions a ON a.id = j.action_id
-          WHERE i.host = $1 AND i.vm_state <> $2
-          ORDER BY i.name, i.uuid",
-    )
+    let rows: Vec<Row> = sqlx::query_as(HOST_SERVERS_SQL)
     .bind(host.as_str())
     .bind(VmState::Deleted)
     .fetch_all(pool)

@@ -29,6 +29,8 @@ pub mod drain;
 mod error;
 pub mod hosts;
 mod pool;
+#[cfg(test)]
+pub(crate) mod plans;
 pub mod prune;
 pub mod publish;
 pub mod reads;

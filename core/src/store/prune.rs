@@ -94,9 +94,9 @@ pub async fn upper_bound(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sq
     Ok(lo)
 }
 
-/// The stops that may go: action `a` and job `j`, joined by the job's unique
-/// request id (`jobs_action`, the index on `jobs.action_id`, exists for the
-/// foreign-key check of the action's removal), finished before the
+/// The stops that may go: action `a` and job `j`, joined by the job's
+/// action (`jobs_action`, the index on `jobs.action_id`, which the
+/// foreign-key check of the action's removal needs too), finished before the
 /// cutoff `$3`, with a newer action on the same instance; action ids in
 /// `($1, $2]`. The dry run's count (the batches pick the same stops from
 /// one window at a time, [`PICK_SQL`]).
@@ -104,7 +104,7 @@ macro_rules! eligible {
     () => {
         "SELECT a.id AS action_id, j.id AS job_id, a.instance_uuid, a.request_id
            FROM instance_actions a
-           JOIN jobs j ON j.request_id = a.request_id AND j.instance_uuid = a.instance_uuid
+           JOIN jobs j ON j.action_id = a.id
           WHERE a.id > $1 AND a.id <= $2
             AND j.finished_at < $3
             AND EXISTS (SELECT 1 FROM instance_actions newer
@@ -125,7 +125,7 @@ SELECT id FROM instance_actions WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
 const PICK_SQL: &str = "
 SELECT a.id AS action_id, j.id AS job_id, a.instance_uuid, a.request_id
   FROM instance_actions a
-  JOIN jobs j ON j.request_id = a.request_id AND j.instance_uuid = a.instance_uuid
+  JOIN jobs j ON j.action_id = a.id
  WHERE a.id = ANY($1)
    AND j.finished_at < $2
    AND EXISTS (SELECT 1 FROM instance_actions newer
@@ -146,7 +146,7 @@ SELECT jsonb_build_object(
                               WHERE f.instance_uuid = a.instance_uuid
                                 AND f.request_id = a.request_id), '[]'))
   FROM instance_actions a
-  JOIN jobs j ON j.request_id = a.request_id AND j.instance_uuid = a.instance_uuid
+  JOIN jobs j ON j.action_id = a.id
  WHERE a.id = ANY($1)
  ORDER BY a.id";
 

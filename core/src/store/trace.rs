@@ -98,15 +98,24 @@ SELECT j.id AS job_id, j.action_id, j.request_id, j.instance_uuid, i.name AS ins
   JOIN instance_actions a ON a.id = j.action_id
   JOIN instances i ON i.uuid = j.instance_uuid";
 
+/// By the hash index `jobs_request`.
+pub(crate) fn by_request_sql() -> String {
+    format!("{STOP_SELECT} WHERE j.request_id = $1")
+}
+
+/// Through the server's actions (newest first by their growing id), and
+/// from each to its job by `jobs_action`.
+pub(crate) fn by_instance_sql() -> String {
+    format!("{STOP_SELECT} WHERE a.instance_uuid = $1 ORDER BY a.id DESC LIMIT $2")
+}
+
 /// The stop accepted under `request_id`, if any (a refused request leaves
 /// no row, and `prune` removes old finished ones).
 pub async fn by_request(
     pool: &PgPool,
     request_id: &RequestId,
 ) -> Result<Option<StopTrace>, sqlx::Error> {
-    let stop: Option<StopRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{STOP_SELECT} WHERE j.request_id = $1"
-    )))
+    let stop: Option<StopRow> = sqlx::query_as(sqlx::AssertSqlSafe(by_request_sql()))
     .bind(request_id.as_str())
     .fetch_optional(pool)
     .await?;
@@ -123,9 +132,7 @@ pub async fn by_instance(
     instance: Uuid,
     last: i64,
 ) -> Result<Vec<StopTrace>, sqlx::Error> {
-    let stops: Vec<StopRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{STOP_SELECT} WHERE j.instance_uuid = $1 ORDER BY j.created_at DESC, j.id LIMIT $2"
-    )))
+    let stops: Vec<StopRow> = sqlx::query_as(sqlx::AssertSqlSafe(by_instance_sql()))
     .bind(instance)
     .bind(last)
     .fetch_all(pool)
