@@ -560,6 +560,9 @@ async fn run(
         // clients (a real fleet runs the workers on their own machines).
         figures.hosts_cores = cpu.cores();
         figures.broker_mb_after = broker.rss_mb();
+        figures.hosts_bench_peak_mb =
+            fleet::status_kb(std::path::Path::new("/proc/self/status"), "VmHWM:")
+                .map(|kb| kb / 1024.0);
         workers.stop().await;
         api.stop().await;
         if let Some(p) = worker_pool {

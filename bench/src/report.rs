@@ -56,6 +56,9 @@ pub struct Figures {
     pub broker_mb_before: Option<f64>,
     pub broker_mb_up: Option<f64>,
     pub broker_mb_after: Option<f64>,
+    /// The bench process's peak resident set after the hosts phase (its
+    /// 1,000 in-process workers and their connections, and the load).
+    pub hosts_bench_peak_mb: Option<f64>,
     /// From building a host's worker to its consuming, p50 / p99 / max, and
     /// the time to bring every host up.
     pub host_start_ms: [f64; 3],
@@ -304,6 +307,11 @@ impl Figures {
                 mb(self.broker_mb_after)
             );
             println!(
+                "  {:<22} {:>10}        of the bench process, with the 1,000 workers' connections",
+                "bench_peak_rss",
+                mb(self.hosts_bench_peak_mb),
+            );
+            println!(
                 "  {:<22} {:>10.0} ms     p50 (p99 {:.0}, max {:.0}); all {} hosts up in {:.1} s",
                 "host_start_ms",
                 self.host_start_ms[0],
@@ -395,6 +403,7 @@ impl Figures {
             "broker_rss_mb_before": self.broker_mb_before,
             "broker_rss_mb_all_consuming": self.broker_mb_up,
             "broker_rss_mb_after": self.broker_mb_after,
+            "hosts_bench_peak_rss_mb": self.hosts_bench_peak_mb,
             "host_start_ms_p50_p99_max": self.host_start_ms,
             "hosts_all_up_s": self.hosts_all_up_s,
             "footprint_workers": self.footprint_workers,

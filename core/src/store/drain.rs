@@ -70,10 +70,10 @@ SELECT i.uuid, i.name, i.project_id, i.vm_state, i.task_state, i.launched_at, i.
 /// refuses the next one until the stop ends).
 pub async fn host_servers(pool: &PgPool, host: &HostName) -> Result<Vec<HostServer>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(HOST_SERVERS_SQL)
-    .bind(host.as_str())
-    .bind(VmState::Deleted)
-    .fetch_all(pool)
-    .await?;
+        .bind(host.as_str())
+        .bind(VmState::Deleted)
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| HostServer {

@@ -28,9 +28,9 @@ pub mod dead_letters;
 pub mod drain;
 mod error;
 pub mod hosts;
-mod pool;
 #[cfg(test)]
 pub(crate) mod plans;
+mod pool;
 pub mod prune;
 pub mod publish;
 pub mod reads;

@@ -61,14 +61,26 @@ mod tests {
         let mut conn = pool.acquire().await.unwrap();
         let conn = conn.acquire().await.unwrap();
         let lookups = [
-            ("by_request", super::super::trace::by_request_sql(), "jobs_request"),
-            ("by_instance", super::super::trace::by_instance_sql(), "jobs_action"),
+            (
+                "by_request",
+                super::super::trace::by_request_sql(),
+                "jobs_request",
+            ),
+            (
+                "by_instance",
+                super::super::trace::by_instance_sql(),
+                "jobs_action",
+            ),
             (
                 "jobs_of_instance",
                 super::super::reads::JOBS_OF_INSTANCE_SQL.to_string(),
                 "jobs_action",
             ),
-            ("jobs", super::super::reads::JOBS_SQL.to_string(), "jobs_action"),
+            (
+                "jobs",
+                super::super::reads::JOBS_SQL.to_string(),
+                "jobs_action",
+            ),
             // A server's unfinished job: through its actions, or from the
             // few unfinished jobs (the partial index), as the statistics say.
             (
@@ -79,7 +91,10 @@ mod tests {
         ];
         for (name, sql, index) in lookups {
             let plan = generic_plan(conn, name, &sql).await;
-            assert!(!plan.contains("Seq Scan on jobs"), "{name} scans jobs:\n{plan}");
+            assert!(
+                !plan.contains("Seq Scan on jobs"),
+                "{name} scans jobs:\n{plan}"
+            );
             assert!(
                 index.split('|').any(|i| plan.contains(i)),
                 "{name} does not use {index}:\n{plan}"

@@ -267,12 +267,7 @@ pub async fn jobs(
                 .fetch_all(pool)
                 .await
         }
-        None => {
-            sqlx::query_as(JOBS_SQL)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
+        None => sqlx::query_as(JOBS_SQL).bind(limit).fetch_all(pool).await,
     }
 }
 
@@ -290,5 +285,7 @@ pub(crate) const JOBS_OF_INSTANCE_SQL: &str = concat!(
     " FROM instance_actions a JOIN jobs j ON j.action_id = a.id
      WHERE a.instance_uuid = $1 ORDER BY a.id DESC LIMIT $2"
 );
-pub(crate) const JOBS_SQL: &str =
-    concat!(job_columns!(), " FROM jobs j ORDER BY j.action_id DESC LIMIT $1");
+pub(crate) const JOBS_SQL: &str = concat!(
+    job_columns!(),
+    " FROM jobs j ORDER BY j.action_id DESC LIMIT $1"
+);

@@ -116,9 +116,9 @@ pub async fn by_request(
     request_id: &RequestId,
 ) -> Result<Option<StopTrace>, sqlx::Error> {
     let stop: Option<StopRow> = sqlx::query_as(sqlx::AssertSqlSafe(by_request_sql()))
-    .bind(request_id.as_str())
-    .fetch_optional(pool)
-    .await?;
+        .bind(request_id.as_str())
+        .fetch_optional(pool)
+        .await?;
     match stop {
         Some(stop) => Ok(Some(rest_of(pool, stop).await?)),
         None => Ok(None),
@@ -133,10 +133,10 @@ pub async fn by_instance(
     last: i64,
 ) -> Result<Vec<StopTrace>, sqlx::Error> {
     let stops: Vec<StopRow> = sqlx::query_as(sqlx::AssertSqlSafe(by_instance_sql()))
-    .bind(instance)
-    .bind(last)
-    .fetch_all(pool)
-    .await?;
+        .bind(instance)
+        .bind(last)
+        .fetch_all(pool)
+        .await?;
     let mut out = Vec::with_capacity(stops.len());
     for stop in stops {
         out.push(rest_of(pool, stop).await?);
