@@ -321,8 +321,8 @@ pub async fn connect(
 /// The largest frame a connection of ours negotiates, unless `AMQP_URL`'s
 /// query says otherwise (`?frame_max=`). lapin keeps 32 frames of buffer for
 /// each direction of a connection, zeroed, so this sets its memory: at
-/// RabbitMQ's 128 KiB that was 8 MiB per connection, half the resident size
-/// of a worker, and 16 GiB for the benchmark's 1,000 in-process hosts. A job
+/// RabbitMQ's 128 KiB that was 8 MiB per connection (a worker holds two),
+/// and 16 GiB for the benchmark's 1,000 in-process hosts. A job
 /// message and a conductor call are under a kilobyte; a larger message only
 /// takes more frames.
 pub const FRAME_MAX: u32 = 16 * 1024;
