@@ -63,6 +63,16 @@ impl PrivateBroker {
         self._work.path().to_string_lossy().into_owned()
     }
 
+    /// Reductions over `window` by kind of Erlang process (its initial
+    /// call), the busiest first: where the node's work goes.
+    pub async fn profile(&self, window: Duration) -> String {
+        let expr = PROFILE_ERL.replace("WINDOW", &window.as_millis().to_string());
+        match self.node.ctl(&["eval", &expr]).await {
+            Ok(out) => out.replace("\\n", "\n"),
+            Err(e) => format!("(no profile: {e:#})"),
+        }
+    }
+
     /// The node's resident set in MiB.
     pub fn rss_mb(&self) -> Option<f64> {
         let pattern = self.pattern();
@@ -78,6 +88,8 @@ impl PrivateBroker {
         None
     }
 }
+
+const PROFILE_ERL: &str = include_str!("broker_profile.erl");
 
 /// Raises this process's open-file limit to its hard limit (children, the
 /// private broker among them, inherit it): a thousand workers hold three
@@ -339,17 +351,29 @@ pub struct Cores {
     /// The `shutoff-api` process (with `--via-conductor` workers, also
     /// their conductor).
     pub api: f64,
+    /// The `shutoff-worker` processes (the single-host phases' workers;
+    /// the hosts phase's run in the bench process).
+    pub workers: f64,
     pub bench: f64,
 }
 
-/// What picks the API's process out of /proc (its binary's path).
+impl Cores {
+    pub fn total(&self) -> f64 {
+        self.postgres + self.broker + self.api + self.workers + self.bench
+    }
+}
+
+/// What picks the API's and the workers' processes out of /proc (their
+/// binaries' paths).
 const API: &str = "release/shutoff-api";
+const WORKER: &str = "release/shutoff-worker";
 
 pub struct CpuWatch {
     start: Instant,
     pg: f64,
     broker: f64,
     api: f64,
+    workers: f64,
     bench: f64,
     broker_pattern: String,
 }
@@ -362,6 +386,7 @@ impl CpuWatch {
             pg: cpu_seconds_of("postgres:"),
             broker: cpu_seconds_of(broker_pattern),
             api: cpu_seconds_of(API),
+            workers: cpu_seconds_of(WORKER),
             bench: own_cpu_seconds(),
             broker_pattern: broker_pattern.to_string(),
         }
@@ -373,6 +398,7 @@ impl CpuWatch {
             postgres: (cpu_seconds_of("postgres:") - self.pg) / wall,
             broker: (cpu_seconds_of(&self.broker_pattern) - self.broker) / wall,
             api: (cpu_seconds_of(API) - self.api) / wall,
+            workers: (cpu_seconds_of(WORKER) - self.workers) / wall,
             bench: (own_cpu_seconds() - self.bench) / wall,
         }
     }

@@ -139,12 +139,15 @@ pub async fn seed(pool: &PgPool, n: i64) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// The relay's and the rescuer's passes, timed: p50 and max in ms.
+/// The relay's and the rescuer's passes, timed: p50 and max in ms, and
+/// the first pass of each (the one that meets the index entries of the
+/// stops just finished).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Passes {
     pub runs: usize,
     pub relay_ms: [f64; 2],
     pub rescuer_ms: [f64; 2],
+    pub first_relay_rescuer_ms: [f64; 2],
 }
 
 // The relay's and the rescuer's settings with the services' defaults
@@ -178,6 +181,10 @@ pub async fn time_passes(pool: &PgPool, runs: usize) -> anyhow::Result<Passes> {
     }
     Ok(Passes {
         runs,
+        first_relay_rescuer_ms: [
+            relay.first().copied().unwrap_or(f64::NAN),
+            rescuer.first().copied().unwrap_or(f64::NAN),
+        ],
         relay_ms: p50_max(relay),
         rescuer_ms: p50_max(rescuer),
     })

@@ -88,6 +88,10 @@ struct Args {
     /// or `direct` (a pool of their own), for before/after.
     #[arg(long, default_value = "conductor", value_parser = ["conductor", "direct"])]
     fleet_via: String,
+    /// Also print which kinds of Erlang process of the hosts phase's
+    /// RabbitMQ node did the work (reductions), at idle and under load.
+    #[arg(long)]
+    fleet_broker_profile: bool,
     /// Worker processes of the footprint phase (one host each).
     #[arg(long, default_value_t = 60)]
     footprint_workers: usize,
@@ -540,9 +544,21 @@ async fn run(
             figures.host_start_ms[0],
             figures.host_start_ms[1]
         );
+        // What the fleet costs doing nothing, once the start-up bursts are
+        // over (the first heartbeats of every host land in the first
+        // interval).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let idle = fleet::CpuWatch::start(&broker.pattern());
+        if args.fleet_broker_profile {
+            let p = broker.profile(Duration::from_secs(20)).await;
+            eprintln!("hosts: the broker at idle, reductions by process kind over 20 s:\n{p}");
+        } else {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+        figures.hosts_idle_cores = idle.cores();
         let c0 = fleet::commits(&pool).await?;
         let cpu = fleet::CpuWatch::start(&broker.pattern());
-        let outcome = load::run(
+        let load = load::run(
             load::Target {
                 api: addr,
                 project: project_h.to_string(),
@@ -550,8 +566,18 @@ async fn run(
                 servers,
             },
             None,
-        )
-        .await;
+        );
+        let outcome = if args.fleet_broker_profile {
+            let profile = async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                broker.profile(Duration::from_secs(10)).await
+            };
+            let (outcome, p) = tokio::join!(load, profile);
+            eprintln!("hosts: the broker under load, reductions by process kind over 10 s:\n{p}");
+            outcome
+        } else {
+            load.await
+        };
         let done = wait_finished(&pool, &project_h, outcome.accepted).await;
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let c1 = fleet::commits(&pool).await?;
@@ -884,9 +910,11 @@ async fn e2e_phase(args: &Args, w: &Wiring, pool: &PgPool, name: &str) -> anyhow
     let done = wait_finished(pool, &project_e, outcome.accepted).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let c1 = fleet::commits(pool).await?;
+    // Read while the services run: the CPU of a process (or a PostgreSQL
+    // backend) that has exited is no longer in /proc.
+    let cores = cpu.cores();
     stop_all(svc).await;
     let done = done?;
-    let cores = cpu.cores();
     eprintln!(
         "{name} per second (accepted/claimed/finished): {}",
         e2e_timeline(pool, &project_e).await?

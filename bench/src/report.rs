@@ -28,6 +28,9 @@ pub struct Figures {
     /// generator plus the in-process workers; in e2e: the load generator).
     pub e2e_cores: crate::fleet::Cores,
     pub hosts_cores: crate::fleet::Cores,
+    /// The same, with every host's worker consuming and no stops: what the
+    /// fleet costs before it does anything.
+    pub hosts_idle_cores: crate::fleet::Cores,
     pub slow_stops: usize,
     pub slow_succeeded: usize,
     pub slow_e2e_seconds: f64,
@@ -280,8 +283,13 @@ impl Figures {
             );
             let c = |c: &crate::fleet::Cores| {
                 format!(
-                    "PostgreSQL {:.2}, RabbitMQ {:.2}, API {:.2}, bench process {:.2}",
-                    c.postgres, c.broker, c.api, c.bench
+                    "PostgreSQL {:.2}, RabbitMQ {:.2}, API {:.2}, workers {:.2}, bench process {:.2} (all {:.2})",
+                    c.postgres,
+                    c.broker,
+                    c.api,
+                    c.workers,
+                    c.bench,
+                    c.total()
                 )
             };
             println!(
@@ -291,6 +299,20 @@ impl Figures {
                 self.hosts,
                 c(&self.hosts_cores),
                 c(&self.e2e_cores)
+            );
+            println!(
+                "  {:<22} {:>10.2} ms     over {} hosts (one host: {:.2} ms), all the machine's cores counted",
+                "cpu_ms_per_stop",
+                self.hosts_cores.total() * 1e3 / self.hosts_e2e_per_s,
+                self.hosts,
+                self.e2e_cores.total() * 1e3 / self.e2e_per_s,
+            );
+            println!(
+                "  {:<22} {:>10}        {} hosts consuming, no stops: {}",
+                "cores_at_idle",
+                "",
+                self.hosts,
+                c(&self.hosts_idle_cores),
             );
             println!(
                 "  {:<22} {:>10.0} /s     {:.2} x the single-host e2e phase's accept rate",
@@ -397,8 +419,10 @@ impl Figures {
             "hosts_accept_per_s": self.hosts_accept_per_s,
             "e2e_commits_per_stop": self.e2e_commits_per_stop,
             "hosts_commits_per_stop": self.hosts_commits_per_stop,
-            "hosts_cores_pg_broker_api_bench": [self.hosts_cores.postgres, self.hosts_cores.broker, self.hosts_cores.api, self.hosts_cores.bench],
-            "e2e_cores_pg_broker_api_bench": [self.e2e_cores.postgres, self.e2e_cores.broker, self.e2e_cores.api, self.e2e_cores.bench],
+            "hosts_cores_pg_broker_api_workers_bench": [self.hosts_cores.postgres, self.hosts_cores.broker, self.hosts_cores.api, self.hosts_cores.workers, self.hosts_cores.bench],
+            "hosts_idle_cores_pg_broker_api_workers_bench": [self.hosts_idle_cores.postgres, self.hosts_idle_cores.broker, self.hosts_idle_cores.api, self.hosts_idle_cores.workers, self.hosts_idle_cores.bench],
+            "e2e_cores_pg_broker_api_workers_bench": [self.e2e_cores.postgres, self.e2e_cores.broker, self.e2e_cores.api, self.e2e_cores.workers, self.e2e_cores.bench],
+            "cpu_ms_per_stop_hosts_single": [self.hosts_cores.total() * 1e3 / self.hosts_e2e_per_s, self.e2e_cores.total() * 1e3 / self.e2e_per_s],
             "hosts_e2e_ratio_to_single_host": self.hosts_e2e_per_s / self.e2e_per_s,
             "broker_rss_mb_before": self.broker_mb_before,
             "broker_rss_mb_all_consuming": self.broker_mb_up,
@@ -491,7 +515,7 @@ impl HistoryFigures {
         if self.n == 0 {
             return Value::Null;
         }
-        let passes = |p: &crate::history::Passes| json!({"runs": p.runs, "relay_p50_max_ms": p.relay_ms, "rescuer_p50_max_ms": p.rescuer_ms});
+        let passes = |p: &crate::history::Passes| json!({"runs": p.runs, "relay_p50_max_ms": p.relay_ms, "rescuer_p50_max_ms": p.rescuer_ms, "first_relay_rescuer_ms": p.first_relay_rescuer_ms});
         json!({
             "n": self.n,
             "seed_s": self.seed_large_s,
