@@ -1,3 +1,10 @@
+%% Evaluated on the hosts phase's RabbitMQ node (`rabbitmqctl eval`; the
+%% bench puts the window in ms for WINDOW). Sums the reductions of every
+%% process twice, WINDOW apart, by the process's initial call (a quorum
+%% queue is an ra_server_proc, a connection a rabbit_reader and a
+%% rabbit_writer, each channel a rabbit_channel), and prints the busiest
+%% kinds: reductions, processes, kind. The scan itself shows up as
+%% erpc:execute_call and costs about as much as the idle node.
 Snap = fun() ->
   lists:foldl(fun(P, Acc) ->
     case erlang:process_info(P, [reductions, initial_call, dictionary]) of

@@ -148,6 +148,8 @@ pub struct Passes {
     pub relay_ms: [f64; 2],
     pub rescuer_ms: [f64; 2],
     pub first_relay_rescuer_ms: [f64; 2],
+    /// The same passes timed by PostgreSQL: relay, rescuer; p50 and max.
+    pub in_server_ms: [[f64; 2]; 2],
 }
 
 // The relay's and the rescuer's settings with the services' defaults
@@ -179,8 +181,10 @@ pub async fn time_passes(pool: &PgPool, runs: usize) -> anyhow::Result<Passes> {
             );
         }
     }
+    let in_server_ms = time_passes_in_server(pool, runs).await?;
     Ok(Passes {
         runs,
+        in_server_ms,
         first_relay_rescuer_ms: [
             relay.first().copied().unwrap_or(f64::NAN),
             rescuer.first().copied().unwrap_or(f64::NAN),
@@ -198,15 +202,13 @@ fn p50_max(mut v: Vec<f64>) -> [f64; 2] {
     ]
 }
 
-/// `EXPLAIN (ANALYZE, BUFFERS)` of the passes' statements as a service's
-/// connection runs them: prepared, after enough executions for PostgreSQL
-/// to settle on the plan it keeps (generic or custom), with the services'
-/// default parameters.
-pub async fn explain_passes(pool: &PgPool) -> anyhow::Result<String> {
+/// The passes' three statements, by name, with the services' default
+/// parameters written out: the relay's two, then the rescuer's.
+fn pass_statements() -> [(&'static str, &'static str, String); 3] {
     let min_age = MIN_AGE.as_secs_f64();
     let window = RESCUE_AFTER.as_secs_f64();
     let down = HOST_DOWN_AFTER.as_secs_f64();
-    let statements = [
+    [
         (
             "relay: unpublished",
             publish::UNPUBLISHED_SQL,
@@ -222,10 +224,57 @@ pub async fn explain_passes(pool: &PgPool) -> anyhow::Result<String> {
             rescue::STALE_SQL,
             format!("{window}, {BATCH}, {down}"),
         ),
-    ];
+    ]
+}
+
+/// The passes' statements timed by PostgreSQL itself (`EXPLAIN ANALYZE`'s
+/// execution time, as `pg_stat_statements` would count it): p50 and max
+/// in ms of `runs` relay passes (its two statements) and rescuer passes.
+/// What the client's clock adds (a stalled thread, this machine's other
+/// work) is in [`time_passes`], not here.
+pub async fn time_passes_in_server(pool: &PgPool, runs: usize) -> anyhow::Result<[[f64; 2]; 2]> {
+    let mut conn = pool.acquire().await?;
+    let statements = pass_statements();
+    for (i, (_, sql, _)) in statements.iter().enumerate() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE bench_server_{i} AS {sql}"
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
+    let (mut relay, mut rescuer) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        let mut ms = [0.0; 3];
+        for (i, (_, _, params)) in statements.iter().enumerate() {
+            let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) EXECUTE bench_server_{i}({params})"
+            )))
+            .fetch_one(&mut *conn)
+            .await?;
+            ms[i] = plan[0]["Execution Time"]
+                .as_f64()
+                .context("EXPLAIN ANALYZE gave no execution time")?;
+        }
+        relay.push(ms[0] + ms[1]);
+        rescuer.push(ms[2]);
+    }
+    // Only ours: the connection's own statements are sqlx's cache.
+    for i in 0..statements.len() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DEALLOCATE bench_server_{i}")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok([p50_max(relay), p50_max(rescuer)])
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the passes' statements as a service's
+/// connection runs them: prepared, after enough executions for PostgreSQL
+/// to settle on the plan it keeps (generic or custom), with the services'
+/// default parameters.
+pub async fn explain_passes(pool: &PgPool) -> anyhow::Result<String> {
     let mut conn = pool.acquire().await?;
     let mut out = String::new();
-    for (name, sql, params) in statements {
+    for (name, sql, params) in pass_statements() {
         let prepare = format!("PREPARE bench_pass AS {sql}");
         sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
             .execute(&mut *conn)

@@ -169,11 +169,14 @@ fn targets(f: &Figures) -> Vec<(&'static str, Option<bool>)> {
             ),
         ),
         (
-            "history: relay and rescuer passes < 50 ms",
+            // As the issue counts them (pg_stat_statements' durations):
+            // PostgreSQL's own execution time. The client's clock, printed
+            // beside it, also holds whatever else this machine was doing.
+            "history: relay and rescuer passes < 50 ms (in PostgreSQL)",
             when(
                 f.history.n > 0,
-                f.history.passes_large.relay_ms[1] < 50.0
-                    && f.history.passes_large.rescuer_ms[1] < 50.0,
+                f.history.passes_large.in_server_ms[0][1] < 50.0
+                    && f.history.passes_large.in_server_ms[1][1] < 50.0,
             ),
         ),
     ]
@@ -477,21 +480,35 @@ impl HistoryFigures {
             self.e2e_per_s,
             self.e2e_per_s / f.e2e_per_s
         );
-        for (name, small, large) in [
+        for (name, small, large, small_pg, large_pg) in [
             (
                 "relay_pass_ms",
                 self.passes_small.relay_ms,
                 self.passes_large.relay_ms,
+                self.passes_small.in_server_ms[0],
+                self.passes_large.in_server_ms[0],
             ),
             (
                 "rescuer_pass_ms",
                 self.passes_small.rescuer_ms,
                 self.passes_large.rescuer_ms,
+                self.passes_small.in_server_ms[1],
+                self.passes_large.in_server_ms[1],
             ),
         ] {
             println!(
-                "  {:<22} {:>10.2} ms     p50 (max {:.2}) of {} passes at {}; at {h}: p50 {:.2}, max {:.2}",
-                name, large[0], large[1], self.passes_large.runs, self.n, small[0], small[1]
+                "  {:<22} {:>10.2} ms     p50 (max {:.2}) of {} passes at {} in PostgreSQL; at {h}: p50 {:.2}, max {:.2}",
+                name,
+                large_pg[0],
+                large_pg[1],
+                self.passes_large.runs,
+                self.n,
+                small_pg[0],
+                small_pg[1]
+            );
+            println!(
+                "  {:<22} {:>10.2} ms     p50 (max {:.2}) by the client's clock; at {h}: p50 {:.2}, max {:.2}",
+                "", large[0], large[1], small[0], small[1]
             );
         }
         println!(
@@ -515,7 +532,7 @@ impl HistoryFigures {
         if self.n == 0 {
             return Value::Null;
         }
-        let passes = |p: &crate::history::Passes| json!({"runs": p.runs, "relay_p50_max_ms": p.relay_ms, "rescuer_p50_max_ms": p.rescuer_ms, "first_relay_rescuer_ms": p.first_relay_rescuer_ms});
+        let passes = |p: &crate::history::Passes| json!({"runs": p.runs, "relay_p50_max_ms": p.relay_ms, "rescuer_p50_max_ms": p.rescuer_ms, "first_relay_rescuer_ms": p.first_relay_rescuer_ms, "in_postgresql_relay_rescuer_p50_max_ms": p.in_server_ms});
         json!({
             "n": self.n,
             "seed_s": self.seed_large_s,
