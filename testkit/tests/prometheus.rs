@@ -475,19 +475,27 @@ async fn a_real_prometheus_scraping_the_api_and_a_worker_fires_the_shipped_rules
     }
     // Over the whole test, not the dashboard's last minute: on a loaded
     // machine more than a minute can pass between the zeros' scrape and
-    // here, and a rate over samples that are all 1 is 0.
-    assert!(
-        !prom
-            .query("sum(increase(shutoff_jobs_accepted_total[10m])) > 0")
-            .await
-            .is_empty()
-    );
-    assert!(
-        !prom
-            .query("sum(increase(shutoff_jobs_failed_total[10m])) > 0")
-            .await
-            .is_empty()
-    );
+    // here, and a rate over samples that are all 1 is 0. Waited for, not
+    // asked once: the alerts above come from the worker's scrapes, and on
+    // a loaded machine the API's scrape that saw the stop (its timeout is
+    // the 1 s interval) may not have landed yet.
+    for q in [
+        "sum(increase(shutoff_jobs_accepted_total[10m])) > 0",
+        "sum(increase(shutoff_jobs_failed_total[10m])) > 0",
+    ] {
+        let seen = until(Duration::from_secs(30), async || {
+            !prom.query(q).await.is_empty()
+        })
+        .await;
+        assert!(
+            seen,
+            "{q} stayed empty; the counters: {:?} {:?}; targets: {:?}\n{}",
+            prom.query("shutoff_jobs_accepted_total[10m]").await,
+            prom.query("shutoff_jobs_failed_total[10m]").await,
+            prom.query("up").await,
+            prom.log()
+        );
+    }
 
     drop(prom);
     let _ = std::fs::remove_dir_all(&scratch);
