@@ -62,10 +62,13 @@ async fn a_guest_that_honours_the_power_button_shuts_down_cleanly() {
     );
     assert_eq!(s.how, StopMethod::Clean, "{}", s.details());
     assert_eq!(s.power_state, PowerState::Shutdown);
+    // The poll may see the domain shut off, or still "being shut down",
+    // which Nova's map counts as off; then the destroy that follows every
+    // clean attempt finds it gone. Either way the guest powered itself off.
     assert!(
         s.details().starts_with("clean shutdown in ")
             && s.details()
-                .contains("libvirt state shut off (reason shutdown) after"),
+                .contains("libvirt state shut off (reason shutdown)"),
         "{}",
         s.details()
     );
