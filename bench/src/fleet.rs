@@ -322,25 +322,29 @@ pub fn own_cpu_seconds() -> f64 {
     stat_cpu_seconds(std::path::Path::new("/proc/self/stat"))
 }
 
-/// CPU seconds used so far by every process whose command line contains
-/// `pattern` (the PostgreSQL server's processes: "postgres"; a RabbitMQ
-/// node's VM: its node name), children included only as far as /proc
-/// counts them.
-pub fn cpu_seconds_of(pattern: &str) -> f64 {
+/// CPU seconds used so far by the processes whose command line contains
+/// each of `patterns` (the PostgreSQL server's processes: "postgres:"; a
+/// RabbitMQ node's VM: its data directory), in one pass over /proc;
+/// children count only as far as /proc counts them.
+pub fn cpu_seconds_of<const N: usize>(patterns: [&str; N]) -> [f64; N] {
+    let mut totals = [0.0; N];
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return totals;
     };
-    let mut total = 0.0;
     for entry in dir.flatten() {
         let path = entry.path();
         let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
             continue;
         };
-        if String::from_utf8_lossy(&cmdline).contains(pattern) {
-            total += stat_cpu_seconds(&path.join("stat"));
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let mut seconds = None;
+        for (total, pattern) in totals.iter_mut().zip(patterns) {
+            if cmdline.contains(pattern) {
+                *total += *seconds.get_or_insert_with(|| stat_cpu_seconds(&path.join("stat")));
+            }
         }
     }
-    total
+    totals
 }
 
 /// Cores used over a stretch of wall time, by whom.
@@ -370,10 +374,8 @@ const WORKER: &str = "release/shutoff-worker";
 
 pub struct CpuWatch {
     start: Instant,
-    pg: f64,
-    broker: f64,
-    api: f64,
-    workers: f64,
+    /// PostgreSQL, the broker, the API, the workers: as [`Self::patterns`].
+    others: [f64; 4],
     bench: f64,
     broker_pattern: String,
 }
@@ -381,24 +383,29 @@ pub struct CpuWatch {
 impl CpuWatch {
     /// `broker_pattern` picks the RabbitMQ node's VM out of /proc.
     pub fn start(broker_pattern: &str) -> CpuWatch {
-        CpuWatch {
+        let mut w = CpuWatch {
             start: Instant::now(),
-            pg: cpu_seconds_of("postgres:"),
-            broker: cpu_seconds_of(broker_pattern),
-            api: cpu_seconds_of(API),
-            workers: cpu_seconds_of(WORKER),
+            others: [0.0; 4],
             bench: own_cpu_seconds(),
             broker_pattern: broker_pattern.to_string(),
-        }
+        };
+        w.others = cpu_seconds_of(w.patterns());
+        w
+    }
+
+    fn patterns(&self) -> [&str; 4] {
+        ["postgres:", &self.broker_pattern, API, WORKER]
     }
 
     pub fn cores(&self) -> Cores {
         let wall = self.start.elapsed().as_secs_f64().max(1e-3);
+        let now = cpu_seconds_of(self.patterns());
+        let used = |i: usize| (now[i] - self.others[i]) / wall;
         Cores {
-            postgres: (cpu_seconds_of("postgres:") - self.pg) / wall,
-            broker: (cpu_seconds_of(&self.broker_pattern) - self.broker) / wall,
-            api: (cpu_seconds_of(API) - self.api) / wall,
-            workers: (cpu_seconds_of(WORKER) - self.workers) / wall,
+            postgres: used(0),
+            broker: used(1),
+            api: used(2),
+            workers: used(3),
             bench: (own_cpu_seconds() - self.bench) / wall,
         }
     }

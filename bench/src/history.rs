@@ -140,8 +140,8 @@ pub async fn seed(pool: &PgPool, n: i64) -> anyhow::Result<Duration> {
 }
 
 /// The relay's and the rescuer's passes, timed: p50 and max in ms, and
-/// the first pass of each (the one that meets the index entries of the
-/// stops just finished).
+/// the first pass of each, right after the phase before (its stops' index
+/// entries still unvisited).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Passes {
     pub runs: usize,

@@ -90,6 +90,8 @@ struct Args {
     fleet_via: String,
     /// Also print which kinds of Erlang process of the hosts phase's
     /// RabbitMQ node did the work (reductions), at idle and under load.
+    /// The sampling itself costs the node CPU: the phase's cores at idle
+    /// and under load then include it.
     #[arg(long)]
     fleet_broker_profile: bool,
     /// Worker processes of the footprint phase (one host each).
