@@ -30,9 +30,10 @@ mod tests {
     use super::generic_plan;
 
     /// Years of history: the lookups an operator makes (a trace by request
-    /// id or by server, the jobs list, a host's drain) go by index and never
-    /// read all of jobs, and the only indexes of jobs keyed on something
-    /// other than a growing value are the ones a lookup needs.
+    /// id or by server, the jobs list, a host's drain, a server's actions)
+    /// go by index and never read all of jobs or of the actions, and the
+    /// only indexes of jobs and actions keyed on something other than a
+    /// growing value are the ones a lookup needs.
     #[sqlx::test(migrator = "crate::store::MIGRATOR")]
     async fn history_lookups_go_by_index_and_jobs_keeps_no_random_btree(pool: PgPool) {
         sqlx::raw_sql(
@@ -81,6 +82,16 @@ mod tests {
                 super::super::reads::JOBS_SQL.to_string(),
                 "jobs_action",
             ),
+            (
+                "actions",
+                super::super::reads::ACTIONS_SQL.to_string(),
+                "instance_actions_instance",
+            ),
+            (
+                "action",
+                super::super::reads::ACTION_SQL.to_string(),
+                "instance_actions_instance",
+            ),
             // A server's unfinished job: through its actions, or from the
             // few unfinished jobs (the partial index), as the statistics say.
             (
@@ -91,10 +102,12 @@ mod tests {
         ];
         for (name, sql, index) in lookups {
             let plan = generic_plan(conn, name, &sql).await;
-            assert!(
-                !plan.contains("Seq Scan on jobs"),
-                "{name} scans jobs:\n{plan}"
-            );
+            for table in ["jobs", "instance_actions"] {
+                assert!(
+                    !plan.contains(&format!("Seq Scan on {table}")),
+                    "{name} scans {table}:\n{plan}"
+                );
+            }
             assert!(
                 index.split('|').any(|i| plan.contains(i)),
                 "{name} does not use {index}:\n{plan}"
@@ -124,5 +137,24 @@ mod tests {
         );
         let request = &indexes[3].1;
         assert!(request.contains("USING hash (request_id)"), "{request}");
+
+        // Of instance_actions, only the server's lookup is keyed on a random
+        // value (the client's instance uuid), and on it alone, so that
+        // deduplication keeps one entry per server.
+        let indexes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'instance_actions'
+              ORDER BY 1",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let names: Vec<&str> = indexes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["instance_actions_instance", "instance_actions_pkey"],
+            "{indexes:#?}"
+        );
+        let instance = &indexes[0].1;
+        assert!(instance.contains("btree (instance_uuid)"), "{instance}");
     }
 }

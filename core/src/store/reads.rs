@@ -198,17 +198,27 @@ pub struct EventRow {
     pub host: Option<String>,
 }
 
-const ACTION_COLUMNS: &str =
-    "id, action, instance_uuid, request_id, user_id, project_id, start_time, finish_time, message";
+macro_rules! action_columns {
+    () => {
+        "SELECT id, action, instance_uuid, request_id, user_id, project_id, start_time,
+                finish_time, message FROM instance_actions"
+    };
+}
+/// Both by the index `instance_actions_instance`: a server's few actions.
+pub(crate) const ACTIONS_SQL: &str = concat!(
+    action_columns!(),
+    " WHERE instance_uuid = $1 ORDER BY start_time DESC, id DESC"
+);
+pub(crate) const ACTION_SQL: &str = concat!(
+    action_columns!(),
+    " WHERE instance_uuid = $1 AND request_id = $2"
+);
 
 pub async fn actions(pool: &PgPool, instance: Uuid) -> Result<Vec<ActionRow>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {ACTION_COLUMNS} FROM instance_actions WHERE instance_uuid = $1
-          ORDER BY start_time DESC, id DESC"
-    )))
-    .bind(instance)
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(ACTIONS_SQL)
+        .bind(instance)
+        .fetch_all(pool)
+        .await
 }
 
 pub async fn action(
@@ -216,13 +226,11 @@ pub async fn action(
     instance: Uuid,
     request_id: &str,
 ) -> Result<Option<(ActionRow, Vec<EventRow>)>, sqlx::Error> {
-    let action: Option<ActionRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {ACTION_COLUMNS} FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2"
-    )))
-    .bind(instance)
-    .bind(request_id)
-    .fetch_optional(pool)
-    .await?;
+    let action: Option<ActionRow> = sqlx::query_as(ACTION_SQL)
+        .bind(instance)
+        .bind(request_id)
+        .fetch_optional(pool)
+        .await?;
     let Some(action) = action else {
         return Ok(None);
     };
