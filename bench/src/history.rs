@@ -297,6 +297,67 @@ pub async fn explain_passes(pool: &PgPool) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Pages each table and index of a database read from outside
+/// `shared_buffers` (`pg_statio_user_tables` and `_indexes`), read before
+/// and after a run: what a long history makes each stop fetch.
+pub struct BlocksRead(std::collections::HashMap<String, i64>);
+
+impl BlocksRead {
+    pub async fn read(pool: &PgPool) -> anyhow::Result<Self> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT relname::text, coalesce(heap_blks_read, 0) FROM pg_statio_user_tables
+             UNION ALL
+             SELECT indexrelname::text, coalesce(idx_blks_read, 0) FROM pg_statio_user_indexes",
+        )
+        .fetch_all(pool)
+        .await?;
+        Ok(BlocksRead(rows.into_iter().collect()))
+    }
+
+    /// Pages read per stop since `before`, most first; only those of at
+    /// least 0.01 per stop.
+    pub fn per_stop_since(&self, before: &BlocksRead, stops: usize) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = self
+            .0
+            .iter()
+            .map(|(name, n)| {
+                let d = n - before.0.get(name).copied().unwrap_or(0);
+                (name.clone(), d as f64 / stops.max(1) as f64)
+            })
+            .filter(|(_, per)| *per >= 0.01)
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
+    /// [`Self::per_stop_since`] this reading, taken again once the run's
+    /// services have exited (their backends report their reads as they
+    /// exit), and printed as `label`'s line.
+    pub async fn report_since(
+        &self,
+        pool: &PgPool,
+        stops: usize,
+        label: &str,
+    ) -> anyhow::Result<Vec<(String, f64)>> {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let v = BlocksRead::read(pool).await?.per_stop_since(self, stops);
+        eprintln!(
+            "{label}: pages read from outside shared_buffers per stop: {}",
+            show_blocks(&v, 8)
+        );
+        Ok(v)
+    }
+}
+
+/// The first `n` of [`BlocksRead::per_stop_since`]'s list, for a line.
+pub fn show_blocks(v: &[(String, f64)], n: usize) -> String {
+    v.iter()
+        .take(n)
+        .map(|(rel, per)| format!("{rel} {per:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What one `shutoff-admin prune` run removed and how long it took.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PruneRun {

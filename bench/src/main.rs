@@ -120,6 +120,18 @@ struct Args {
     /// second accept run (the history spans a year, the oldest stops first).
     #[arg(long, default_value = "330days")]
     prune_older_than: String,
+    /// Leave the history phase's seeded database in place at the end (its
+    /// name is printed), to look into it or to reuse it with
+    /// `--history-from`.
+    #[arg(long)]
+    keep_history: bool,
+    /// Run the history phase on this existing database (kept by an earlier
+    /// run's `--keep-history`) instead of seeding one: minutes instead of a
+    /// quarter of an hour. Each run adds its stops to it and prunes it, so
+    /// its history is not the same twice; a fresh seeding is the figure of
+    /// record. It is never dropped.
+    #[arg(long)]
+    history_from: Option<String>,
     /// Phases to leave out (ceiling, accept, e2e, history, latency, hosts,
     /// footprint, slow), for profiling one.
     #[arg(long, value_delimiter = ',')]
@@ -166,7 +178,9 @@ async fn project(
     hypervisor: &str,
 ) -> anyhow::Result<(ProjectId, Vec<String>, Vec<Uuid>)> {
     let project = ProjectId::random();
-    admin::create_project(pool, &project, name).await?;
+    // Unique, also in a database an earlier run left (`--history-from`).
+    let project_name = format!("{name}-{}", &project.as_str()[..8]);
+    admin::create_project(pool, &project, &project_name).await?;
     let mut toks = Vec::with_capacity(tokens);
     for i in 0..tokens {
         let expires = Utc::now() + chrono::Duration::hours(2);
@@ -372,13 +386,28 @@ async fn run(
 
     // The large history's database, seeded before the phases at 50,000 so
     // that both sizes are measured minutes apart, not a seeding apart.
-    let large = if args.runs("history") {
+    let large = if let (true, Some(name)) = (args.runs("history"), &args.history_from) {
+        let url = database_url(&args.database_url, name)?;
+        // The schema of this build, and no backlog: the earlier run's last
+        // accept run left its jobs queued.
+        store::create_and_migrate(&url.parse()?).await?;
+        let pool = connect(&url).await?;
+        finish_queued(&pool).await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+            .fetch_one(&pool)
+            .await?;
+        eprintln!("history: reusing {name}, {n} stops, not seeded");
+        Some((url, pool, n))
+    } else if args.runs("history") {
         let (url, pool, took) = phase_database(args, run_id, "history", args.history_large).await?;
         figures.history.seed_large_s = took.as_secs_f64();
-        Some((url, pool))
+        Some((url, pool, args.history_large))
     } else {
         None
     };
+    // The databases at --history stay open for the history phase's second
+    // runs on them.
+    let (mut small_accept, mut small_e2e) = (None, None);
     if args.runs("accept") {
         // 2. Accept rate: the API alone (workers elsewhere in a real cloud).
         let (url, pool, _) = phase_database(args, run_id, "accept", args.history).await?;
@@ -388,7 +417,8 @@ async fn run(
         figures.accept_p50_ms = a.p50_ms;
         figures.accept_p99_ms = a.p99_ms;
         figures.accept_refused = a.refused;
-        pool.close().await;
+        figures.history.blocks_read_small = a.blocks_read;
+        small_accept = Some((url, pool));
     }
     if args.runs("e2e") {
         // 3. End to end through two workers, simulated hypervisor, no delay.
@@ -402,6 +432,7 @@ async fn run(
         figures.e2e_seconds = e.seconds;
         figures.e2e_per_s = e.per_s;
         figures.e2e_accept_per_s = e.accept_per_s;
+        figures.history.e2e_blocks_read_small = e.blocks_read;
         if args.runs("history") {
             figures.history.passes_small = history::time_passes(&pool, args.pass_runs).await?;
             eprintln!(
@@ -409,11 +440,18 @@ async fn run(
                 args.history, figures.history.passes_small
             );
         }
+        small_e2e = Some((url, pool));
+    }
+    if let Some((url, pool, n)) = large {
+        figures.history.n = n;
+        let small = Small {
+            accept: small_accept.as_ref(),
+            e2e: small_e2e.as_ref(),
+        };
+        history_phase(args, &bin_dir, &wiring, (&url, &pool), small, figures).await?;
         pool.close().await;
     }
-    if let Some((url, pool)) = large {
-        figures.history.n = args.history_large;
-        history_phase(args, &bin_dir, &wiring, &url, &pool, figures).await?;
+    for (_, pool) in small_accept.into_iter().chain(small_e2e) {
         pool.close().await;
     }
     if args.runs("latency") {
@@ -797,6 +835,9 @@ struct Accepted {
     p99_ms: f64,
     refused: usize,
     api_peak_rss_mb: f64,
+    /// Pages read from outside shared_buffers per accepted stop, by table
+    /// and index, most first.
+    blocks_read: Vec<(String, f64)>,
 }
 
 /// The accept run: the API alone for `--accept-secs` under `--connections`
@@ -811,6 +852,7 @@ async fn accept_phase(
     let expected = (args.accept_secs as usize) * 12_000;
     let (project_a, tokens, servers) =
         project(pool, name, args.connections, expected, "fake://").await?;
+    let blocks_before = history::BlocksRead::read(pool).await?;
     let (api, addr) = services::start_api(w).await?;
     let outcome = load::run(
         load::Target {
@@ -824,6 +866,13 @@ async fn accept_phase(
     .await;
     let api_peak_rss_mb = api.peak_rss_mb();
     api.stop().await;
+    let blocks_read = blocks_before
+        .report_since(
+            pool,
+            outcome.accepted,
+            &format!("{name} (per accepted stop)"),
+        )
+        .await?;
     if outcome.ran_out {
         eprintln!(
             "shutoff-bench: {name} run ran out of servers before {} s",
@@ -866,6 +915,7 @@ async fn accept_phase(
         p99_ms: outcome.percentile_ms(99.0),
         refused: outcome.refused + outcome.errors,
         api_peak_rss_mb,
+        blocks_read,
     };
     eprintln!(
         "{name}: {:.0}/s p50 {:.1} ms p99 {:.1} ms",
@@ -883,6 +933,8 @@ struct EndToEnd {
     accept_per_s: f64,
     commits_per_stop: f64,
     cores: fleet::Cores,
+    /// Pages read from outside shared_buffers per stop, most first.
+    blocks_read: Vec<(String, f64)>,
 }
 
 /// `--e2e-stops` stops through the API and `--e2e-workers` workers
@@ -897,6 +949,7 @@ async fn e2e_phase(args: &Args, w: &Wiring, pool: &PgPool, name: &str) -> anyhow
     let (api, addr) = services::start_api(w).await?;
     svc.push(api);
     let c0 = fleet::commits(pool).await?;
+    let blocks_before = history::BlocksRead::read(pool).await?;
     // The machine's RabbitMQ node is the one whose home is /var/lib/rabbitmq.
     let cpu = fleet::CpuWatch::start("/var/lib/rabbitmq");
     let outcome = load::run(
@@ -917,6 +970,9 @@ async fn e2e_phase(args: &Args, w: &Wiring, pool: &PgPool, name: &str) -> anyhow
     let cores = cpu.cores();
     stop_all(svc).await;
     let done = done?;
+    let blocks_read = blocks_before
+        .report_since(pool, outcome.accepted, name)
+        .await?;
     eprintln!(
         "{name} per second (accepted/claimed/finished): {}",
         e2e_timeline(pool, &project_e).await?
@@ -930,26 +986,38 @@ async fn e2e_phase(args: &Args, w: &Wiring, pool: &PgPool, name: &str) -> anyhow
         accept_per_s: outcome.per_second(),
         commits_per_stop: (c1 - c0) as f64 / outcome.accepted.max(1) as f64,
         cores,
+        blocks_read,
     };
     eprintln!("{name}: {:.0}/s", e.per_s);
     Ok(e)
 }
 
+/// The databases of the accept and e2e phases at `--history` (URL and
+/// pool), where those phases ran.
+struct Small<'a> {
+    accept: Option<&'a (String, PgPool)>,
+    e2e: Option<&'a (String, PgPool)>,
+}
+
 /// The history phase, on the database seeded with `--history-large` stops:
 /// end to end first (the accept run's queued jobs would be the workers'
-/// backlog), the relay's and the rescuer's passes, the accept run, then a
-/// second accept run beside a real `shutoff-admin prune`.
+/// backlog), the relay's and the rescuer's passes, the accept run; then the
+/// e2e and accept runs at `--history` again, so that each run on the large
+/// history sits between two on the small one (their mean is the ratio's
+/// base, and a drift of this machine's speed over the minutes between them
+/// falls out); then a second accept run beside a real `shutoff-admin prune`.
 async fn history_phase(
     args: &Args,
     bin_dir: &std::path::Path,
     wiring: &impl Fn(&str, &str) -> Wiring,
-    url: &str,
-    pool: &PgPool,
+    (url, pool): (&str, &PgPool),
+    small: Small<'_>,
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
-    let n = args.history_large;
+    let n = figures.history.n;
     let e = e2e_phase(args, &wiring("history-e2e", url), pool, "history-e2e").await?;
     figures.history.e2e_per_s = e.per_s;
+    figures.history.e2e_blocks_read_large = e.blocks_read;
     let passes = history::time_passes(pool, args.pass_runs).await?;
     eprintln!("passes at {n}: {passes:?}");
     figures.history.passes_large = passes;
@@ -960,9 +1028,24 @@ async fn history_phase(
     let a = accept_phase(args, &wiring("history-accept", url), pool, "history-accept").await?;
     figures.history.accept_per_s = a.per_s;
     figures.history.accept_p99_ms = a.p99_ms;
+    figures.history.blocks_read_large = a.blocks_read;
     // The accept run's stops finished, as a worker would have: the next run
     // starts, like the first, without a backlog of queued jobs.
     finish_queued(pool).await?;
+    settle(pool).await;
+    if let Some((small_url, small_pool)) = small.e2e {
+        settle(small_pool).await;
+        let w = wiring("e2e-again", small_url);
+        let e = e2e_phase(args, &w, small_pool, "e2e-again").await?;
+        figures.history.e2e_again_per_s = e.per_s;
+    }
+    if let Some((small_url, small_pool)) = small.accept {
+        finish_queued(small_pool).await?;
+        settle(small_pool).await;
+        let w = wiring("accept-again", small_url);
+        let a = accept_phase(args, &w, small_pool, "accept-again").await?;
+        figures.history.accept_again_per_s = a.per_s;
+    }
     settle(pool).await;
     let w = wiring("history-prune", url);
     let prune = history::Prune::start(
@@ -1083,7 +1166,12 @@ async fn main() -> anyhow::Result<()> {
         "slow",
         "ceiling",
     ] {
-        drop_database(&args.database_url, &format!("{run_id}_{phase}")).await;
+        let name = format!("{run_id}_{phase}");
+        if phase == "history" && args.keep_history && args.history_from.is_none() {
+            eprintln!("shutoff-bench: kept the history database {name} (--keep-history)");
+            continue;
+        }
+        drop_database(&args.database_url, &name).await;
     }
     vhost.remove().await;
     result?;
