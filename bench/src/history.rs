@@ -148,6 +148,8 @@ pub struct Passes {
     pub relay_ms: [f64; 2],
     pub rescuer_ms: [f64; 2],
     pub first_relay_rescuer_ms: [f64; 2],
+    /// Passes over 20 ms by the client's clock: relay, rescuer.
+    pub over_20ms: [usize; 2],
     /// The same passes timed by PostgreSQL: relay, rescuer; p50 and max.
     pub in_server_ms: [[f64; 2]; 2],
 }
@@ -188,6 +190,10 @@ pub async fn time_passes(pool: &PgPool, runs: usize) -> anyhow::Result<Passes> {
         first_relay_rescuer_ms: [
             relay.first().copied().unwrap_or(f64::NAN),
             rescuer.first().copied().unwrap_or(f64::NAN),
+        ],
+        over_20ms: [
+            relay.iter().filter(|ms| **ms > 20.0).count(),
+            rescuer.iter().filter(|ms| **ms > 20.0).count(),
         ],
         relay_ms: p50_max(relay),
         rescuer_ms: p50_max(rescuer),

@@ -867,11 +867,7 @@ async fn accept_phase(
     let api_peak_rss_mb = api.peak_rss_mb();
     api.stop().await;
     let blocks_read = blocks_before
-        .report_since(
-            pool,
-            outcome.accepted,
-            &format!("{name} (per accepted stop)"),
-        )
+        .report_since(pool, outcome.accepted, name)
         .await?;
     if outcome.ran_out {
         eprintln!(

@@ -537,22 +537,20 @@ impl HistoryFigures {
             );
             println!("  {:<22} {:>10} pages  at {h}: {}", "", "", shown(small));
         }
-        for (name, small, large, small_pg, large_pg) in [
-            (
-                "relay_pass_ms",
-                self.passes_small.relay_ms,
-                self.passes_large.relay_ms,
-                self.passes_small.in_server_ms[0],
-                self.passes_large.in_server_ms[0],
-            ),
-            (
-                "rescuer_pass_ms",
-                self.passes_small.rescuer_ms,
-                self.passes_large.rescuer_ms,
-                self.passes_small.in_server_ms[1],
-                self.passes_large.in_server_ms[1],
-            ),
-        ] {
+        for (i, name) in ["relay_pass_ms", "rescuer_pass_ms"].into_iter().enumerate() {
+            let (small, large) = if i == 0 {
+                (self.passes_small.relay_ms, self.passes_large.relay_ms)
+            } else {
+                (self.passes_small.rescuer_ms, self.passes_large.rescuer_ms)
+            };
+            let (small_pg, large_pg) = (
+                self.passes_small.in_server_ms[i],
+                self.passes_large.in_server_ms[i],
+            );
+            let slow = [
+                self.passes_large.over_20ms[i],
+                self.passes_small.over_20ms[i],
+            ];
             println!(
                 "  {:<22} {:>10.2} ms     p50 (max {:.2}) of {} passes at {} in PostgreSQL; at {h}: p50 {:.2}, max {:.2}",
                 name,
@@ -564,8 +562,8 @@ impl HistoryFigures {
                 small_pg[1]
             );
             println!(
-                "  {:<22} {:>10.2} ms     p50 (max {:.2}) by the client's clock; at {h}: p50 {:.2}, max {:.2}",
-                "", large[0], large[1], small[0], small[1]
+                "  {:<22} {:>10.2} ms     p50 (max {:.2}, {} over 20 ms) by the client's clock; at {h}: p50 {:.2}, max {:.2}, {} over 20 ms",
+                "", large[0], large[1], slow[0], small[0], small[1], slow[1]
             );
         }
         println!(
@@ -589,7 +587,7 @@ impl HistoryFigures {
         if self.n == 0 {
             return Value::Null;
         }
-        let passes = |p: &crate::history::Passes| json!({"runs": p.runs, "relay_p50_max_ms": p.relay_ms, "rescuer_p50_max_ms": p.rescuer_ms, "first_relay_rescuer_ms": p.first_relay_rescuer_ms, "in_postgresql_relay_rescuer_p50_max_ms": p.in_server_ms});
+        let passes = |p: &crate::history::Passes| json!({"runs": p.runs, "relay_p50_max_ms": p.relay_ms, "rescuer_p50_max_ms": p.rescuer_ms, "first_relay_rescuer_ms": p.first_relay_rescuer_ms, "over_20ms_relay_rescuer": p.over_20ms, "in_postgresql_relay_rescuer_p50_max_ms": p.in_server_ms});
         json!({
             "n": self.n,
             "seed_s": self.seed_large_s,
