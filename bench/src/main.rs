@@ -386,24 +386,27 @@ async fn run(
 
     // The large history's database, seeded before the phases at 50,000 so
     // that both sizes are measured minutes apart, not a seeding apart.
-    let large = if let (true, Some(name)) = (args.runs("history"), &args.history_from) {
-        let url = database_url(&args.database_url, name)?;
-        // The schema of this build, and no backlog: the earlier run's last
-        // accept run left its jobs queued.
-        store::create_and_migrate(&url.parse()?).await?;
-        let pool = connect(&url).await?;
-        finish_queued(&pool).await?;
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
-            .fetch_one(&pool)
-            .await?;
-        eprintln!("history: reusing {name}, {n} stops, not seeded");
-        Some((url, pool, n))
-    } else if args.runs("history") {
-        let (url, pool, took) = phase_database(args, run_id, "history", args.history_large).await?;
-        figures.history.seed_large_s = took.as_secs_f64();
-        Some((url, pool, args.history_large))
-    } else {
-        None
+    let large = match (args.runs("history"), &args.history_from) {
+        (false, _) => None,
+        (true, Some(name)) => {
+            let url = database_url(&args.database_url, name)?;
+            // The schema of this build, and no backlog: the earlier run's
+            // last accept run left its jobs queued.
+            store::create_and_migrate(&url.parse()?).await?;
+            let pool = connect(&url).await?;
+            finish_queued(&pool).await?;
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+                .fetch_one(&pool)
+                .await?;
+            eprintln!("history: reusing {name}, {n} stops, not seeded");
+            Some((url, pool, n))
+        }
+        (true, None) => {
+            let (url, pool, took) =
+                phase_database(args, run_id, "history", args.history_large).await?;
+            figures.history.seed_large_s = took.as_secs_f64();
+            Some((url, pool, args.history_large))
+        }
     };
     // The databases at --history stay open for the history phase's second
     // runs on them.
@@ -1027,17 +1030,16 @@ async fn history_phase(
     figures.history.blocks_read_large = a.blocks_read;
     // The accept run's stops finished, as a worker would have: the next run
     // starts, like the first, without a backlog of queued jobs.
+    // Each run's set-up ends with a checkpoint (`project`), so the runs
+    // below need no settling of their own.
     finish_queued(pool).await?;
-    settle(pool).await;
     if let Some((small_url, small_pool)) = small.e2e {
-        settle(small_pool).await;
         let w = wiring("e2e-again", small_url);
         let e = e2e_phase(args, &w, small_pool, "e2e-again").await?;
         figures.history.e2e_again_per_s = e.per_s;
     }
     if let Some((small_url, small_pool)) = small.accept {
         finish_queued(small_pool).await?;
-        settle(small_pool).await;
         let w = wiring("accept-again", small_url);
         let a = accept_phase(args, &w, small_pool, "accept-again").await?;
         figures.history.accept_again_per_s = a.per_s;

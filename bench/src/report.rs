@@ -123,16 +123,6 @@ fn base(before: f64, after: f64) -> f64 {
     }
 }
 
-impl HistoryFigures {
-    pub fn accept_base(&self, f: &Figures) -> f64 {
-        base(f.accept_per_s, self.accept_again_per_s)
-    }
-
-    pub fn e2e_base(&self, f: &Figures) -> f64 {
-        base(f.e2e_per_s, self.e2e_again_per_s)
-    }
-}
-
 /// The issues' targets, as (name, met); `None` where the phase that
 /// measures it did not run (`--skip`), so a skipped phase never reads as met.
 fn targets(f: &Figures) -> Vec<(&'static str, Option<bool>)> {
@@ -484,6 +474,14 @@ impl Figures {
 }
 
 impl HistoryFigures {
+    pub fn accept_base(&self, f: &Figures) -> f64 {
+        base(f.accept_per_s, self.accept_again_per_s)
+    }
+
+    pub fn e2e_base(&self, f: &Figures) -> f64 {
+        base(f.e2e_per_s, self.e2e_again_per_s)
+    }
+
     fn print(&self, f: &Figures) {
         if self.n == 0 {
             return;
