@@ -13,6 +13,8 @@
 //!   their default settings: PostgreSQL connections and statements per
 //!   second per host, idle and under load, and the API's share.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -226,6 +228,175 @@ impl InProcess {
             let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
         }
     }
+}
+
+/// The least a stop can cost once it goes through per-host queues: each
+/// host's queue consumed on a connection of its own with the worker's
+/// prefetch, as a worker does, and every job acked at once, nothing claimed
+/// or recorded (`--fleet-via floor`). Not a way to run a fleet: it tells
+/// how much of the fleet's cost the broker's routing over 1,000 queues is,
+/// whatever the store calls cost.
+pub struct Floor {
+    stop: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    /// Jobs delivered and acked, jobs for another host, the last ack.
+    delivered: Arc<AtomicU64>,
+    other_host: Arc<AtomicU64>,
+    last: Arc<std::sync::Mutex<Option<Instant>>>,
+    start_ms: Vec<f64>,
+    all_up: Duration,
+}
+
+impl Floor {
+    pub async fn start(w: &Wiring, hosts: &[String]) -> anyhow::Result<Floor> {
+        use futures::StreamExt;
+        use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let delivered = Arc::new(AtomicU64::new(0));
+        let other_host = Arc::new(AtomicU64::new(0));
+        let last = Arc::new(std::sync::Mutex::new(None));
+        let mut handles = Vec::with_capacity(hosts.len());
+        let mut start_ms = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            let t0 = Instant::now();
+            // The worker's own settings, so the queue, its arguments and
+            // the prefetch are the production ones.
+            let settings = shutoff_worker::Settings::try_parse_from([
+                "shutoff-worker",
+                "--host",
+                h,
+                "--amqp-url",
+                &w.amqp_url,
+                "--queue-prefix",
+                &w.queue_prefix,
+            ])
+            .context("worker settings")?;
+            let host = settings.host()?;
+            let topology = settings.common.topology();
+            let c = shutoff_core::broker::connect(
+                &settings.common.amqp_url,
+                &settings.common.amqp_tls,
+                0,
+                &format!("bench floor {h}"),
+                &topology,
+                Duration::from_secs(30),
+            )
+            .await?;
+            topology.declare_host(&c.channel, &host).await?;
+            shutoff_core::broker::set_prefetch(&c.channel, settings.prefetch).await?;
+            let mut consumer = c
+                .channel
+                .basic_consume(
+                    topology.host_queue(&host).as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    lapin::types::FieldTable::default(),
+                )
+                .await?;
+            start_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            let (stop, delivered, other_host, last) = (
+                stop.clone(),
+                delivered.clone(),
+                other_host.clone(),
+                last.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                let _conn = c.conn;
+                loop {
+                    let d = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        d = consumer.next() => d,
+                    };
+                    let Some(Ok(d)) = d else { break };
+                    match shutoff_core::message::StopJob::from_bytes(&d.data) {
+                        Ok(job) if job.host == host => {}
+                        _ => {
+                            other_host.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if d.ack(BasicAckOptions::default()).await.is_ok() {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        *last.lock().expect("not poisoned") = Some(Instant::now());
+                    }
+                }
+            }));
+        }
+        Ok(Floor {
+            stop,
+            handles,
+            delivered,
+            other_host,
+            last,
+            start_ms,
+            all_up: started.elapsed(),
+        })
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn other_host(&self) -> u64 {
+        self.other_host.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` jobs were acked (at most `limit`); the time of the last.
+    pub async fn wait_delivered(&self, n: u64, limit: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + limit;
+        while self.delivered.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        *self.last.lock().expect("not poisoned")
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for h in self.handles {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+}
+
+/// What consumes the hosts phase's queues.
+pub enum Served {
+    Workers(InProcess),
+    Floor(Floor),
+}
+
+impl Served {
+    /// Milliseconds from start to consuming, per host.
+    pub fn start_ms(&self) -> &[f64] {
+        match self {
+            Served::Workers(w) => &w.start_ms,
+            Served::Floor(f) => &f.start_ms,
+        }
+    }
+
+    pub fn all_up(&self) -> Duration {
+        match self {
+            Served::Workers(w) => w.all_up,
+            Served::Floor(f) => f.all_up,
+        }
+    }
+
+    pub async fn stop(self) {
+        match self {
+            Served::Workers(w) => w.stop().await,
+            Served::Floor(f) => f.stop().await,
+        }
+    }
+}
+
+/// How the hosts phase's stops ended: recorded by the workers, or (the
+/// floor) acked with nothing recorded.
+pub enum End<F> {
+    Workers(anyhow::Result<F>),
+    Floor {
+        delivered: u64,
+        other_host: u64,
+        last: Option<Instant>,
+    },
 }
 
 pub fn percentile(v: &[f64], p: f64) -> f64 {

@@ -85,8 +85,11 @@ struct Args {
     fleet_stops: usize,
     /// How the hosts' and the footprint's workers reach PostgreSQL:
     /// `conductor` (`--via-conductor`, the way for a worker on every host)
-    /// or `direct` (a pool of their own), for before/after.
-    #[arg(long, default_value = "conductor", value_parser = ["conductor", "direct"])]
+    /// or `direct` (a pool of their own), for before/after. `floor` (the
+    /// hosts phase only) runs no workers: each host's queue is consumed and
+    /// every job acked, nothing claimed or recorded, which is the least any
+    /// routing through per-host queues costs.
+    #[arg(long, default_value = "conductor", value_parser = ["conductor", "direct", "floor"])]
     fleet_via: String,
     /// Also print which kinds of Erlang process of the hosts phase's
     /// RabbitMQ node did the work (reductions), at idle and under load.
@@ -373,6 +376,10 @@ async fn run(
         figures.pg_ceiling_runs.push(tps);
     }
     let via_conductor = args.fleet_via == "conductor";
+    let floor = args.fleet_via == "floor";
+    if floor && args.runs("footprint") {
+        bail!("--fleet-via floor is for the hosts phase: add --skip footprint");
+    }
     let wiring = |phase: &str, url: &str| Wiring {
         via_conductor: false,
         bin_dir: bin_dir.clone(),
@@ -571,14 +578,20 @@ async fn run(
                 "shutoff-worker",
             )
         });
-        let workers = fleet::InProcess::start(&w, worker_pool.as_ref(), &hosts, 50).await?;
+        let served = if floor {
+            fleet::Served::Floor(fleet::Floor::start(&w, &hosts).await?)
+        } else {
+            fleet::Served::Workers(
+                fleet::InProcess::start(&w, worker_pool.as_ref(), &hosts, 50).await?,
+            )
+        };
         figures.broker_mb_up = broker.rss_mb();
         figures.host_start_ms = [
-            fleet::percentile(&workers.start_ms, 50.0),
-            fleet::percentile(&workers.start_ms, 99.0),
-            fleet::percentile(&workers.start_ms, 100.0),
+            fleet::percentile(served.start_ms(), 50.0),
+            fleet::percentile(served.start_ms(), 99.0),
+            fleet::percentile(served.start_ms(), 100.0),
         ];
-        figures.hosts_all_up_s = workers.all_up.as_secs_f64();
+        figures.hosts_all_up_s = served.all_up().as_secs_f64();
         eprintln!(
             "hosts: {} workers ({}) consuming in {:.1} s (start p50 {:.0} ms, p99 {:.0} ms)",
             hosts.len(),
@@ -601,6 +614,7 @@ async fn run(
         figures.hosts_idle_cores = idle.cores();
         let c0 = fleet::commits(&pool).await?;
         let cpu = fleet::CpuWatch::start(&broker.pattern());
+        let load_started = Instant::now();
         let load = load::run(
             load::Target {
                 api: addr,
@@ -621,7 +635,20 @@ async fn run(
         } else {
             load.await
         };
-        let done = wait_finished(&pool, &project_h, outcome.accepted).await;
+        // The floor records nothing: its end is the last job acked, by this
+        // process's clock, from the start of the load.
+        let end = match &served {
+            fleet::Served::Floor(f) => fleet::End::Floor {
+                last: f
+                    .wait_delivered(outcome.accepted as u64, Duration::from_secs(600))
+                    .await,
+                delivered: f.delivered(),
+                other_host: f.other_host(),
+            },
+            fleet::Served::Workers(_) => {
+                fleet::End::Workers(wait_finished(&pool, &project_h, outcome.accepted).await)
+            }
+        };
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let c1 = fleet::commits(&pool).await?;
         figures.hosts_commits_per_stop = (c1 - c0) as f64 / outcome.accepted.max(1) as f64;
@@ -632,35 +659,58 @@ async fn run(
         figures.hosts_bench_peak_mb =
             fleet::status_kb(std::path::Path::new("/proc/self/status"), "VmHWM:")
                 .map(|kb| kb / 1024.0);
-        workers.stop().await;
+        served.stop().await;
         api.stop().await;
         if let Some(p) = worker_pool {
             p.close().await;
         }
         drop(broker);
-        let done = done?;
-        let wrong: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM instances i JOIN instance_actions ia ON ia.instance_uuid = i.uuid JOIN jobs j ON j.action_id = ia.id
-              WHERE i.project_id = $1 AND (j.host IS DISTINCT FROM i.host
-                                           OR j.worker IS DISTINCT FROM 'bench-' || i.host)",
-        )
-        .bind(project_h.as_str())
-        .fetch_one(&pool)
-        .await?;
-        if wrong > 0 {
-            bail!("hosts: {wrong} stops were carried out by a worker of another host");
-        }
+        let (succeeded, e2e_per_s) = match end {
+            fleet::End::Floor {
+                delivered,
+                other_host,
+                last,
+            } => {
+                if other_host > 0 {
+                    bail!("hosts: {other_host} jobs reached another host's queue");
+                }
+                let Some(last) = last else {
+                    bail!("hosts: no job reached any host's queue");
+                };
+                let per_s = delivered as f64 / last.duration_since(load_started).as_secs_f64();
+                eprintln!(
+                    "hosts: floor {per_s:.0}/s over {} hosts ({delivered} of {} jobs delivered and acked, nothing recorded)",
+                    hosts.len(),
+                    outcome.accepted
+                );
+                (delivered as usize, per_s)
+            }
+            fleet::End::Workers(done) => {
+                let done = done?;
+                let wrong: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM instances i JOIN instance_actions ia ON ia.instance_uuid = i.uuid JOIN jobs j ON j.action_id = ia.id
+                      WHERE i.project_id = $1 AND (j.host IS DISTINCT FROM i.host
+                                                   OR j.worker IS DISTINCT FROM 'bench-' || i.host)",
+                )
+                .bind(project_h.as_str())
+                .fetch_one(&pool)
+                .await?;
+                if wrong > 0 {
+                    bail!("hosts: {wrong} stops were carried out by a worker of another host");
+                }
+                let per_s = done.succeeded as f64 / seconds(done.first_created, done.last_finished);
+                eprintln!(
+                    "hosts: {per_s:.0}/s over {} hosts (every stop by its own host's worker)",
+                    hosts.len()
+                );
+                (done.succeeded as usize, per_s)
+            }
+        };
         figures.hosts = hosts.len();
         figures.hosts_stops = outcome.accepted;
         figures.hosts_accept_per_s = outcome.per_second();
-        figures.hosts_succeeded = done.succeeded as usize;
-        figures.hosts_e2e_per_s =
-            done.succeeded as f64 / seconds(done.first_created, done.last_finished);
-        eprintln!(
-            "hosts: {:.0}/s over {} hosts (every stop by its own host's worker)",
-            figures.hosts_e2e_per_s,
-            hosts.len()
-        );
+        figures.hosts_succeeded = succeeded;
+        figures.hosts_e2e_per_s = e2e_per_s;
         pool.close().await;
     }
     if args.runs("footprint") {

@@ -158,7 +158,11 @@ fn targets(f: &Figures) -> Vec<(&'static str, Option<bool>)> {
         ),
         (
             "hosts_e2e_per_s >= 0.8 x e2e_per_s (same run)",
-            when(f.hosts > 0 && e2e, f.hosts_e2e_per_s >= 0.8 * f.e2e_per_s),
+            // The floor records no stop: it bounds the target, it does not meet it.
+            when(
+                f.hosts > 0 && e2e && f.hosts_via != "floor",
+                f.hosts_e2e_per_s >= 0.8 * f.e2e_per_s,
+            ),
         ),
         (
             "broker memory growth <= 1 GiB with all hosts",
@@ -288,8 +292,13 @@ impl Figures {
         }
         if self.hosts > 0 {
             let mb = |m: Option<f64>| m.map_or("?".to_string(), |rss| format!("{rss:.0} MiB RSS"));
+            let outcome = if self.hosts_via == "floor" {
+                "delivered and acked, nothing recorded"
+            } else {
+                "stopped"
+            };
             println!(
-                "  {:<22} {:>10.0} /s     {:.2} x single-host e2e, {} hosts (via {}), {} of {} stopped",
+                "  {:<22} {:>10.0} /s     {:.2} x single-host e2e, {} hosts (via {}), {} of {} {outcome}",
                 "hosts_e2e_per_s",
                 self.hosts_e2e_per_s,
                 self.hosts_e2e_per_s / self.e2e_per_s,
