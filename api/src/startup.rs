@@ -136,7 +136,7 @@ impl Application {
         tasks.spawn(rescuer.run(background.clone()));
         // The store calls of workers started with --via-conductor.
         tasks.spawn(conductor::server::serve(
-            Conductor::new(state.pool.clone()),
+            Conductor::new(state.pool.clone(), settings.conductor_linger()),
             ServeSettings {
                 amqp_url: settings.common.amqp_url.clone(),
                 amqp_tls: settings.common.amqp_tls.clone(),

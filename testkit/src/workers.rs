@@ -166,10 +166,16 @@ impl Ctx {
     /// The conductor an API process runs, on this test's database and
     /// queues; it stops when the returned token is cancelled.
     pub fn conductor(&self) -> (CancellationToken, JoinHandle<()>) {
+        self.conductor_lingering(shutoff_core::conductor::server::DEFAULT_LINGER)
+    }
+
+    /// [`Self::conductor`] with its claim and success batches waiting up to
+    /// `linger` for more calls (`--conductor-linger-ms`).
+    pub fn conductor_lingering(&self, linger: Duration) -> (CancellationToken, JoinHandle<()>) {
         use shutoff_core::conductor::server::{Conductor, ServeSettings, serve};
         let stop = CancellationToken::new();
         let handle = tokio::spawn(serve(
-            Conductor::new(self.env.pool.clone()),
+            Conductor::new(self.env.pool.clone(), linger),
             ServeSettings {
                 amqp_url: self
                     .env

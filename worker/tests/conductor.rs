@@ -175,3 +175,67 @@ async fn a_stop_waits_while_no_conductor_answers_and_is_carried_out_once_one_doe
     stop_conductor.cancel();
     conductor.await.unwrap();
 }
+
+/// Spread over many hosts, the calls reach the conductor one at a time.
+/// Within its linger, the claims of several hosts' workers share one
+/// statement, and so do their successes: one transaction each, whichever
+/// host sent them.
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn the_claims_and_successes_of_several_hosts_within_the_linger_share_one_statement(
+    pool: PgPool,
+) {
+    let c = workers::ctx(pool).await;
+    let (stop_conductor, conductor) = c.conductor_lingering(Duration::from_secs(1));
+    let hosts = ["lng-a", "lng-b", "lng-c"];
+    let mut running = Vec::new();
+    for h in hosts {
+        running.push(c.conductor_worker_for(h, |_| {}).await);
+    }
+    for w in &running {
+        let ready = c.env.eventually(T, || w.is_ready()).await;
+        assert!(ready, "worker {} never attached", w.id);
+    }
+    let mut jobs = Vec::new();
+    for h in hosts {
+        for _ in 0..2 {
+            let vm = c.server_on(h, "fake://").await;
+            jobs.push(c.accept(vm, 5).await);
+        }
+    }
+    // Published back to back, so every claim reaches the conductor well
+    // within the second its first one waits.
+    for job in &jobs {
+        c.env
+            .publish_raw(&c.env.topology.host_queue(&job.host), &job.to_bytes())
+            .await;
+    }
+    for job in &jobs {
+        assert!(
+            c.until_job(job.job_id, "succeeded", T).await,
+            "job {} never succeeded",
+            job.job_id
+        );
+    }
+    let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.job_id).collect();
+    for state in ["running", "succeeded"] {
+        let (rows, transactions): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT xmin::text) FROM job_transitions
+              WHERE job_id = ANY($1) AND to_state = $2",
+        )
+        .bind(&ids)
+        .bind(state)
+        .fetch_one(&c.env.pool)
+        .await
+        .unwrap();
+        assert_eq!(rows, 6, "one {state} transition per stop");
+        assert_eq!(
+            transactions, 1,
+            "the six stops of three hosts went {state} in one transaction"
+        );
+    }
+    for w in running {
+        w.terminate().await;
+    }
+    stop_conductor.cancel();
+    conductor.await.unwrap();
+}
