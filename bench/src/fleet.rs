@@ -9,6 +9,8 @@
 //!   share one PostgreSQL pool here, which a real fleet would not. Reports the broker's memory
 //!   before and after, how long a host's worker takes to start consuming,
 //!   and the end-to-end rate against the single-host phase of the same run.
+//!   `--fleet-via floor` runs no workers, only a consumer per host that acks
+//!   ([`Floor`]): the bound that routing over per-host queues sets.
 //! - `footprint`: 60 real `shutoff-worker` processes, one host each, with
 //!   their default settings: PostgreSQL connections and statements per
 //!   second per host, idle and under load, and the API's share.
