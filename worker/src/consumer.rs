@@ -19,7 +19,7 @@ use shutoff_core::broker::{self, Topology};
 use shutoff_core::broker_nodes::BrokerNodes;
 use shutoff_core::message::StopJob;
 use shutoff_core::tls::AmqpTls;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -36,16 +36,24 @@ pub struct ConsumerSettings {
     /// Notified each time the consumer attaches to the host's queue, so the
     /// host's waiting stops are re-driven (see [`crate::presence`]).
     pub attached: Arc<Notify>,
+    /// With `--via-conductor`: where to hand a second channel of each
+    /// connection for the conductor's calls ([`ConductorClient`]),
+    /// and `None` while there is no connection.
+    ///
+    /// [`ConductorClient`]: shutoff_core::conductor::ConductorClient
+    pub conductor_channels: Option<watch::Sender<Option<lapin::Channel>>>,
 }
 
 /// Consumes until `shutdown`; returns after the in-flight jobs finished or
-/// the grace period ran out. `ready` is true while a consumer is attached.
+/// the grace period ran out, with the connection still open (the
+/// conductor's calls of the worker's last steps may still use it; the
+/// caller closes it). `ready` is true while a consumer is attached.
 pub async fn run(
     ctx: Arc<JobContext>,
     settings: ConsumerSettings,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
-) {
+) -> Option<lapin::Connection> {
     // In-flight jobs; aborted if they outlive the grace period, as they would
     // be if the process exited (their leases then lapse and they are rescued).
     let mut in_flight = JoinSet::new();
@@ -89,14 +97,18 @@ pub async fn run(
             // nobody would take them.
             settings.topology.declare_host(&channel, &ctx.host).await?;
             broker::set_prefetch(&channel, settings.prefetch).await?;
-            channel
+            let consumer = channel
                 .basic_consume(
                     queue.as_str().into(),
                     tag.as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
-                .await
+                .await?;
+            if let Some(channels) = &settings.conductor_channels {
+                channels.send_replace(Some(conn.create_channel().await?));
+            }
+            Ok::<_, lapin::Error>(consumer)
         })
         .await;
         let mut consumer = match consumer {
@@ -152,6 +164,9 @@ pub async fn run(
         ready.store(false, Ordering::SeqCst);
         open = Some((conn, channel));
         if !shutdown.is_cancelled() {
+            if let Some(channels) = &settings.conductor_channels {
+                channels.send_replace(None);
+            }
             // Unacked deliveries of the old channel go back to the queue when
             // it closes; the jobs themselves are safe in PostgreSQL.
             if let Some((conn, _)) = open.take() {
@@ -182,16 +197,14 @@ pub async fn run(
         );
         in_flight.shutdown().await;
     }
-    if let Some((conn, channel)) = open {
-        // Closing the channel requeues every message we did not ack.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            channel.close(200, "shutdown".into()),
-        )
-        .await;
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into())).await;
-    }
+    let (conn, channel) = open?;
+    // Closing the channel requeues every message we did not ack.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        channel.close(200, "shutdown".into()),
+    )
+    .await;
+    Some(conn)
 }
 
 async fn process(

@@ -14,7 +14,7 @@ use shutoff_core::rescuer::Rescuer;
 use shutoff_core::store;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, ConsumerSettings};
@@ -39,6 +39,9 @@ pub struct Worker {
     pool: Option<PgPool>,
     ctx: Arc<JobContext>,
     health_listener: TcpListener,
+    /// With `--via-conductor`: the consumer hands the conductor's client a
+    /// channel of its own connection here.
+    conductor_channels: Option<watch::Sender<Option<lapin::Channel>>>,
 }
 
 impl Worker {
@@ -80,10 +83,11 @@ impl Worker {
             !settings.rescuer,
             "--rescuer needs a database connection of its own; with --via-conductor the API's rescuer does the work"
         );
+        // The calls ride the consumer's connection: one connection (and
+        // one lapin IO thread) per host, not two.
+        let (channels, shared) = watch::channel(None);
         let client = ConductorClient::new(
-            &settings.common.amqp_url,
-            &settings.common.amqp_tls,
-            &format!("shutoff-worker {} conductor calls", settings.worker_id()),
+            shared,
             settings.common.topology(),
             Duration::from_secs(5),
             settings.conductor_timeout(),
@@ -94,7 +98,9 @@ impl Worker {
             settings.host()?,
             settings.lease(),
         );
-        Self::build_with_store(settings, store, None).await
+        let mut worker = Self::build_with_store(settings, store, None).await?;
+        worker.conductor_channels = Some(channels);
+        Ok(worker)
     }
 
     async fn build_with_store(
@@ -128,6 +134,7 @@ impl Worker {
             pool,
             ctx,
             health_listener,
+            conductor_channels: None,
         })
     }
 
@@ -152,6 +159,7 @@ impl Worker {
             pool,
             ctx,
             health_listener,
+            conductor_channels,
         } = self;
         tracing::info!(worker = %ctx.worker_id, host = %ctx.host, health = %health_listener.local_addr()?, "shutoff-worker starting");
         let consuming = Arc::new(AtomicBool::new(false));
@@ -191,7 +199,7 @@ impl Worker {
         };
         let presence_task = tokio::spawn(presence.run(background.clone()));
 
-        consumer::run(
+        let conn = consumer::run(
             ctx.clone(),
             ConsumerSettings {
                 amqp_url: settings.common.amqp_url.clone(),
@@ -201,6 +209,7 @@ impl Worker {
                 grace: settings.grace(),
                 connect_timeout: Duration::from_secs(5),
                 attached,
+                conductor_channels,
             },
             consuming,
             shutdown,
@@ -211,7 +220,14 @@ impl Worker {
         if let Some(task) = rescuer_task {
             let _ = task.await;
         }
+        // The host is left (through the conductor, on this connection with
+        // --via-conductor) before the connection closes.
         let _ = presence_task.await;
+        if let Some(conn) = conn {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into()))
+                    .await;
+        }
         let _ = health_task.await;
         tracing::info!(worker = %ctx.worker_id, "shutoff-worker stopped");
         Ok(())

@@ -27,6 +27,32 @@ async fn others_connections(pool: &PgPool) -> Vec<String> {
     .unwrap()
 }
 
+/// The names of the broker's client connections, from `rabbitmqctl` (the
+/// machine's node has no management API).
+async fn connection_names() -> Vec<String> {
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "client_properties"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_connections: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    const KEY: &str = "{\"connection_name\",\"";
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(KEY)? + KEY.len()..];
+            Some(rest[..rest.find('"')?].to_string())
+        })
+        .collect()
+}
+
 #[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
 async fn stops_on_three_hosts_go_through_the_conductor_each_to_a_worker_of_its_own_host(
     pool: PgPool,
@@ -58,6 +84,12 @@ async fn stops_on_three_hosts_go_through_the_conductor_each_to_a_worker_of_its_o
         })
         .await;
     assert!(all_up, "{:?}", hosts::list(&c.env.pool, UP).await.unwrap());
+    // The calls ride the consumer's connection: one per worker, not two.
+    let names = connection_names().await;
+    for w in &running {
+        let own = names.iter().filter(|n| n.contains(w.id.as_str())).count();
+        assert_eq!(own, 1, "worker {} holds {own} connections: {names:?}", w.id);
+    }
 
     let mut jobs = Vec::new();
     for h in hosts {

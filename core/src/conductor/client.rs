@@ -1,78 +1,59 @@
-//! The worker's side: one connection, calls published to the conductor's
-//! queue, answers consumed from RabbitMQ's direct reply-to
-//! (`amq.rabbitmq.reply-to`, no queue to declare or clean up) and matched by
-//! correlation id.
+//! The worker's side: calls published to the conductor's queue, answers
+//! consumed from RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`, no
+//! queue to declare or clean up) and matched by correlation id. The calls
+//! ride a channel of the worker's consumer connection: with a worker on
+//! every host that is one connection per host instead of two, and one IO
+//! thread (lapin runs one per connection).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Connection};
-use tokio::sync::{Mutex, oneshot};
+use lapin::{BasicProperties, Channel};
+use tokio::sync::{Mutex, oneshot, watch};
 
 use super::{Call, RemoteError, Reply};
-use crate::backoff::Backoff;
 use crate::broker::{self, Topology};
-use crate::broker_nodes::BrokerNodes;
 use crate::store::StoreError;
-use crate::tls::AmqpTls;
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 type Waiting = Arc<SyncMutex<HashMap<String, oneshot::Sender<Reply>>>>;
 
-/// Calls the conductor. Connects lazily and again after a loss, no sooner
-/// than the back-off allows (until then a call fails at once as
-/// unavailable, which the worker retries as it would a database outage).
+/// Calls the conductor, on the channel the worker's consumer hands it each
+/// time its connection is (re)opened (`None` while it is down). A call
+/// while there is none waits up to `connect_timeout` for one, then fails as
+/// unavailable, which the worker retries as it would a database outage.
 pub struct ConductorClient {
-    nodes: BrokerNodes,
-    tls: AmqpTls,
-    name: String,
+    channels: watch::Receiver<Option<Channel>>,
     topology: Topology,
     connect_timeout: Duration,
     /// How long a call may wait for its answer (and lives in the queue).
     call_timeout: Duration,
-    link: Mutex<Link>,
-}
-
-#[derive(Default)]
-struct Link {
-    live: Option<Live>,
-    failures: u32,
-    retry_after: Option<Instant>,
-    next_node: usize,
+    live: Mutex<Option<Live>>,
 }
 
 struct Live {
-    _conn: Connection,
     channel: Channel,
     waiting: Waiting,
-    node: usize,
 }
 
 impl ConductorClient {
     pub fn new(
-        nodes: &BrokerNodes,
-        tls: &AmqpTls,
-        name: &str,
+        channels: watch::Receiver<Option<Channel>>,
         topology: Topology,
         connect_timeout: Duration,
         call_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(ConductorClient {
-            nodes: nodes.clone(),
-            tls: tls.clone(),
-            name: name.to_string(),
+            channels,
             topology,
             connect_timeout,
             call_timeout,
-            link: Mutex::new(Link {
-                next_node: nodes.random_start(),
-                ..Link::default()
-            }),
+            live: Mutex::new(None),
         })
     }
 
@@ -125,62 +106,42 @@ impl ConductorClient {
     }
 
     async fn reset(&self) {
-        let mut link = self.link.lock().await;
-        if let Some(live) = link.live.take() {
-            link.next_node = live.node + 1;
-        }
+        self.live.lock().await.take();
     }
 
     async fn channel(&self) -> Result<(Channel, Waiting), StoreError> {
-        let mut link = self.link.lock().await;
-        if let Some(live) = &link.live {
-            if live.channel.status().connected() {
-                return Ok((live.channel.clone(), live.waiting.clone()));
-            }
-            let node = live.node;
-            link.live = None;
-            link.next_node = node + 1;
-        }
-        if let Some(t) = link.retry_after
-            && Instant::now() < t
+        let mut live = self.live.lock().await;
+        if let Some(l) = live.as_ref()
+            && l.channel.status().connected()
         {
-            return Err(RemoteError::unreachable("reconnect back-off"));
+            return Ok((l.channel.clone(), l.waiting.clone()));
         }
-        match self.open(link.next_node).await {
-            Ok(live) => {
-                if link.failures > 0 {
-                    tracing::info!(broker.name = %self.name, "reconnected to the conductor's queue");
-                }
-                link.failures = 0;
-                link.retry_after = None;
-                let pair = (live.channel.clone(), live.waiting.clone());
-                link.live = Some(live);
-                Ok(pair)
-            }
-            Err(e) => {
-                let delay = Backoff::RECONNECT.delay(link.failures);
-                link.failures = link.failures.saturating_add(1);
-                link.retry_after = Some(Instant::now() + delay);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the conductor's queue");
-                Err(RemoteError::unreachable(e))
-            }
-        }
+        let l = self.open().await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot reach the conductor's queue");
+            RemoteError::unreachable(e)
+        })?;
+        let pair = (l.channel.clone(), l.waiting.clone());
+        *live = Some(l);
+        Ok(pair)
     }
 
-    /// A connection, the conductor's queue declared (so calls wait there
-    /// for a conductor rather than vanish), and a consumer of answers.
-    async fn open(&self, start: usize) -> Result<Live, broker::BrokerError> {
-        let c = broker::connect(
-            &self.nodes,
-            &self.tls,
-            start,
-            &self.name,
-            &self.topology,
+    /// The consumer connection's channel, the conductor's queue declared
+    /// (so calls wait there for a conductor rather than vanish), and a
+    /// consumer of answers.
+    async fn open(&self) -> Result<Live, broker::BrokerError> {
+        let mut channels = self.channels.clone();
+        let shared = tokio::time::timeout(
             self.connect_timeout,
+            channels.wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected())),
         )
-        .await?;
+        .await;
+        let Ok(Ok(Some(channel))) = shared.map(|r| r.map(|c| c.clone())) else {
+            // The worker's consumer is not connected (yet), or has stopped
+            // handing out channels.
+            return Err(broker::BrokerError::Timeout(self.connect_timeout));
+        };
         let answers = super::attach(
-            &c.channel,
+            &channel,
             &self.topology,
             REPLY_TO,
             None,
@@ -212,11 +173,6 @@ impl ConductorClient {
             // now (its sender is dropped) rather than at its timeout.
             w.lock().expect("not poisoned").clear();
         });
-        Ok(Live {
-            _conn: c.conn,
-            channel: c.channel,
-            waiting,
-            node: c.node,
-        })
+        Ok(Live { channel, waiting })
     }
 }
