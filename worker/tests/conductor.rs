@@ -27,12 +27,13 @@ async fn others_connections(pool: &PgPool) -> Vec<String> {
     .unwrap()
 }
 
-/// The names of the broker's client connections, from `rabbitmqctl` (the
-/// machine's node has no management API).
-async fn connection_names() -> Vec<String> {
-    let out = tokio::task::spawn_blocking(|| {
+/// Runs `rabbitmqctl -q ARGS` (the machine's node has no management API).
+async fn rabbitmqctl(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("rabbitmqctl")
-            .args(["-q", "list_connections", "client_properties"])
+            .arg("-q")
+            .args(&args)
             .output()
     })
     .await
@@ -40,16 +41,31 @@ async fn connection_names() -> Vec<String> {
     .expect("rabbitmqctl runs");
     assert!(
         out.status.success(),
-        "rabbitmqctl list_connections: {}",
+        "rabbitmqctl: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The broker's client connections: (the connection's Erlang pid, its name).
+async fn connections() -> Vec<(String, String)> {
     const KEY: &str = "{\"connection_name\",\"";
-    String::from_utf8_lossy(&out.stdout)
+    rabbitmqctl(&["list_connections", "pid", "client_properties"])
+        .await
         .lines()
         .filter_map(|line| {
+            let pid = line.split('\t').next()?.to_string();
             let rest = &line[line.find(KEY)? + KEY.len()..];
-            Some(rest[..rest.find('"')?].to_string())
+            Some((pid, rest[..rest.find('"')?].to_string()))
         })
+        .collect()
+}
+
+async fn connection_names() -> Vec<String> {
+    connections()
+        .await
+        .into_iter()
+        .map(|(_, name)| name)
         .collect()
 }
 
@@ -268,6 +284,56 @@ async fn the_claims_and_successes_of_several_hosts_within_the_linger_share_one_s
     for w in running {
         w.terminate().await;
     }
+    stop_conductor.cancel();
+    conductor.await.unwrap();
+}
+
+/// The conductor's calls ride the consumer's connection. When the broker
+/// closes it, the consumer connects again and hands the calls a channel of
+/// the new connection: the next stop is claimed and recorded through it.
+#[sqlx::test(migrator = "shutoff_core::store::MIGRATOR")]
+async fn after_the_broker_closes_a_workers_connection_its_calls_go_on_the_new_one(pool: PgPool) {
+    let c = workers::ctx(pool).await;
+    let (stop_conductor, conductor) = c.conductor();
+    let w = c.conductor_worker_for("cnd-re", |_| {}).await;
+    let ready = c.env.eventually(T, || w.is_ready()).await;
+    assert!(ready, "worker {} never attached", w.id);
+    let vm = c.server_on("cnd-re", "fake://").await;
+    let first = c.stop(vm, 5).await;
+    assert!(c.until_job(first.job_id, "succeeded", T).await);
+
+    let ours = |all: Vec<(String, String)>| -> Vec<String> {
+        all.into_iter()
+            .filter(|(_, name)| name.contains(w.id.as_str()))
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    let before = ours(connections().await);
+    assert_eq!(before.len(), 1, "one connection: {before:?}");
+    rabbitmqctl(&["close_connection", &before[0], "test closes it"]).await;
+    let mut after = Vec::new();
+    let deadline = std::time::Instant::now() + T;
+    while std::time::Instant::now() < deadline {
+        after = ours(connections().await);
+        if after.len() == 1 && after != before && w.is_ready().await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        after.len() == 1 && after != before,
+        "the worker connected again, once: before {before:?}, after {after:?}"
+    );
+
+    let vm = c.server_on("cnd-re", "fake://").await;
+    let second = c.stop(vm, 5).await;
+    assert!(
+        c.until_job(second.job_id, "succeeded", T).await,
+        "the stop after the reconnect was claimed and recorded through the conductor"
+    );
+    assert_eq!(c.transitions_to(second.job_id, "running").await, 1);
+    assert_eq!(c.instance(vm).await.0, "stopped");
+    w.terminate().await;
     stop_conductor.cancel();
     conductor.await.unwrap();
 }
