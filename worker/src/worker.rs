@@ -73,7 +73,7 @@ impl Worker {
             settings.lease(),
             settings.batch_linger(),
         );
-        Self::build_with_store(settings, store, Some(pool)).await
+        Self::build_with_store(settings, store, Some(pool), None).await
     }
 
     /// A worker with no pool of its own: its store calls go to the
@@ -98,15 +98,14 @@ impl Worker {
             settings.host()?,
             settings.lease(),
         );
-        let mut worker = Self::build_with_store(settings, store, None).await?;
-        worker.conductor_channels = Some(channels);
-        Ok(worker)
+        Self::build_with_store(settings, store, None, Some(channels)).await
     }
 
     async fn build_with_store(
         settings: Settings,
         store: JobStore,
         pool: Option<PgPool>,
+        conductor_channels: Option<watch::Sender<Option<lapin::Channel>>>,
     ) -> anyhow::Result<Self> {
         let host = settings.host()?;
         let worker_id = settings.worker_id();
@@ -134,7 +133,7 @@ impl Worker {
             pool,
             ctx,
             health_listener,
-            conductor_channels: None,
+            conductor_channels,
         })
     }
 
