@@ -238,25 +238,118 @@ impl InProcess {
 /// or recorded (`--fleet-via floor`). Not a way to run a fleet: it tells
 /// how much of the fleet's cost the broker's routing over 1,000 queues is,
 /// whatever the store calls cost.
+/// The kind of queue each host gets in the floor (`--fleet-queues`). Only
+/// `quorum` is what shutoff declares; the others are the alternatives the
+/// choice was made against, declared here by the bench alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostQueues {
+    /// shutoff's own: `Topology::declare_host` (quorum, delivery limit,
+    /// at-least-once dead-lettering).
+    Quorum,
+    /// Durable classic queues, version 2, dead-lettering as shutoff's
+    /// (classic queues have no delivery limit and no replication).
+    Classic,
+    /// A stream per host. A stream keeps what was acked (an ack is flow
+    /// control only) and AMQP 0-9-1 keeps no consumer offset: a worker
+    /// would have to store its own to not redo stops.
+    Stream,
+}
+
+impl HostQueues {
+    pub fn name(self) -> &'static str {
+        match self {
+            HostQueues::Quorum => "quorum",
+            HostQueues::Classic => "classic",
+            HostQueues::Stream => "stream",
+        }
+    }
+
+    /// Declares `host`'s queue of this kind.
+    async fn declare(
+        self,
+        channel: &lapin::Channel,
+        topology: &shutoff_core::broker::Topology,
+        host: &shutoff_core::ids::HostName,
+    ) -> anyhow::Result<()> {
+        use lapin::options::QueueDeclareOptions;
+        use lapin::types::{AMQPValue, FieldTable, LongString};
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        let mut args = FieldTable::default();
+        match self {
+            HostQueues::Quorum => return Ok(topology.declare_host(channel, host).await?),
+            HostQueues::Classic => {
+                args.insert("x-queue-version".into(), AMQPValue::LongLongInt(2));
+                args.insert("x-dead-letter-exchange".into(), text(""));
+                args.insert(
+                    "x-dead-letter-routing-key".into(),
+                    text(&topology.dead_queue()),
+                );
+            }
+            HostQueues::Stream => {
+                args.insert("x-queue-type".into(), text("stream"));
+            }
+        }
+        channel
+            .queue_declare(
+                topology.host_queue(host).as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The consumer's arguments: a stream is read from its first message
+    /// (a queue's consumer takes what is there anyway).
+    fn consume_args(self) -> lapin::types::FieldTable {
+        use lapin::types::{AMQPValue, FieldTable, LongString};
+        let mut args = FieldTable::default();
+        if self == HostQueues::Stream {
+            args.insert(
+                "x-stream-offset".into(),
+                AMQPValue::LongString(LongString::from("first")),
+            );
+        }
+        args
+    }
+}
+
 pub struct Floor {
     stop: CancellationToken,
     handles: Vec<tokio::task::JoinHandle<()>>,
-    /// Jobs delivered and acked, jobs for another host, the last ack.
+    /// Jobs delivered and acked, jobs for another host, HTTP calls that
+    /// got no answer, the last ack.
     delivered: Arc<AtomicU64>,
     other_host: Arc<AtomicU64>,
+    failed_calls: Arc<AtomicU64>,
     last: Arc<std::sync::Mutex<Option<Instant>>>,
     start_ms: Vec<f64>,
     all_up: Duration,
 }
 
 impl Floor {
-    pub async fn start(w: &Wiring, hosts: &[String]) -> anyhow::Result<Floor> {
+    /// With `calls` > 0, each job first makes that many HTTP round trips
+    /// to the API's `/healthz` at `api`, each host on a client (and
+    /// connection) of its own: stand-ins for a worker's claim and success
+    /// sent over HTTP, the least such calls could cost (a real call also
+    /// carries a body, a credential and a statement).
+    pub async fn start(
+        w: &Wiring,
+        hosts: &[String],
+        queues: HostQueues,
+        calls: u32,
+        api: &str,
+    ) -> anyhow::Result<Floor> {
         use futures::StreamExt;
         use lapin::options::{BasicAckOptions, BasicConsumeOptions};
         let stop = CancellationToken::new();
         let started = Instant::now();
         let delivered = Arc::new(AtomicU64::new(0));
         let other_host = Arc::new(AtomicU64::new(0));
+        let failed_calls = Arc::new(AtomicU64::new(0));
         let last = Arc::new(std::sync::Mutex::new(None));
         let mut handles = Vec::with_capacity(hosts.len());
         let mut start_ms = Vec::with_capacity(hosts.len());
@@ -285,7 +378,7 @@ impl Floor {
                 Duration::from_secs(30),
             )
             .await?;
-            topology.declare_host(&c.channel, &host).await?;
+            queues.declare(&c.channel, &topology, &host).await?;
             shutoff_core::broker::set_prefetch(&c.channel, settings.prefetch).await?;
             let mut consumer = c
                 .channel
@@ -293,16 +386,19 @@ impl Floor {
                     topology.host_queue(&host).as_str().into(),
                     "".into(),
                     BasicConsumeOptions::default(),
-                    lapin::types::FieldTable::default(),
+                    queues.consume_args(),
                 )
                 .await?;
             start_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
-            let (stop, delivered, other_host, last) = (
+            let (stop, delivered, other_host, failed_calls, last) = (
                 stop.clone(),
                 delivered.clone(),
                 other_host.clone(),
+                failed_calls.clone(),
                 last.clone(),
             );
+            let http = reqwest::Client::new();
+            let healthz = format!("http://{api}/healthz");
             handles.push(tokio::spawn(async move {
                 let _conn = c.conn;
                 loop {
@@ -317,6 +413,15 @@ impl Floor {
                             other_host.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    for _ in 0..calls {
+                        let answered = match http.get(&healthz).send().await {
+                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if !answered {
+                            failed_calls.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     if d.ack(BasicAckOptions::default()).await.is_ok() {
                         delivered.fetch_add(1, Ordering::Relaxed);
                         *last.lock().expect("not poisoned") = Some(Instant::now());
@@ -329,6 +434,7 @@ impl Floor {
             handles,
             delivered,
             other_host,
+            failed_calls,
             last,
             start_ms,
             all_up: started.elapsed(),
@@ -341,6 +447,10 @@ impl Floor {
 
     pub fn other_host(&self) -> u64 {
         self.other_host.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_calls(&self) -> u64 {
+        self.failed_calls.load(Ordering::Relaxed)
     }
 
     /// Waits until `n` jobs were acked (at most `limit`); the time of the last.
@@ -397,6 +507,7 @@ pub enum End<F> {
     Floor {
         delivered: u64,
         other_host: u64,
+        failed_calls: u64,
         last: Option<Instant>,
     },
 }

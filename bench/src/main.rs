@@ -91,6 +91,16 @@ struct Args {
     /// routing through per-host queues costs.
     #[arg(long, default_value = "conductor", value_parser = ["conductor", "direct", "floor"])]
     fleet_via: String,
+    /// The kind of each host's queue in the floor (`--fleet-via floor`):
+    /// `quorum` (shutoff's), or the alternatives `classic` and `stream`,
+    /// which shutoff does not declare and the bench measures against it.
+    #[arg(long, value_enum, default_value_t = fleet::HostQueues::Quorum)]
+    fleet_queues: fleet::HostQueues,
+    /// HTTP round trips to the API each floor job makes before its ack
+    /// (`--fleet-via floor`): 2 stands in for a claim and a success sent
+    /// over HTTP instead of RabbitMQ, at the least such calls can cost.
+    #[arg(long, default_value_t = 0)]
+    fleet_floor_calls: u32,
     /// Also print which kinds of Erlang process of the hosts phase's
     /// RabbitMQ node did the work (reductions), at idle and under load.
     /// The sampling itself costs the node CPU: the phase's cores at idle
@@ -380,6 +390,11 @@ async fn run(
     if floor && args.runs("footprint") {
         bail!("--fleet-via floor is for the hosts phase: add --skip footprint");
     }
+    if !floor && (args.fleet_queues != fleet::HostQueues::Quorum || args.fleet_floor_calls > 0) {
+        // Workers declare their host's queue themselves, as quorum queues,
+        // and make their calls themselves.
+        bail!("--fleet-queues other than quorum and --fleet-floor-calls need --fleet-via floor");
+    }
     let wiring = |phase: &str, url: &str| Wiring {
         via_conductor: false,
         bin_dir: bin_dir.clone(),
@@ -563,6 +578,8 @@ async fn run(
             .collect();
         figures.broker_mb_before = broker.rss_mb();
         figures.hosts_via = args.fleet_via.clone();
+        figures.hosts_queues = args.fleet_queues.name().to_string();
+        figures.hosts_floor_calls = args.fleet_floor_calls;
         // Up first: with --via-conductor a worker is ready only once the
         // API's conductor answers it.
         let (api, addr) = services::start_api(&w).await?;
@@ -579,7 +596,10 @@ async fn run(
             )
         });
         let served = if floor {
-            fleet::Served::Floor(fleet::Floor::start(&w, &hosts).await?)
+            fleet::Served::Floor(
+                fleet::Floor::start(&w, &hosts, args.fleet_queues, args.fleet_floor_calls, &addr)
+                    .await?,
+            )
         } else {
             fleet::Served::Workers(
                 fleet::InProcess::start(&w, worker_pool.as_ref(), &hosts, 50).await?,
@@ -644,6 +664,7 @@ async fn run(
                     .await,
                 delivered: f.delivered(),
                 other_host: f.other_host(),
+                failed_calls: f.failed_calls(),
             },
             fleet::Served::Workers(_) => {
                 fleet::End::Workers(wait_finished(&pool, &project_h, outcome.accepted).await)
@@ -669,19 +690,25 @@ async fn run(
             fleet::End::Floor {
                 delivered,
                 other_host,
+                failed_calls,
                 last,
             } => {
                 if other_host > 0 {
                     bail!("hosts: {other_host} jobs reached another host's queue");
+                }
+                if failed_calls > 0 {
+                    bail!("hosts: {failed_calls} of the floor's HTTP calls got no answer");
                 }
                 let Some(last) = last else {
                     bail!("hosts: no job reached any host's queue");
                 };
                 let per_s = delivered as f64 / last.duration_since(load_started).as_secs_f64();
                 eprintln!(
-                    "hosts: floor {per_s:.0}/s over {} hosts ({delivered} of {} jobs delivered and acked, nothing recorded)",
+                    "hosts: floor {per_s:.0}/s over {} {} queues ({delivered} of {} jobs delivered and acked after {} HTTP calls each, nothing recorded)",
                     hosts.len(),
-                    outcome.accepted
+                    args.fleet_queues.name(),
+                    outcome.accepted,
+                    args.fleet_floor_calls
                 );
                 (delivered as usize, per_s)
             }

@@ -49,6 +49,11 @@ pub struct Figures {
     /// PostgreSQL `hosts_via` (`conductor` or `direct`).
     pub hosts: usize,
     pub hosts_via: String,
+    /// The kind of each host's queue (`quorum` but in the floor's
+    /// comparisons).
+    pub hosts_queues: String,
+    /// The floor's HTTP round trips per job (`--fleet-floor-calls`).
+    pub hosts_floor_calls: u32,
     pub hosts_stops: usize,
     pub hosts_succeeded: usize,
     pub hosts_e2e_per_s: f64,
@@ -293,17 +298,21 @@ impl Figures {
         if self.hosts > 0 {
             let mb = |m: Option<f64>| m.map_or("?".to_string(), |rss| format!("{rss:.0} MiB RSS"));
             let outcome = if self.hosts_via == "floor" {
-                "delivered and acked, nothing recorded"
+                format!(
+                    "delivered and acked after {} HTTP calls each, nothing recorded",
+                    self.hosts_floor_calls
+                )
             } else {
-                "stopped"
+                "stopped".to_string()
             };
             println!(
-                "  {:<22} {:>10.0} /s     {:.2} x single-host e2e, {} hosts (via {}), {} of {} {outcome}",
+                "  {:<22} {:>10.0} /s     {:.2} x single-host e2e, {} hosts (via {}, {} queues), {} of {} {outcome}",
                 "hosts_e2e_per_s",
                 self.hosts_e2e_per_s,
                 self.hosts_e2e_per_s / self.e2e_per_s,
                 self.hosts,
                 self.hosts_via,
+                self.hosts_queues,
                 self.hosts_succeeded,
                 self.hosts_stops
             );
@@ -446,6 +455,8 @@ impl Figures {
             "claim_to_stopped_p50_p99_ms": self.claim_to_stopped_ms,
             "hosts": self.hosts,
             "hosts_via": self.hosts_via,
+            "hosts_queues": self.hosts_queues,
+            "hosts_floor_calls": self.hosts_floor_calls,
             "hosts_stops": self.hosts_stops,
             "hosts_succeeded": self.hosts_succeeded,
             "hosts_e2e_per_s": self.hosts_e2e_per_s,
