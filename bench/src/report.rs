@@ -31,6 +31,8 @@ pub struct Figures {
     /// The same, with every host's worker consuming and no stops: what the
     /// fleet costs before it does anything.
     pub hosts_idle_cores: crate::fleet::Cores,
+    /// PostgreSQL transactions per second meanwhile (heartbeats, mostly).
+    pub hosts_idle_statements_per_s: f64,
     pub slow_stops: usize,
     pub slow_succeeded: usize,
     pub slow_e2e_seconds: f64,
@@ -350,11 +352,12 @@ impl Figures {
                 self.e2e_cores.total() * 1e3 / self.e2e_per_s,
             );
             println!(
-                "  {:<22} {:>10}        {} hosts consuming, no stops: {}",
+                "  {:<22} {:>10}        {} hosts consuming, no stops: {}; {:.1} PostgreSQL transactions/s",
                 "cores_at_idle",
                 "",
                 self.hosts,
                 c(&self.hosts_idle_cores),
+                self.hosts_idle_statements_per_s,
             );
             println!(
                 "  {:<22} {:>10.0} /s     {:.2} x the single-host e2e phase's accept rate",
@@ -464,6 +467,7 @@ impl Figures {
             "e2e_commits_per_stop": self.e2e_commits_per_stop,
             "hosts_commits_per_stop": self.hosts_commits_per_stop,
             "hosts_cores_pg_broker_api_workers_bench": [self.hosts_cores.postgres, self.hosts_cores.broker, self.hosts_cores.api, self.hosts_cores.workers, self.hosts_cores.bench],
+            "hosts_idle_statements_per_s": self.hosts_idle_statements_per_s,
             "hosts_idle_cores_pg_broker_api_workers_bench": [self.hosts_idle_cores.postgres, self.hosts_idle_cores.broker, self.hosts_idle_cores.api, self.hosts_idle_cores.workers, self.hosts_idle_cores.bench],
             "e2e_cores_pg_broker_api_workers_bench": [self.e2e_cores.postgres, self.e2e_cores.broker, self.e2e_cores.api, self.e2e_cores.workers, self.e2e_cores.bench],
             "cpu_ms_per_stop_hosts_single": [self.hosts_cores.total() * 1e3 / self.hosts_e2e_per_s, self.e2e_cores.total() * 1e3 / self.e2e_per_s],
