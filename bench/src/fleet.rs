@@ -10,7 +10,9 @@
 //!   before and after, how long a host's worker takes to start consuming,
 //!   and the end-to-end rate against the single-host phase of the same run.
 //!   `--fleet-via floor` runs no workers, only a consumer per host that acks
-//!   ([`Floor`]): the bound that routing over per-host queues sets.
+//!   ([`Floor`]): the bound that routing over per-host queues sets, with
+//!   other kinds of queue ([`HostQueues`]) or HTTP calls per stop for
+//!   comparison.
 //! - `footprint`: 60 real `shutoff-worker` processes, one host each, with
 //!   their default settings: PostgreSQL connections and statements per
 //!   second per host, idle and under load, and the API's share.
@@ -232,12 +234,6 @@ impl InProcess {
     }
 }
 
-/// The least a stop can cost once it goes through per-host queues: each
-/// host's queue consumed on a connection of its own with the worker's
-/// prefetch, as a worker does, and every job acked at once, nothing claimed
-/// or recorded (`--fleet-via floor`). Not a way to run a fleet: it tells
-/// how much of the fleet's cost the broker's routing over 1,000 queues is,
-/// whatever the store calls cost.
 /// The kind of queue each host gets in the floor (`--fleet-queues`). Only
 /// `quorum` is what shutoff declares; the others are the alternatives the
 /// choice was made against, declared here by the bench alone.
@@ -317,6 +313,12 @@ impl HostQueues {
     }
 }
 
+/// The least a stop can cost once it goes through per-host queues: each
+/// host's queue consumed on a connection of its own with the worker's
+/// prefetch, as a worker does, and every job acked at once, nothing claimed
+/// or recorded (`--fleet-via floor`). Not a way to run a fleet: it tells
+/// how much of the fleet's cost the broker's routing over 1,000 queues is,
+/// whatever the store calls cost.
 pub struct Floor {
     stop: CancellationToken,
     handles: Vec<tokio::task::JoinHandle<()>>,
