@@ -398,7 +398,7 @@ impl Figures {
                 self.idle_connections_per_host * 1000.0
             );
             println!(
-                "  {:<22} {:>10.3} /s     per host at idle; x1000 hosts: {:.0}/s; the API adds {:.2}/s",
+                "  {:<22} {:>10.3} /s     per host at idle (via the conductor, the API's own counted too); x1000 hosts: {:.0}/s; the API's own {:.2}/s",
                 "idle_statements",
                 self.idle_statements_per_host_s,
                 self.idle_statements_per_host_s * 1000.0,
