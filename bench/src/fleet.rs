@@ -243,7 +243,7 @@ pub enum HostQueues {
     /// at-least-once dead-lettering).
     Quorum,
     /// Durable classic queues, version 2, dead-lettering as shutoff's
-    /// (classic queues have no delivery limit and no replication).
+    /// (no delivery limit; replicated only by deprecated mirroring).
     Classic,
     /// A stream per host. A stream keeps what was acked (an ack is flow
     /// control only) and AMQP 0-9-1 keeps no consumer offset: a worker
