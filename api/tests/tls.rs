@@ -361,13 +361,23 @@ async fn postgresql_refuses_a_wrong_ca_a_wrong_host_name_and_no_client_certifica
         "invalid peer certificate: UnknownIssuer",
     );
     // The API on the wrong CA starts (PostgreSQL may be down at start-up)
-    // and answers 503, never 500 nor a pass, until it can connect.
+    // and answers 503, never 500 nor a pass, until it can connect. Its
+    // broker is a port nothing listens on: with the default one it declared
+    // the default topology on the machine's RabbitMQ and left it there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let no_broker = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        free.local_addr().unwrap().port()
+    );
+    drop(free);
     let api = shutoff_api::Settings::try_parse_from([
         "shutoff-api",
         "--listen",
         "127.0.0.1:0",
         "--database-url",
         &url("localhost", "postgres", full(&pki.other_ca)),
+        "--amqp-url",
+        &no_broker,
     ])
     .unwrap();
     let app = shutoff_api::Application::build(api).await.unwrap();
