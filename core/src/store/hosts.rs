@@ -15,12 +15,13 @@ use crate::ids::HostName;
 /// is the whole of an idle worker's load on PostgreSQL; the conductor gathers
 /// a fleet's beats into one ([`beat_batcher`]). Rows are written in name
 /// order, so two batches at once lock them in the same order, and a worker
-/// that beat twice in one batch is one row (an upsert may touch a row once).
+/// that beat twice in one batch is one row with its later beat's version (an
+/// upsert may touch a row once).
 const BEAT_SQL: &str = "
 WITH b AS (
     SELECT DISTINCT ON (host, worker) host, worker, version
-      FROM unnest($1::text[], $2::text[], $3::text[]) AS b(host, worker, version)
-     ORDER BY host, worker
+      FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS b(host, worker, version, n)
+     ORDER BY host, worker, n DESC
 ), h AS (
     INSERT INTO hosts AS h (name)
     SELECT DISTINCT host FROM b ORDER BY host
