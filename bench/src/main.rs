@@ -625,20 +625,15 @@ async fn run(
         // interval).
         tokio::time::sleep(Duration::from_secs(5)).await;
         let idle = fleet::CpuWatch::start(&broker.pattern());
-        let (idle_c0, idle_t0) = (fleet::commits(&pool).await?, Instant::now());
-        if args.fleet_broker_profile {
-            let p = broker.profile(Duration::from_secs(20)).await;
+        let window = Duration::from_secs(20);
+        figures.hosts_idle_statements_per_s = if args.fleet_broker_profile {
+            let (p, rate) = tokio::join!(broker.profile(window), fleet::rate_over(&pool, window));
             eprintln!("hosts: the broker at idle, reductions by process kind over 20 s:\n{p}");
+            rate?
         } else {
-            tokio::time::sleep(Duration::from_secs(20)).await;
-        }
+            fleet::rate_over(&pool, window).await?
+        };
         figures.hosts_idle_cores = idle.cores();
-        // Counters reach pg_stat_database up to a second late: the window
-        // is read a second after its end, and that second counted too.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        figures.hosts_idle_statements_per_s = (fleet::commits(&pool).await? - idle_c0 - 2).max(0)
-            as f64
-            / idle_t0.elapsed().as_secs_f64();
         let c0 = fleet::commits(&pool).await?;
         let cpu = fleet::CpuWatch::start(&broker.pattern());
         let load_started = Instant::now();

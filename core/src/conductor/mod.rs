@@ -8,9 +8,10 @@
 //! sends each store call as a message to `<prefix>.conductor` and waits for
 //! the answer on RabbitMQ's direct reply-to; every API process consumes that
 //! queue ([`server`]) and group-commits the claims, lease renewals,
-//! successes and heartbeats of the whole fleet into one statement each. The decisions stay
-//! the same conditional UPDATEs of [`crate::store::claim`]: who may take a
-//! job, on which host, under which lease, is still decided in PostgreSQL.
+//! successes and heartbeats of the whole fleet into one statement each. The
+//! decisions stay the same conditional UPDATEs of [`crate::store::claim`]:
+//! who may take a job, on which host, under which lease, is still decided
+//! in PostgreSQL.
 //!
 //! A call is at most once: a request nobody took within the caller's
 //! timeout expires in the queue, and a caller that gets no answer treats
